@@ -1,0 +1,190 @@
+"""The `lookalike` command: serve, ingest a folder, search by a photo, list collections."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .client import DEFAULT_SERVER, ById, Client, LookalikeClientError, image_files
+
+
+def _add_server_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=DEFAULT_SERVER, help="lookalike server HOST:PORT (default %(default)s)")
+    parser.add_argument("--collection", default="", help="collection name (default: the server's default)")
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the server", description="Run the lookalike gRPC server.")
+    # Defaults are None so that LOOKALIKE_* variables and the config file apply unless a flag is given.
+    p.add_argument("--config", help="TOML file with settings (flags and LOOKALIKE_* variables win)")
+    p.add_argument("--address", help="listen address (default localhost:50051)")
+    p.add_argument("--data-dir", help="where Milvus Lite keeps its data (default ./lookalike-data)")
+    p.add_argument("--milvus-uri", help="use this Milvus instead of Milvus Lite, e.g. http://host:19530")
+    p.add_argument("--milvus-user")
+    p.add_argument("--milvus-password")
+    p.add_argument("--milvus-token")
+    p.add_argument("--milvus-db-name")
+    p.add_argument("--milvus-tls", action="store_true", default=None, help="connect to Milvus over TLS")
+    p.add_argument("--milvus-ca-cert", help="CA certificate (PEM) for Milvus TLS")
+    p.add_argument("--milvus-client-cert", help="client certificate (PEM) for Milvus mutual TLS")
+    p.add_argument("--milvus-client-key", help="client key (PEM) for Milvus mutual TLS")
+    p.add_argument("--milvus-server-name", help="expected server name in Milvus' certificate")
+    p.add_argument("--model-card", help="card.toml of the ONNX model to serve (default: EfficientNet-Lite0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], help="where to embed (default auto)")
+    p.add_argument("--default-collection", help="collection used when a call names none (default 'default')")
+    p.add_argument("--max-batch-size", type=int, help="images per inference batch (default 32)")
+    p.add_argument("--max-queue-delay-ms", type=float, help="longest wait to fill a batch (default 5)")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from lookalike_server.config import ServerConfig
+    from lookalike_server.server import serve
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+    try:
+        config = ServerConfig.load(flags, config_file=args.config)
+    except (ValueError, OSError) as e:
+        print(f"lookalike serve: {e}", file=sys.stderr)
+        return 2
+    serve(config)
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    root = Path(args.folder)
+    if not root.is_dir():
+        print(f"lookalike ingest: {root} is not a folder", file=sys.stderr)
+        return 2
+    total = sum(1 for _ in image_files(root, args.all_files))
+    stored, failed = 0, []
+    started = time.monotonic()
+    with Client(args.server, args.collection) as client, tqdm(
+        total=total, unit="img", desc="ingest", disable=args.quiet or None
+    ) as bar:
+        try:
+            for result in client.ingest_folder(root, all_files=args.all_files):
+                if result.ok:
+                    stored += 1
+                else:
+                    failed.append(result)
+                bar.update(1)
+        except LookalikeClientError as e:
+            bar.close()
+            print(f"lookalike ingest: {e}", file=sys.stderr)
+            return 1
+    seconds = time.monotonic() - started
+    rate = stored / seconds if seconds > 0 else 0.0
+    print(f"stored {stored} of {total} images from {root} in {seconds:.1f} s ({rate:.1f} img/s)")
+    if failed:
+        print(f"{len(failed)} failed:")
+        for result in failed:
+            print(f"  {result.id}: {result.code}: {result.message}")
+    return 1 if failed and args.strict else 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    if args.id:
+        query: object = ById(args.query)
+    else:
+        query = Path(args.query)
+        if not query.is_file():
+            print(f"lookalike search: {query} is not a file (use --id to search by a stored id)", file=sys.stderr)
+            return 2
+    started = time.monotonic()
+    with Client(args.server, args.collection) as client:
+        try:
+            hits = client.search(query, k=args.k, filter=args.filter, include_metadata=args.metadata)
+        except LookalikeClientError as e:
+            print(f"lookalike search: {e}", file=sys.stderr)
+            return 1
+    seconds = time.monotonic() - started
+    if args.json:
+        print(json.dumps([{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits], indent=2))
+        return 0
+    width = max((len(h.id) for h in hits), default=2)
+    print(f"{'rank':>4}  {'score':>8}  {'id':<{width}}" + ("  metadata" if args.metadata else ""))
+    for rank, h in enumerate(hits, 1):
+        extra = f"  {json.dumps(h.metadata)}" if args.metadata else ""
+        print(f"{rank:>4}  {h.score:>8.4f}  {h.id:<{width}}{extra}")
+    print(f"{len(hits)} results in {seconds * 1000:.0f} ms", file=sys.stderr)
+    return 0
+
+
+def _collections(args: argparse.Namespace) -> int:
+    with Client(args.server) as client:
+        try:
+            if args.action == "create":
+                infos = [client.create_collection(args.name, args.metric, args.index)]
+            elif args.action == "drop":
+                client.drop_collection(args.name)
+                print(f"dropped {args.name}")
+                return 0
+            elif args.action == "describe":
+                infos = [client.describe_collection(args.name)]
+            else:
+                infos = client.list_collections()
+        except LookalikeClientError as e:
+            print(f"lookalike collections: {e}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        return 0
+    print(f"{'name':<20} {'rows':>10} {'dim':>5} {'metric':<7} {'index':<9} {'model':<20} provider")
+    for i in infos:
+        print(f"{i.name:<20} {i.row_count:>10} {i.dimension:>5} {i.metric:<7} {i.index_type:<9} {i.model:<20} "
+              f"{i.execution_provider}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lookalike", description="lookalike: a gRPC vision-search server.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+
+    p = sub.add_parser("ingest", help="store every image under a folder")
+    p.add_argument("folder", help="folder of images, read recursively; ids are paths relative to it")
+    p.add_argument("--all-files", action="store_true", help="send every file, not only image extensions")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any file failed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_server_flags(p)
+
+    p = sub.add_parser("search", help="the k most similar stored images to a photo")
+    p.add_argument("query", help="an image file, or with --id a stored id")
+    p.add_argument("-k", type=int, default=10, help="how many results (default %(default)s)")
+    p.add_argument("--id", action="store_true", help="QUERY is a stored id, not a file")
+    p.add_argument("--filter", default="", help='Milvus expression over metadata, e.g. \'metadata["label"] == "cat"\'')
+    p.add_argument("--metadata", action="store_true", help="show each hit's metadata")
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    _add_server_flags(p)
+
+    p = sub.add_parser("collections", help="list, describe, create or drop collections")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "describe", "create", "drop"])
+    p.add_argument("name", nargs="?", default="")
+    p.add_argument("--metric", default="", choices=["", "cosine", "ip", "l2"])
+    p.add_argument("--index", default="", choices=["", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"])
+    p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--server", default=DEFAULT_SERVER, help="lookalike server HOST:PORT (default %(default)s)")
+    return parser
+
+
+_COMMANDS = {"serve": _serve, "ingest": _ingest, "search": _search, "collections": _collections}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "collections" and args.action in ("create", "drop") and not args.name:
+        print(f"lookalike collections {args.action}: name the collection", file=sys.stderr)
+        return 2
+    return _COMMANDS[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""A typed, synchronous client for lookalike's gRPC API, with streaming ingest and back-pressure."""
+
+from __future__ import annotations
+
+import os
+import queue
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from lookalike.v1 import lookalike_pb2 as pb
+from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+
+DEFAULT_SERVER = "localhost:50051"
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
+
+_METRICS = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_IP, "l2": pb.METRIC_L2, "": pb.METRIC_UNSPECIFIED}
+_INDEXES = {
+    "": pb.INDEX_TYPE_UNSPECIFIED,
+    "FLAT": pb.INDEX_TYPE_FLAT,
+    "HNSW": pb.INDEX_TYPE_HNSW,
+    "IVF_FLAT": pb.INDEX_TYPE_IVF_FLAT,
+    "IVF_SQ8": pb.INDEX_TYPE_IVF_SQ8,
+}
+
+
+class LookalikeClientError(Exception):
+    """A call failed; `code` is the gRPC status name, `details` the server's message."""
+
+    def __init__(self, code: str, details: str) -> None:
+        super().__init__(f"{code}: {details}")
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class ById:
+    """A query by a stored id: the vector stays on the server."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    id: str
+    code: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "OK"
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    name: str
+    metric: str
+    index_type: str
+    model: str
+    dimension: int
+    row_count: int
+    execution_provider: str
+
+
+# A query: an image path, image bytes, a vector, or a stored id.
+QueryLike = str | os.PathLike | bytes | Sequence[float] | np.ndarray | ById
+# An item to ingest: (id, image path | image bytes | vector[, metadata]).
+ItemLike = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
+
+
+def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
+    if not data:
+        return None
+    message = struct_pb2.Struct()
+    message.update(dict(data))
+    return message
+
+
+def _to_dict(message: struct_pb2.Struct, present: bool) -> dict[str, Any] | None:
+    return json_format.MessageToDict(message) if present else None
+
+
+def _raise(e: grpc.RpcError) -> LookalikeClientError:
+    return LookalikeClientError(e.code().name, e.details() or "")
+
+
+def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
+    return CollectionInfo(
+        name=info.name,
+        metric=pb.Metric.Name(info.metric).removeprefix("METRIC_").lower(),
+        index_type=pb.IndexType.Name(info.index_type).removeprefix("INDEX_TYPE_"),
+        model=info.model,
+        dimension=info.dimension,
+        row_count=info.row_count,
+        execution_provider=info.execution_provider,
+    )
+
+
+def image_files(root: Path | str, all_files: bool = False) -> Iterator[Path]:
+    """Image files under root, recursively, in a stable order; hidden files and folders are skipped."""
+    root = Path(root)
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            path = Path(folder) / name
+            if not name.startswith(".") and (all_files or path.suffix.lower() in IMAGE_EXTENSIONS):
+                yield path
+
+
+class Client:
+    """Talks to one lookalike server. Thread-safe; close it (or use `with`) when done."""
+
+    def __init__(self, server: str = DEFAULT_SERVER, collection: str = "", timeout: float | None = 60.0) -> None:
+        self.server = server
+        self.collection = collection
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(
+            server,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self._collections = pb_grpc.CollectionsStub(self._channel)
+        self._images = pb_grpc.ImagesStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_until_ready(self, timeout: float = 60.0) -> None:
+        """Blocks until the server's health check says SERVING."""
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as e:
+                last = f"{e.code().name}: {e.details()}"
+            time.sleep(0.2)
+        raise TimeoutError(f"lookalike at {self.server} was not SERVING within {timeout:.0f} s ({last})")
+
+    # Collections
+
+    def create_collection(self, name: str, metric: str = "", index_type: str = "") -> CollectionInfo:
+        request = pb.CreateCollectionRequest(name=name, metric=_METRICS[metric], index_type=_INDEXES[index_type])
+        try:
+            return _collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+
+    def list_collections(self) -> list[CollectionInfo]:
+        try:
+            reply = self._collections.ListCollections(pb.ListCollectionsRequest(), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+        return [_collection_from_wire(c) for c in reply.collections]
+
+    def describe_collection(self, name: str = "") -> CollectionInfo:
+        request = pb.DescribeCollectionRequest(name=name or self.collection)
+        try:
+            return _collection_from_wire(self._collections.DescribeCollection(request, timeout=self.timeout))
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+
+    def drop_collection(self, name: str) -> None:
+        try:
+            self._collections.DropCollection(pb.DropCollectionRequest(name=name), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+
+    # Ingest
+
+    def _ingest_request(self, item: ItemLike, collection: str) -> pb.IngestRequest:
+        item_id, content, *rest = item
+        metadata = _struct(rest[0] if rest else None)
+        request = pb.IngestRequest(collection=collection, id=item_id, metadata=metadata)
+        if isinstance(content, (str, os.PathLike)):
+            request.image = Path(content).read_bytes()
+        elif isinstance(content, (bytes, bytearray, memoryview)):
+            request.image = bytes(content)
+        else:
+            request.vector.values.extend(np.asarray(content, dtype=np.float32).ravel().tolist())
+        return request
+
+    def ingest(self, items: Iterable[ItemLike], collection: str = "") -> Iterator[IngestResult]:
+        """Streams items and yields one result per item as the server stores it.
+
+        Items are read lazily, so a generator over a huge folder is never held in memory: gRPC's flow
+        control and the server's window hold the reader back when the server is busy.
+        """
+        collection = collection or self.collection
+        # A file that cannot be read never reaches the server; its failure is reported here instead.
+        unreadable: queue.SimpleQueue[IngestResult] = queue.SimpleQueue()
+
+        def requests() -> Iterator[pb.IngestRequest]:
+            for item in items:
+                try:
+                    yield self._ingest_request(item, collection)
+                except OSError as e:
+                    unreadable.put(IngestResult(str(item[0]), "INVALID_ARGUMENT", f"cannot read file: {e}"))
+
+        try:
+            for reply in self._images.Ingest(requests()):
+                while not unreadable.empty():
+                    yield unreadable.get()
+                yield IngestResult(reply.id, pb.StatusCode.Name(reply.code), reply.message)
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+        while not unreadable.empty():
+            yield unreadable.get()
+
+    def ingest_folder(
+        self, root: Path | str, collection: str = "", all_files: bool = False
+    ) -> Iterator[IngestResult]:
+        """Ingests every image under root; ids are the paths relative to root, with '/' separators."""
+        root = Path(root)
+        items = ((path.relative_to(root).as_posix(), path) for path in image_files(root, all_files))
+        return self.ingest(items, collection)
+
+    # Embed
+
+    def embed(self, images: Sequence[str | os.PathLike | bytes]) -> np.ndarray:
+        """Embeddings of images (paths or bytes) as an (N, dim) array; raises on the first bad image."""
+        items = [
+            pb.ImageItem(id=str(i), image=Path(img).read_bytes() if isinstance(img, (str, os.PathLike)) else img)
+            for i, img in enumerate(images)
+        ]
+        try:
+            reply = self._images.Embed(pb.EmbedRequest(items=items), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+        for result in reply.results:
+            if result.code != pb.OK:
+                raise LookalikeClientError(pb.StatusCode.Name(result.code), result.message)
+        return np.array([r.vector.values for r in reply.results], dtype=np.float32)
+
+    # Search
+
+    @staticmethod
+    def _query(query: QueryLike) -> pb.Query:
+        if isinstance(query, ById):
+            return pb.Query(id=query.id)
+        if isinstance(query, (str, os.PathLike)):
+            return pb.Query(image=Path(query).read_bytes())
+        if isinstance(query, (bytes, bytearray)):
+            return pb.Query(image=bytes(query))
+        return pb.Query(vector=pb.Vector(values=np.asarray(query, dtype=np.float32).ravel().tolist()))
+
+    def search_many(
+        self,
+        queries: Sequence[QueryLike],
+        k: int = 10,
+        collection: str = "",
+        filter: str = "",
+        include_metadata: bool = False,
+    ) -> list[list[Hit]]:
+        """One ranked list of hits per query, in one call."""
+        request = pb.SearchRequest(
+            collection=collection or self.collection,
+            queries=[self._query(q) for q in queries],
+            k=k,
+            filter=filter,
+            include_metadata=include_metadata,
+        )
+        try:
+            reply = self._images.Search(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+        return [
+            [Hit(h.id, h.score, _to_dict(h.metadata, include_metadata)) for h in result.hits]
+            for result in reply.results
+        ]
+
+    def search(self, query: QueryLike, k: int = 10, **kwargs: Any) -> list[Hit]:
+        """The k nearest stored images to one query (a path, bytes, a vector, or ById)."""
+        return self.search_many([query], k, **kwargs)[0]
+
+    # Rows
+
+    def get(
+        self, ids: Sequence[str], collection: str = "", vectors: bool = True, metadata: bool = True
+    ) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
+        """Stored rows by id; ids that are not stored are absent from the result."""
+        request = pb.GetRequest(
+            collection=collection or self.collection, ids=list(ids), include_vectors=vectors,
+            include_metadata=metadata,
+        )
+        try:
+            reply = self._images.Get(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _raise(e) from None
+        return {
+            item.id: (
+                np.asarray(item.vector.values, dtype=np.float32) if vectors else None,
+                _to_dict(item.metadata, metadata),
+            )
+            for item in reply.items
+        }
+
+    def delete(self, ids: Sequence[str], collection: str = "") -> int:
+        """Deletes rows by id; returns how many were stored."""
+        request = pb.DeleteRequest(collection=collection or self.collection, ids=list(ids))
+        try:
+            return self._images.Delete(request, timeout=self.timeout).deleted_count
+        except grpc.RpcError as e:
+            raise _raise(e) from None

@@ -1,0 +1,92 @@
+// Plain C++ kernels for the lookalike hot path: row normalisation and exact re-ranking.
+// No Python here: native/src/binding.cpp checks and converts arrays, then calls these.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace lookalike {
+
+enum class Metric {
+  kInnerProduct,  // dot product, larger is better
+  kSquaredL2,     // squared Euclidean distance, smaller is better
+};
+
+// Threads to use for `requested` (0 = all hardware threads), never fewer than one.
+inline int ResolveThreads(int requested) {
+  if (requested > 0) return requested;
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+// Calls fn(i, thread_id) for every i in [start, end) on up to `threads` threads (0 = all hardware
+// threads), the calling thread included; thread_id is in [0, threads). Items are handed out one at a
+// time, so make each item a useful amount of work. The first exception thrown by fn stops the
+// remaining items and is rethrown here, on the calling thread.
+template <class Function>
+void ParallelFor(int64_t start, int64_t end, int threads, Function fn) {
+  if (end <= start) return;
+  threads = static_cast<int>(std::min<int64_t>(ResolveThreads(threads), end - start));
+  if (threads == 1) {
+    for (int64_t i = start; i < end; ++i) fn(i, 0);
+    return;
+  }
+
+  std::atomic<int64_t> next(start);
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto worker = [&](int thread_id) {
+    for (;;) {
+      const int64_t i = next.fetch_add(1, std::memory_order_relaxed);
+      if (i >= end) return;
+      try {
+        fn(i, thread_id);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::current_exception();
+        next.store(end, std::memory_order_relaxed);
+        return;
+      }
+    }
+  };
+
+  std::vector<std::thread> pool;
+  pool.reserve(threads - 1);
+  try {
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
+  } catch (...) {  // could not start a thread: stop the ones running, then report
+    next.store(end, std::memory_order_relaxed);
+    for (auto& th : pool) th.join();
+    throw;
+  }
+  worker(0);
+  for (auto& th : pool) th.join();
+  if (error) std::rethrow_exception(error);
+}
+
+// Dot product of two length-`dim` vectors.
+float InnerProduct(const float* a, const float* b, int64_t dim);
+
+// Squared Euclidean distance between two length-`dim` vectors.
+float SquaredL2(const float* a, const float* b, int64_t dim);
+
+// L2-normalises each of the `rows` rows of the row-major matrix x (rows x dim) in place.
+// A zero row stays zero. threads: 0 = all hardware threads; small inputs run on the calling thread.
+void NormalizeRows(float* x, int64_t rows, int64_t dim, int threads = 0);
+
+// Exact re-ranking. For each of the num_queries queries (row-major, num_queries x dim), scores the
+// candidates listed in its row of candidate_rows (num_queries x per_query; entries index the
+// num_candidates x dim matrix `candidates`, -1 = padding, a row listed twice counts once) and writes
+// the best k, best first (worst first if reverse), to out_rows / out_scores (num_queries x k each).
+// Equal scores rank the smaller candidate row first. Where a query has fewer than k candidates the
+// tail is row -1, score NaN. Entries must be -1 or in [0, num_candidates); the caller checks that.
+void Rerank(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
+            int64_t dim, const int64_t* candidate_rows, int64_t per_query, int64_t k, Metric metric,
+            bool reverse, int threads, int64_t* out_rows, float* out_scores);
+
+}  // namespace lookalike

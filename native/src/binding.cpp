@@ -1,0 +1,140 @@
+// lookalike_server._native: checks and converts numpy arrays, then calls the plain C++ kernels in
+// kernels.cpp with the GIL released. No algorithm lives here.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "lookalike/kernels.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style>;
+using IndexArray = py::array_t<int64_t, py::array::c_style>;
+
+std::string Shape(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(a.shape(i));
+  }
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+std::string DtypeName(const py::array& a) { return py::str(a.dtype()).cast<std::string>(); }
+
+// `obj` as a numpy array of exactly dtype T (no casting) and `ndim` dimensions, else TypeError/ValueError.
+template <class T>
+py::array CheckedArray(const py::object& obj, const char* name, py::ssize_t ndim, const char* layout) {
+  if (!py::isinstance<py::array>(obj)) {
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray of " +
+                         py::str(py::dtype::of<T>()).cast<std::string>() + ", got " +
+                         py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
+  }
+  auto a = py::reinterpret_borrow<py::array>(obj);
+  if (!a.dtype().is(py::dtype::of<T>()) && !a.dtype().equal(py::dtype::of<T>())) {
+    throw py::type_error(std::string(name) + " must have dtype " +
+                         py::str(py::dtype::of<T>()).cast<std::string>() + ", got " + DtypeName(a));
+  }
+  if (a.ndim() != ndim) {
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D " + layout +
+                          ", got shape " + Shape(a));
+  }
+  return a;
+}
+
+// A C-contiguous view of a read-only input (a copy only when it is not contiguous already).
+template <class T>
+py::array_t<T, py::array::c_style> Contiguous(const py::array& a) {
+  auto c = py::array_t<T, py::array::c_style>::ensure(a);
+  if (!c) throw std::runtime_error("could not make a C-contiguous copy of a " + Shape(a) + " array");
+  return c;
+}
+
+void NormalizeRows(const py::object& obj) {
+  py::array a = CheckedArray<float>(obj, "x", 2, "(rows, dim)");
+  if (!(a.flags() & py::array::c_style) || !a.writeable()) {
+    throw py::value_error(
+        "x must be C-contiguous and writable: it is normalised in place (got " +
+        std::string((a.flags() & py::array::c_style) ? "C-contiguous" : "non-contiguous") + ", " +
+        (a.writeable() ? "writable" : "read-only") + "); pass np.ascontiguousarray(x) and use the result");
+  }
+  float* data = static_cast<float*>(a.mutable_data());
+  const int64_t rows = a.shape(0);
+  const int64_t dim = a.shape(1);
+  py::gil_scoped_release release;
+  lookalike::NormalizeRows(data, rows, dim);
+}
+
+py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj,
+                 const py::object& candidate_rows_obj, int64_t k, const std::string& metric_name,
+                 bool reverse, int threads) {
+  auto queries = Contiguous<float>(CheckedArray<float>(queries_obj, "queries", 2, "(Q, D)"));
+  auto candidates = Contiguous<float>(CheckedArray<float>(candidates_obj, "candidates", 2, "(N, D)"));
+  auto rows = Contiguous<int64_t>(CheckedArray<int64_t>(candidate_rows_obj, "candidate_rows", 2, "(Q, C)"));
+
+  const int64_t num_queries = queries.shape(0);
+  const int64_t dim = queries.shape(1);
+  const int64_t num_candidates = candidates.shape(0);
+  const int64_t per_query = rows.shape(1);
+  if (candidates.shape(1) != dim) {
+    throw py::value_error("candidates must have D = " + std::to_string(dim) + " columns like queries " +
+                          Shape(queries) + ", got shape " + Shape(candidates));
+  }
+  if (rows.shape(0) != num_queries) {
+    throw py::value_error("candidate_rows must have one row per query, Q = " + std::to_string(num_queries) +
+                          ", got shape " + Shape(rows));
+  }
+  if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
+  if (threads < 0) throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
+  lookalike::Metric metric;
+  if (metric_name == "ip") {
+    metric = lookalike::Metric::kInnerProduct;
+  } else if (metric_name == "l2") {
+    metric = lookalike::Metric::kSquaredL2;
+  } else {
+    throw py::value_error("metric must be 'ip' or 'l2', got '" + metric_name + "'");
+  }
+
+  const int64_t* row_data = rows.data();
+  const int64_t total = num_queries * per_query;
+  for (int64_t i = 0; i < total; ++i) {
+    const int64_t r = row_data[i];
+    if (r < -1 || r >= num_candidates) {
+      throw py::value_error("candidate_rows[" + std::to_string(i / per_query) + ", " +
+                            std::to_string(i % per_query) + "] = " + std::to_string(r) +
+                            " is out of range: expected -1 (padding) or a row in [0, " +
+                            std::to_string(num_candidates) + ")");
+    }
+  }
+
+  IndexArray out_rows({num_queries, k});
+  FloatArray out_scores({num_queries, k});
+  int64_t* out_rows_data = out_rows.mutable_data();
+  float* out_scores_data = out_scores.mutable_data();
+  {
+    py::gil_scoped_release release;
+    lookalike::Rerank(queries.data(), num_queries, candidates.data(), num_candidates, dim, row_data,
+                      per_query, k, metric, reverse, threads, out_rows_data, out_scores_data);
+  }
+  return py::make_tuple(out_rows, out_scores);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, m) {
+  m.doc() = "lookalike's native core: row normalisation and exact re-ranking (C++, GIL released).";
+  m.def("normalize_rows", &NormalizeRows, py::arg("x"),
+        "L2-normalise each row of a float32 (rows, dim) C-contiguous writable array in place; zero rows "
+        "stay zero.");
+  m.def("rerank", &Rerank, py::arg("queries"), py::arg("candidates"), py::arg("candidate_rows"),
+        py::arg("k"), py::arg("metric") = "ip", py::arg("reverse") = false, py::arg("threads") = 0,
+        "Score each query's listed candidate rows exactly ('ip' = dot product, best largest; 'l2' = "
+        "squared distance, best smallest) and return (rows int64 (Q, k), scores float32 (Q, k)), best "
+        "first (worst first if reverse); equal scores rank the smaller row first, padding -1 is skipped, "
+        "a short tail is row -1 / score NaN. threads: 0 = all cores.");
+}

@@ -1,0 +1,340 @@
+// Row normalisation and exact re-ranking; see lookalike/kernels.h for the contracts.
+//
+// Scoring uses GCC/Clang vector types so that one template body compiles to SSE, AVX2+FMA or AVX-512
+// code; the build targets x86-64-v2, so the wider versions are compiled with target attributes and
+// picked at run time from what the CPU supports (as hnswlib does).
+#include "lookalike/kernels.h"
+
+#include <cfloat>
+#include <cmath>
+#include <limits>
+
+#if defined(__x86_64__) || defined(__i386__)
+#define LOOKALIKE_X86 1
+#define LOOKALIKE_TARGET(isa) __attribute__((target(isa)))
+#endif
+#define LOOKALIKE_INLINE inline __attribute__((always_inline))
+
+namespace lookalike {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Normalisation: memory-bound, so a plain loop the compiler vectorises is as fast as anything.
+
+// Independent accumulators per loop step: enough to hide the add latency and to let the compiler
+// turn them into full SIMD registers.
+constexpr int kLanes = 16;
+
+inline float SumSquares(const float* x, int64_t dim) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= dim; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[i + j] * x[i + j];
+  }
+  float s = 0.0f;
+  for (int j = 0; j < kLanes; ++j) s += acc[j];
+  for (; i < dim; ++i) s += x[i] * x[i];
+  return s;
+}
+
+void NormalizeRow(float* x, int64_t dim) {
+  const float sum = SumSquares(x, dim);  // the row is in L1 afterwards, so scaling costs no re-read
+  if (sum >= FLT_MIN && sum <= FLT_MAX) {  // the common case: no overflow, no underflow
+    const float factor = 1.0f / std::sqrt(sum);
+    for (int64_t i = 0; i < dim; ++i) x[i] *= factor;
+    return;
+  }
+  if (std::isnan(sum)) return;  // NaN in the row: nothing meaningful to do, leave it be
+  // Overflowed or underflowed in float (or a zero row): redo it in double, which cannot.
+  double wide = 0.0;
+  for (int64_t i = 0; i < dim; ++i) wide += static_cast<double>(x[i]) * x[i];
+  if (wide == 0.0 || std::isinf(wide)) return;  // a zero row stays zero; inf only if the row holds inf
+  const double factor = 1.0 / std::sqrt(wide);
+  for (int64_t i = 0; i < dim; ++i) x[i] = static_cast<float>(x[i] * factor);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scoring: one candidate row against a few queries at once, so each candidate load feeds several
+// multiply-adds. A query's score never depends on which other queries share the call: every query
+// keeps its own accumulators and the same order of operations.
+
+// Float vectors of 4, 8 and 16 lanes. Template arguments drop alignment attributes, so loads go
+// through Load (an unaligned copy the compiler turns into one vector load).
+typedef float F4 __attribute__((vector_size(16)));
+typedef float F8 __attribute__((vector_size(32)));
+typedef float F16 __attribute__((vector_size(64)));
+
+template <class V>
+LOOKALIKE_INLINE void Load(V& v, const float* p) {
+  __builtin_memcpy(&v, p, sizeof(V));
+}
+
+// out[g] = score(cand, queries[g]) for g < G: dot product, or squared distance if kL2.
+template <class V, int G, bool kL2>
+LOOKALIKE_INLINE void ScoreGroup(const float* cand, const float* const* queries, int64_t dim, float* out) {
+  constexpr int64_t kWidth = sizeof(V) / sizeof(float);
+  const float* q[G];
+  for (int g = 0; g < G; ++g) q[g] = queries[g];
+  V acc[G][2] = {};  // two accumulators per query hide the add latency
+  int64_t i = 0;
+  for (; i + 2 * kWidth <= dim; i += 2 * kWidth) {
+    V c0, c1;
+    Load(c0, cand + i);
+    Load(c1, cand + i + kWidth);
+    for (int g = 0; g < G; ++g) {
+      V x0, x1;
+      Load(x0, q[g] + i);
+      Load(x1, q[g] + i + kWidth);
+      if (kL2) {
+        x0 = c0 - x0;
+        x1 = c1 - x1;
+        acc[g][0] += x0 * x0;
+        acc[g][1] += x1 * x1;
+      } else {
+        acc[g][0] += c0 * x0;
+        acc[g][1] += c1 * x1;
+      }
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const V a = acc[g][0] + acc[g][1];
+    float s = 0.0f;
+    for (int j = 0; j < kWidth; ++j) s += a[j];
+    for (int64_t t = i; t < dim; ++t) {
+      const float c = cand[t];
+      const float x = q[g][t];
+      s += kL2 ? (c - x) * (c - x) : c * x;
+    }
+    out[g] = s;
+  }
+}
+
+template <class V, bool kL2>
+LOOKALIKE_INLINE void ScoreRowT(const float* cand, const float* const* queries, int64_t count, int64_t dim,
+                                float* out) {
+  for (; count >= 4; count -= 4, queries += 4, out += 4) ScoreGroup<V, 4, kL2>(cand, queries, dim, out);
+  switch (count) {
+    case 3: ScoreGroup<V, 3, kL2>(cand, queries, dim, out); break;
+    case 2: ScoreGroup<V, 2, kL2>(cand, queries, dim, out); break;
+    case 1: ScoreGroup<V, 1, kL2>(cand, queries, dim, out); break;
+    default: break;
+  }
+}
+
+// Scores one candidate row against `count` queries: out[i] = score(cand, queries[i]).
+using ScoreRowFn = void (*)(const float* cand, const float* const* queries, int64_t count, int64_t dim,
+                            float* out);
+
+void ScoreRowIpBase(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
+  ScoreRowT<F4, false>(c, q, n, d, o);
+}
+void ScoreRowL2Base(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
+  ScoreRowT<F4, true>(c, q, n, d, o);
+}
+#ifdef LOOKALIKE_X86
+LOOKALIKE_TARGET("avx2,fma")
+void ScoreRowIpAvx2(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
+  ScoreRowT<F8, false>(c, q, n, d, o);
+}
+LOOKALIKE_TARGET("avx2,fma")
+void ScoreRowL2Avx2(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
+  ScoreRowT<F8, true>(c, q, n, d, o);
+}
+LOOKALIKE_TARGET("avx512f")
+void ScoreRowIpAvx512(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
+  ScoreRowT<F16, false>(c, q, n, d, o);
+}
+LOOKALIKE_TARGET("avx512f")
+void ScoreRowL2Avx512(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
+  ScoreRowT<F16, true>(c, q, n, d, o);
+}
+#endif
+
+// The widest scorer this CPU runs, chosen once per process so scores are reproducible within it.
+ScoreRowFn PickScoreRow(Metric metric) {
+  const bool l2 = metric == Metric::kSquaredL2;
+#ifdef LOOKALIKE_X86
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (avx512) return l2 ? ScoreRowL2Avx512 : ScoreRowIpAvx512;
+  if (avx2) return l2 ? ScoreRowL2Avx2 : ScoreRowIpAvx2;
+#endif
+  return l2 ? ScoreRowL2Base : ScoreRowIpBase;
+}
+
+// Asks the memory system for a row we are about to score, so its fetch overlaps the current one.
+inline void PrefetchRow(const float* row, int64_t dim) {
+  const char* p = reinterpret_cast<const char*>(row);
+  const char* end = reinterpret_cast<const char*>(row + dim);
+  for (; p < end; p += 64) __builtin_prefetch(p, 0, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k.
+
+struct Scored {
+  float key;    // higher is better in the requested order (the score, or its negation)
+  int64_t row;  // candidate row
+};
+
+// Best key first; equal keys by smaller row; NaN keys (only from NaN/inf input) last, so this stays
+// a strict weak order whatever the data.
+inline bool Before(const Scored& a, const Scored& b) {
+  const bool a_nan = std::isnan(a.key);
+  const bool b_nan = std::isnan(b.key);
+  if (a_nan != b_nan) return b_nan;
+  if (!a_nan && a.key != b.key) return a.key > b.key;
+  return a.row < b.row;
+}
+
+// Orders the best k of scored[0, m) first and writes them out; a short tail is row -1, score NaN.
+void WriteTopK(Scored* scored, int64_t m, int64_t k, bool negate, int64_t* rows_out, float* scores_out) {
+  const int64_t kept = std::min(k, m);
+  if (kept < m) std::nth_element(scored, scored + kept, scored + m, Before);
+  std::sort(scored, scored + kept, Before);
+  for (int64_t j = 0; j < kept; ++j) {
+    rows_out[j] = scored[j].row;
+    scores_out[j] = negate ? -scored[j].key : scored[j].key;
+  }
+  for (int64_t j = kept; j < k; ++j) {
+    rows_out[j] = -1;
+    scores_out[j] = std::numeric_limits<float>::quiet_NaN();
+  }
+}
+
+// Copies the valid, distinct rows of `listed` (length n) to out[0, m) and returns m. `seen` has a
+// bit per candidate row, all clear on entry and on return.
+int64_t CollectRows(const int64_t* listed, int64_t n, std::vector<uint64_t>& seen, Scored* out) {
+  int64_t m = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t row = listed[j];
+    if (row < 0) continue;
+    uint64_t& word = seen[row >> 6];
+    const uint64_t bit = uint64_t{1} << (row & 63);
+    if (word & bit) continue;
+    word |= bit;
+    out[m++] = {0.0f, row};
+  }
+  for (int64_t j = 0; j < m; ++j) seen[out[j].row >> 6] = 0;
+  return m;
+}
+
+}  // namespace
+
+float InnerProduct(const float* a, const float* b, int64_t dim) {
+  float out;
+  PickScoreRow(Metric::kInnerProduct)(a, &b, 1, dim, &out);
+  return out;
+}
+
+float SquaredL2(const float* a, const float* b, int64_t dim) {
+  float out;
+  PickScoreRow(Metric::kSquaredL2)(a, &b, 1, dim, &out);
+  return out;
+}
+
+void NormalizeRows(float* x, int64_t rows, int64_t dim, int threads) {
+  if (rows <= 0 || dim <= 0) return;
+  // Hand rows out in blocks of about 1 MiB, and stay on this thread when there is only one block.
+  const int64_t row_bytes = dim * static_cast<int64_t>(sizeof(float));
+  const int64_t block = std::max<int64_t>(1, (int64_t{1} << 20) / row_bytes);
+  const int64_t blocks = (rows + block - 1) / block;
+  ParallelFor(0, blocks, blocks == 1 ? 1 : threads, [&](int64_t b, int) {
+    const int64_t end = std::min(rows, (b + 1) * block);
+    for (int64_t r = b * block; r < end; ++r) NormalizeRow(x + r * dim, dim);
+  });
+}
+
+// Two ways to score, same results:
+//  - query-major (few queries, or candidates far more numerous than the listed entries): each query
+//    walks its own rows, prefetching the next;
+//  - candidate-major (the usual batch, where `candidates` is the union of the queries' lists): each
+//    candidate row is read from memory once, in order, and scored against every query that lists it,
+//    several queries per pass.
+void Rerank(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
+            int64_t dim, const int64_t* candidate_rows, int64_t per_query, int64_t k, Metric metric,
+            bool reverse, int threads, int64_t* out_rows, float* out_scores) {
+  if (num_queries <= 0 || k <= 0) return;
+  // Keys are "higher is better": ip best-first as is, l2 best-first negated, reverse flips both.
+  const bool negate = (metric == Metric::kSquaredL2) != reverse;
+  const ScoreRowFn score_row = PickScoreRow(metric);
+  const int64_t entries = num_queries * per_query;
+
+  // Threads pay off only when there is real work; below ~1M multiply-adds run inline.
+  threads = entries * std::max<int64_t>(dim, 1) < (int64_t{1} << 20) ? 1 : ResolveThreads(threads);
+  threads = static_cast<int>(std::min<int64_t>(threads, num_queries));
+  const int64_t seen_words = (num_candidates + 63) / 64 + 1;
+  std::vector<std::vector<uint64_t>> seen(threads);
+  auto seen_for = [&](int thread_id) -> std::vector<uint64_t>& {
+    if (seen[thread_id].empty()) seen[thread_id].assign(seen_words, 0);
+    return seen[thread_id];
+  };
+
+  // Each query's distinct rows go to scored[q * per_query, + count[q]).
+  std::vector<Scored> scored(entries);
+  std::vector<int64_t> count(num_queries);
+
+  const bool candidate_major = num_queries >= 2 && num_candidates <= 2 * entries;
+  if (!candidate_major) {
+    ParallelFor(0, num_queries, threads, [&](int64_t q, int thread_id) {
+      Scored* mine = scored.data() + q * per_query;
+      const int64_t m = CollectRows(candidate_rows + q * per_query, per_query, seen_for(thread_id), mine);
+      const float* query = queries + q * dim;
+      for (int64_t j = 0; j < m; ++j) {
+        if (j + 1 < m) PrefetchRow(candidates + mine[j + 1].row * dim, dim);
+        float score;
+        score_row(candidates + mine[j].row * dim, &query, 1, dim, &score);
+        mine[j].key = negate ? -score : score;
+      }
+      WriteTopK(mine, m, k, negate, out_rows + q * k, out_scores + q * k);
+    });
+    return;
+  }
+
+  ParallelFor(0, num_queries, threads, [&](int64_t q, int thread_id) {
+    count[q] = CollectRows(candidate_rows + q * per_query, per_query, seen_for(thread_id),
+                           scored.data() + q * per_query);
+  });
+
+  // Invert: for candidate row r, slots[first[r], first[r + 1]) are the entries of `scored` listing it.
+  std::vector<int64_t> first(num_candidates + 1, 0);
+  for (int64_t q = 0; q < num_queries; ++q) {
+    const Scored* mine = scored.data() + q * per_query;
+    for (int64_t j = 0; j < count[q]; ++j) ++first[mine[j].row + 1];
+  }
+  for (int64_t r = 0; r < num_candidates; ++r) first[r + 1] += first[r];
+  std::vector<int64_t> slots(first[num_candidates]);
+  {
+    std::vector<int64_t> next(first.begin(), first.end() - 1);
+    for (int64_t q = 0; q < num_queries; ++q) {
+      const Scored* mine = scored.data() + q * per_query;
+      for (int64_t j = 0; j < count[q]; ++j) slots[next[mine[j].row]++] = q * per_query + j;
+    }
+  }
+
+  // Score: candidate rows in blocks, each row against all its queries, up to kBatch at a time.
+  constexpr int64_t kBlockRows = 64;
+  constexpr int64_t kBatch = 64;
+  const int64_t blocks = (num_candidates + kBlockRows - 1) / kBlockRows;
+  ParallelFor(0, blocks, threads, [&](int64_t b, int) {
+    const float* batch_queries[kBatch];
+    float batch_scores[kBatch];
+    const int64_t end = std::min(num_candidates, (b + 1) * kBlockRows);
+    for (int64_t r = b * kBlockRows; r < end; ++r) {
+      if (r + 1 < end && first[r + 2] > first[r + 1]) PrefetchRow(candidates + (r + 1) * dim, dim);
+      const float* cand = candidates + r * dim;
+      for (int64_t s = first[r]; s < first[r + 1]; s += kBatch) {
+        const int64_t n = std::min(kBatch, first[r + 1] - s);
+        for (int64_t i = 0; i < n; ++i) batch_queries[i] = queries + (slots[s + i] / per_query) * dim;
+        score_row(cand, batch_queries, n, dim, batch_scores);
+        for (int64_t i = 0; i < n; ++i) scored[slots[s + i]].key = negate ? -batch_scores[i] : batch_scores[i];
+      }
+    }
+  });
+
+  ParallelFor(0, num_queries, threads, [&](int64_t q, int) {
+    WriteTopK(scored.data() + q * per_query, count[q], k, negate, out_rows + q * k, out_scores + q * k);
+  });
+}
+
+}  // namespace lookalike

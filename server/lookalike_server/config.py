@@ -1,0 +1,112 @@
+"""The server's configuration: one typed object, built once from flags > LOOKALIKE_* env > file > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+ENV_PREFIX = "LOOKALIKE_"
+METRICS = ("cosine", "ip", "l2")
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
+# Milvus' own ceiling on topk for one search.
+MAX_K = 16384
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    address: str = "localhost:50051"
+    data_dir: Path = Path("lookalike-data")
+    # Empty: Milvus Lite in data_dir. Otherwise any Milvus, e.g. http://host:19530.
+    milvus_uri: str = ""
+    milvus_user: str = ""
+    milvus_password: str = ""
+    milvus_token: str = ""
+    milvus_db_name: str = ""
+    milvus_tls: bool = False
+    milvus_ca_cert: str = ""
+    milvus_client_cert: str = ""
+    milvus_client_key: str = ""
+    milvus_server_name: str = ""
+    model_card: str = ""  # empty: the default model shipped with the server
+    device: str = "auto"
+    default_collection: str = "default"
+    default_metric: str = "cosine"
+    default_index: str = "HNSW"
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 5.0
+    decode_workers: int = 0  # 0: one per core
+    inference_threads: int = 0  # 0: one per core
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
+    ingest_window: int = 256  # items in flight per Ingest stream before the server stops reading
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if self.default_metric not in METRICS:
+            raise ValueError(f"default_metric must be one of {METRICS}, got {self.default_metric!r}")
+        if self.default_index not in INDEX_TYPES:
+            raise ValueError(f"default_index must be one of {INDEX_TYPES}, got {self.default_index!r}")
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
+
+    @property
+    def milvus_lite_path(self) -> Path:
+        return self.data_dir / "milvus.db"
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings for a log line, secrets masked."""
+        out = dataclasses.asdict(self)
+        for key in ("milvus_password", "milvus_token"):
+            if out[key]:
+                out[key] = "***"
+        return out
+
+    @classmethod
+    def load(
+        cls,
+        flags: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+        config_file: Path | str | None = None,
+    ) -> ServerConfig:
+        """Merges the sources; flags that are None count as not given."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        config_file = config_file or env.get(f"{ENV_PREFIX}CONFIG")
+        if config_file:
+            with Path(config_file).open("rb") as f:
+                values.update(tomllib.load(f))
+        for field in fields(cls):
+            key = ENV_PREFIX + field.name.upper()
+            if key in env:
+                values[field.name] = env[key]
+        values.update({k: v for k, v in (flags or {}).items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown settings: {sorted(unknown)}")
+        return cls(**{f.name: _convert(f, values[f.name]) for f in fields(cls) if f.name in values})
+
+
+def _convert(field: dataclasses.Field, value: Any) -> Any:
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "bool":
+            if isinstance(value, str):
+                if value.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+                    raise ValueError(value)
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "Path":
+            return Path(value)
+        return str(value)
+    except ValueError:
+        raise ValueError(f"setting {field.name}: cannot read {value!r} as {kind}") from None

@@ -1,0 +1,82 @@
+"""ONNX Runtime: one session per server, providers chosen deliberately and reported in one line."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from .model_card import ModelCard
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+_GPU_PROVIDERS = {
+    "cuda": ["CUDAExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],
+}
+
+
+def _wanted_providers(device: str) -> list[str]:
+    available = set(ort.get_available_providers())
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "auto":
+        wanted = [p for p in ("CUDAExecutionProvider",) if p in available]
+    else:
+        wanted = [p for p in _GPU_PROVIDERS[device] if p in available]
+        if not wanted:
+            raise RuntimeError(
+                f"--device {device} asked for {_GPU_PROVIDERS[device][0]}, but this onnxruntime build "
+                f"offers only {sorted(available)}"
+            )
+    return [*wanted, "CPUExecutionProvider"]
+
+
+class Embedder:
+    """Runs the card's network on a batch of preprocessed images and returns raw embeddings."""
+
+    def __init__(self, card: ModelCard, device: str = "auto", threads: int = 0) -> None:
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        self.card = card
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.log_severity_level = 3
+        if device == "auto":
+            # Probing for a GPU must not print ONNX Runtime's error screens on a CPU machine: one line of ours.
+            ort.set_default_logger_severity(4)
+        try:
+            self.session = ort.InferenceSession(
+                str(card.model_path), sess_options=options, providers=_wanted_providers(device)
+            )
+        finally:
+            ort.set_default_logger_severity(2)
+        self.provider = self.session.get_providers()[0]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        if card.input_name not in inputs:
+            raise ValueError(f"model {card.name} has no input {card.input_name!r}; it has {sorted(inputs)}")
+        if card.output_name not in outputs:
+            raise ValueError(f"model {card.name} has no output {card.output_name!r}; it has {sorted(outputs)}")
+        if device in ("cuda", "tensorrt", "auto") and self.provider == "CPUExecutionProvider":
+            if device != "auto":
+                raise RuntimeError(f"--device {device}: no GPU execution provider could start; see the log")
+            log.info("no GPU execution provider is usable here; embedding on the CPU")
+
+    @property
+    def dimension(self) -> int:
+        return self.card.dimension
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 to (N, dimension) float32, not yet normalised."""
+        (out,) = self.session.run([self.card.output_name], {self.card.input_name: batch})
+        out = np.ascontiguousarray(out, dtype=np.float32).reshape(len(batch), -1)
+        if out.shape[1] != self.card.dimension:
+            raise RuntimeError(
+                f"model {self.card.name} returned {out.shape[1]}-d vectors, its card says {self.card.dimension}"
+            )
+        return out

@@ -1,0 +1,78 @@
+"""Images become tensors: decode with Pillow, orient, flatten alpha, resize and normalise per the card."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import InvalidArgument
+from .model_card import ModelCard
+
+_RESAMPLING = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def decode_image(data: bytes, max_pixels: int | None = None) -> Image.Image:
+    """Decodes bytes to an upright RGB image (EXIF orientation applied, alpha composited on white)."""
+    if not data:
+        raise InvalidArgument("empty image: no bytes were sent")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise InvalidArgument(
+                    f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels} pixels"
+                )
+            img.seek(0)  # animated GIF, multi-page TIFF: the first frame
+            img.load()
+            upright = ImageOps.exif_transpose(img)
+            return _to_rgb(upright)
+    except InvalidArgument:
+        raise
+    except UnidentifiedImageError:
+        raise InvalidArgument(
+            f"cannot decode image: {len(data)} bytes in no format Pillow reads "
+            f"(first bytes {data[:8].hex()})"
+        ) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
+        raise InvalidArgument(f"cannot decode image: {e}") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: scale to 8 bits instead of clipping everything to white.
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max() or 1.0
+        return Image.fromarray((arr * (255.0 / top)).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def preprocess(img: Image.Image, card: ModelCard) -> np.ndarray:
+    """Resizes and crops as the card says and returns a float32 CHW tensor, normalised by mean/std."""
+    resample = _RESAMPLING[card.interpolation]
+    if card.resize == "stretch":
+        img = img.resize((card.width, card.height), resample)
+    else:
+        scale = card.resize_to / min(img.width, img.height)
+        size = (max(card.width, round(img.width * scale)), max(card.height, round(img.height * scale)))
+        img = img.resize(size, resample)
+        left = (img.width - card.width) // 2
+        top = (img.height - card.height) // 2
+        img = img.crop((left, top, left + card.width, top + card.height))
+    pixels = np.asarray(img, dtype=np.float32)
+    pixels = (pixels - np.asarray(card.mean, dtype=np.float32)) / np.asarray(card.std, dtype=np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def image_to_tensor(data: bytes, card: ModelCard, max_pixels: int | None = None) -> np.ndarray:
+    """Bytes to the network's input tensor for one image."""
+    return preprocess(decode_image(data, max_pixels), card)

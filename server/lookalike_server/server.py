@@ -1,0 +1,143 @@
+"""Starts lookalike: the gRPC server with health and reflection, the model, and the Milvus store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from lookalike.v1 import lookalike_pb2 as pb
+from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+
+from .config import ServerConfig
+from .embedder import Embedder
+from .errors import LookalikeError
+from .model_card import load_model_card
+from .pipeline import Pipeline
+from .service import CollectionsService, ImagesService
+from .store import Store
+
+log = logging.getLogger("lookalike_server")
+
+SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in ("Collections", "Images"))
+HEALTH_CHECK_SECONDS = 5.0
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class LookalikeServer:
+    """One running server: call `start()`, then `wait()`; `stop()` drains in-flight calls first."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ]
+        self.grpc_server = grpc.aio.server(options=options)
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self.grpc_server)
+        self.collections = CollectionsService()
+        self.images = ImagesService()
+        pb_grpc.add_CollectionsServicer_to_server(self.collections, self.grpc_server)
+        pb_grpc.add_ImagesServicer_to_server(self.images, self.grpc_server)
+        self.port = self.grpc_server.add_insecure_port(config.address)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {config.address}")
+        self.pipeline: Pipeline | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, status)
+
+    async def start(self) -> None:
+        """Listens at once (health NOT_SERVING), then loads the model and Milvus and turns SERVING."""
+        await self._set_health(False)
+        await self.grpc_server.start()
+        log.info("listening on %s (port %d); loading the model and Milvus", self.config.address, self.port)
+        loop = asyncio.get_running_loop()
+        card = load_model_card(self.config.model_card or None)
+        embedder = await loop.run_in_executor(
+            None, lambda: Embedder(card, self.config.device, self.config.inference_threads)
+        )
+        log.info("model %s (%d-d) runs on ONNX Runtime %s", card.name, card.dimension, embedder.provider)
+        store = await loop.run_in_executor(None, Store, self.config)
+        log.info("Milvus: %s", "Milvus Lite at " + store.uri if store.is_lite else store.uri)
+        self.pipeline = Pipeline(self.config, embedder, store)
+        await self.pipeline.start()
+        self.collections.attach(self.pipeline)
+        self.images.attach(self.pipeline)
+        await self._set_health(True)
+        self._watchdog = loop.create_task(self._watch_milvus())
+        log.info("SERVING on %s", self.config.address)
+
+    async def _watch_milvus(self) -> None:
+        """Health follows Milvus: NOT_SERVING while it does not answer, SERVING again when it does."""
+        assert self.pipeline is not None
+        serving = True
+        while True:
+            await asyncio.sleep(HEALTH_CHECK_SECONDS)
+            try:
+                await self.pipeline._in_store(self.pipeline.store.ping)
+                ok = True
+            except LookalikeError as e:
+                ok = False
+                if serving:
+                    log.warning("Milvus does not answer: %s", e.message)
+            if ok != serving:
+                serving = ok
+                await self._set_health(ok)
+                log.info("health: %s", "SERVING" if ok else "NOT_SERVING")
+
+    async def wait(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        log.info("stopping: finishing calls in flight (up to %.0f s)", grace)
+        await self._set_health(False)
+        if self._watchdog:
+            self._watchdog.cancel()
+        await self.grpc_server.stop(grace)
+        if self.pipeline:
+            await self.pipeline.close()
+            self.pipeline.store.close()
+        log.info("stopped")
+
+
+async def _serve(config: ServerConfig) -> None:
+    server = LookalikeServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    waiter = asyncio.ensure_future(server.wait())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    await server.stop()
+    for task in (waiter, stopper):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def serve(config: ServerConfig) -> None:
+    """Runs the server until SIGINT or SIGTERM."""
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # pymilvus logs every failed call with a traceback; our own log line says what the caller needs.
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
+    # Milvus Lite's in-process gRPC server logs calls it does not implement; faiss logs its CPU probing.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    log.info("settings: %s", config.redacted())
+    asyncio.run(_serve(config))

@@ -1,0 +1,234 @@
+"""The gRPC surface: wire types in, plain types to the pipeline, wire types out. One method per RPC."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+from lookalike.v1 import lookalike_pb2 as pb
+from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+
+from .errors import LookalikeError, Unavailable
+from .pipeline import CollectionInfo, Hit, IngestItem, ItemResult, Pipeline, Query
+
+log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+_METRIC_TO_WIRE = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_IP, "l2": pb.METRIC_L2}
+_METRIC_FROM_WIRE = {v: k for k, v in _METRIC_TO_WIRE.items()} | {pb.METRIC_UNSPECIFIED: ""}
+_INDEX_TO_WIRE = {
+    "FLAT": pb.INDEX_TYPE_FLAT,
+    "HNSW": pb.INDEX_TYPE_HNSW,
+    "IVF_FLAT": pb.INDEX_TYPE_IVF_FLAT,
+    "IVF_SQ8": pb.INDEX_TYPE_IVF_SQ8,
+}
+_INDEX_FROM_WIRE = {v: k for k, v in _INDEX_TO_WIRE.items()} | {pb.INDEX_TYPE_UNSPECIFIED: ""}
+
+
+def _abort_on_error(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Turns a LookalikeError into the matching gRPC status; anything else becomes INTERNAL, logged."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            return await method(self, request, context)
+        except LookalikeError as e:
+            await context.abort(getattr(grpc.StatusCode, e.code), e.message)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__} failed; see the server log")
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _status_code(code: str) -> int:
+    return pb.StatusCode.Value(code)
+
+
+def _struct(data: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if data is None:
+        return None
+    message = struct_pb2.Struct()
+    message.update(data)
+    return message
+
+
+def _collection_to_wire(info: CollectionInfo) -> pb.CollectionInfo:
+    spec = info.spec
+    return pb.CollectionInfo(
+        name=spec.name,
+        metric=_METRIC_TO_WIRE[spec.metric],
+        index_type=_INDEX_TO_WIRE[spec.index_type],
+        model=spec.model,
+        dimension=spec.dimension,
+        row_count=info.row_count,
+        execution_provider=info.execution_provider,
+    )
+
+
+def _item_result_to_wire(result: ItemResult) -> pb.EmbedResult:
+    vector = pb.Vector(values=result.vector.tolist()) if result.vector is not None else None
+    return pb.EmbedResult(id=result.id, code=_status_code(result.code), message=result.message, vector=vector)
+
+
+def _query_from_wire(query: pb.Query) -> Query:
+    kind = query.WhichOneof("by")
+    if kind == "vector":
+        return Query(vector=np.asarray(query.vector.values, dtype=np.float32))
+    if kind == "image":
+        return Query(image=query.image)
+    if kind == "id":
+        return Query(id=query.id)
+    return Query()
+
+
+def _hits_to_wire(hits: list[Hit], include_metadata: bool) -> pb.QueryResult:
+    return pb.QueryResult(
+        hits=[
+            pb.Hit(id=h.id, score=h.score, metadata=_struct(h.metadata) if include_metadata else None)
+            for h in hits
+        ]
+    )
+
+
+class _PipelineUser:
+    """Services are registered before the server starts; the pipeline arrives once the model is loaded."""
+
+    def __init__(self) -> None:
+        self._pipeline: Pipeline | None = None
+
+    def attach(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            raise Unavailable("the server is starting: the model and Milvus are still loading; retry shortly")
+        return self._pipeline
+
+    async def _ready_or_abort(self, context: Any) -> Pipeline:
+        try:
+            return self.pipeline
+        except Unavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, e.message)
+            raise
+
+
+class CollectionsService(pb_grpc.CollectionsServicer, _PipelineUser):
+
+    @_abort_on_error
+    async def CreateCollection(self, request: pb.CreateCollectionRequest, context: Any) -> pb.CollectionInfo:
+        info = await self.pipeline.create_collection(
+            request.name, _METRIC_FROM_WIRE[request.metric], _INDEX_FROM_WIRE[request.index_type], request.model
+        )
+        return _collection_to_wire(info)
+
+    @_abort_on_error
+    async def ListCollections(self, request: pb.ListCollectionsRequest, context: Any) -> pb.ListCollectionsResponse:
+        infos = await self.pipeline.list_collections()
+        return pb.ListCollectionsResponse(collections=[_collection_to_wire(i) for i in infos])
+
+    @_abort_on_error
+    async def DescribeCollection(self, request: pb.DescribeCollectionRequest, context: Any) -> pb.CollectionInfo:
+        return _collection_to_wire(await self.pipeline.describe_collection(request.name))
+
+    @_abort_on_error
+    async def DropCollection(self, request: pb.DropCollectionRequest, context: Any) -> pb.DropCollectionResponse:
+        if not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "name the collection to drop")
+        await self.pipeline.drop_collection(request.name)
+        return pb.DropCollectionResponse()
+
+
+class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
+
+    async def Ingest(
+        self, request_iterator: AsyncIterator[pb.IngestRequest], context: Any
+    ) -> AsyncIterator[pb.IngestResponse]:
+        pipeline = await self._ready_or_abort(context)
+
+        async def items() -> AsyncIterator[IngestItem]:
+            async for request in request_iterator:
+                kind = request.WhichOneof("content")
+                yield IngestItem(
+                    id=request.id,
+                    collection=request.collection,
+                    image=request.image if kind == "image" else None,
+                    vector=np.asarray(request.vector.values, dtype=np.float32) if kind == "vector" else None,
+                    metadata=json_format.MessageToDict(request.metadata),
+                )
+
+        async for result in pipeline.ingest(items()):
+            yield pb.IngestResponse(id=result.id, code=_status_code(result.code), message=result.message)
+
+    @_abort_on_error
+    async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
+        results = await self.pipeline.embed_many([(item.id, item.image) for item in request.items])
+        return pb.EmbedResponse(results=[_item_result_to_wire(r) for r in results])
+
+    async def EmbedStream(
+        self, request_iterator: AsyncIterator[pb.ImageItem], context: Any
+    ) -> AsyncIterator[pb.EmbedResult]:
+        pipeline = await self._ready_or_abort(context)
+        async for item in request_iterator:
+            yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
+
+    async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        results = await self.pipeline.search(
+            request.collection,
+            [_query_from_wire(q) for q in request.queries],
+            request.k,
+            request.filter,
+            request.include_metadata,
+        )
+        return pb.SearchResponse(
+            results=[_hits_to_wire(hits, request.include_metadata) for hits in results],
+            request_id=request.request_id,
+        )
+
+    @_abort_on_error
+    async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
+        return await self._search(request)
+
+    async def SearchStream(
+        self, request_iterator: AsyncIterator[pb.SearchRequest], context: Any
+    ) -> AsyncIterator[pb.SearchResponse]:
+        await self._ready_or_abort(context)
+        async for request in request_iterator:
+            try:
+                yield await self._search(request)
+            except LookalikeError as e:
+                yield pb.SearchResponse(request_id=request.request_id, code=_status_code(e.code), message=e.message)
+            except Exception:
+                log.exception("SearchStream request %r failed", request.request_id)
+                yield pb.SearchResponse(
+                    request_id=request.request_id, code=pb.INTERNAL, message="search failed; see the server log"
+                )
+
+    @_abort_on_error
+    async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:
+        found, missing = await self.pipeline.get(
+            request.collection, list(request.ids), request.include_vectors, request.include_metadata
+        )
+        items = [
+            pb.Item(
+                id=item_id,
+                vector=pb.Vector(values=vector.tolist()) if vector is not None else None,
+                metadata=_struct(metadata),
+            )
+            for item_id, vector, metadata in found
+        ]
+        return pb.GetResponse(items=items, missing_ids=missing)
+
+    @_abort_on_error
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        return pb.DeleteResponse(deleted_count=await self.pipeline.delete(request.collection, list(request.ids)))

@@ -1,0 +1,252 @@
+"""Milvus, and only here: collections of (id, vector, metadata) rows. pymilvus types never leave this module."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pymilvus import DataType, MilvusClient
+from pymilvus.exceptions import MilvusException
+
+from .config import ServerConfig
+from .errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, Unavailable
+
+log = logging.getLogger(__name__)
+
+ID_MAX_BYTES = 512
+_PROP_MODEL = "lookalike.model"
+_PROP_METRIC = "lookalike.metric"
+_PROP_INDEX = "lookalike.index"
+# Build parameters must be nested under "params": Milvus Lite silently ignores them at the top level.
+_BUILD_PARAMS: dict[str, dict[str, Any]] = {
+    "FLAT": {},
+    "HNSW": {"M": 16, "efConstruction": 200},
+    "IVF_FLAT": {"nlist": 128},
+    "IVF_SQ8": {"nlist": 128},
+}
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    name: str
+    metric: str  # "cosine" | "ip" | "l2"
+    index_type: str  # "FLAT" | "HNSW" | "IVF_FLAT" | "IVF_SQ8"
+    model: str
+    dimension: int
+
+
+@dataclass
+class Candidate:
+    id: str
+    vector: np.ndarray
+    metadata: dict[str, Any] | None
+
+
+def _search_params(index_type: str, limit: int) -> dict[str, Any]:
+    if index_type == "HNSW":
+        return {"params": {"ef": max(64, limit)}}
+    if index_type.startswith("IVF"):
+        return {"params": {"nprobe": 32}}
+    return {"params": {}}
+
+
+def _quote(ids: list[str]) -> str:
+    return "[" + ", ".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in ids) + "]"
+
+
+class Store:
+    """A connection to one Milvus (Lite in a local folder, or a server) with lookalike's row layout."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.is_lite = not config.milvus_uri
+        if self.is_lite:
+            os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+            uri = str(config.milvus_lite_path)
+            kwargs: dict[str, Any] = {}
+        else:
+            uri = config.milvus_uri
+            kwargs = {
+                "user": config.milvus_user,
+                "password": config.milvus_password,
+                "token": config.milvus_token,
+                "db_name": config.milvus_db_name,
+            }
+            if config.milvus_tls:
+                kwargs["secure"] = True
+                for key, value in (
+                    ("ca_pem_path", config.milvus_ca_cert),
+                    ("client_pem_path", config.milvus_client_cert),
+                    ("client_key_path", config.milvus_client_key),
+                    ("server_name", config.milvus_server_name),
+                ):
+                    if value:
+                        kwargs[key] = value
+        self.uri = uri
+        try:
+            self.client = MilvusClient(uri, **kwargs)
+        except MilvusException as e:
+            raise Unavailable(f"cannot connect to Milvus at {uri}: {e.message}") from e
+        # Searches read with Session consistency (our own upserts are visible, about 5 ms a query on a
+        # server). Reads by id and counts use Strong: on Milvus 2.3 Session does not yet see our own
+        # deletes, and a Get right after a Delete must not return the row. Milvus Lite is always strong.
+        self._consistency = {} if self.is_lite else {"consistency_level": "Session"}
+        self._strong = {} if self.is_lite else {"consistency_level": "Strong"}
+
+    def close(self) -> None:
+        self.client.close()
+
+    def ping(self) -> None:
+        """Raises Unavailable unless Milvus answers."""
+        self._call(self.client.list_collections)
+
+    def _call(self, fn: Any, *args: Any, collection: str = "", **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MilvusException as e:
+            raise self._translate(e, collection) from e
+        except (ConnectionError, TimeoutError, OSError) as e:
+            raise Unavailable(f"Milvus at {self.uri} does not answer: {e}") from e
+
+    @staticmethod
+    def _translate(e: MilvusException, collection: str) -> LookalikeError:
+        text = str(e.message)
+        lowered = text.lower()
+        if collection and ("not exist" in lowered or "not found" in lowered) and "collection" in lowered:
+            return NotFound(f"collection {collection!r} does not exist")
+        if "already exist" in lowered:
+            return AlreadyExists(f"collection {collection!r} already exists")
+        if "unavailable" in lowered or "connect" in lowered or "deadline" in lowered:
+            return Unavailable(f"Milvus at {text}")
+        return InvalidArgument(text)
+
+    # Collections
+
+    def list_collections(self) -> list[str]:
+        return sorted(self._call(self.client.list_collections))
+
+    def create(self, spec: CollectionSpec) -> None:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=ID_MAX_BYTES)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dimension)
+        schema.add_field("metadata", DataType.JSON)
+        index = self.client.prepare_index_params()
+        index.add_index(
+            field_name="vector",
+            index_type=spec.index_type,
+            metric_type=spec.metric.upper(),
+            params={"params": _BUILD_PARAMS[spec.index_type]},
+        )
+        if self._call(self.client.has_collection, spec.name):
+            raise AlreadyExists(f"collection {spec.name!r} already exists")
+        properties = {_PROP_MODEL: spec.model, _PROP_METRIC: spec.metric, _PROP_INDEX: spec.index_type}
+        self._call(
+            self.client.create_collection,
+            spec.name,
+            schema=schema,
+            index_params=index,
+            properties=properties,
+            collection=spec.name,
+            **self._consistency,
+        )
+        log.info("created collection %s (%s, %s, %d-d, model %s)", spec.name, spec.metric, spec.index_type,
+                 spec.dimension, spec.model)
+
+    def describe(self, name: str) -> CollectionSpec:
+        info = self._call(self.client.describe_collection, name, collection=name)
+        props = info.get("properties", {})
+        vector_field = next((f for f in info["fields"] if f["name"] == "vector"), None)
+        if vector_field is None or _PROP_MODEL not in props:
+            raise NotFound(f"collection {name!r} exists in Milvus but was not created by lookalike")
+        return CollectionSpec(
+            name=name,
+            metric=props.get(_PROP_METRIC, "cosine"),
+            index_type=props.get(_PROP_INDEX, "HNSW"),
+            model=props[_PROP_MODEL],
+            dimension=int(vector_field["params"]["dim"]),
+        )
+
+    def row_count(self, name: str) -> int:
+        rows = self._call(self.client.query, name, filter="", output_fields=["count(*)"], collection=name,
+                          **self._strong)
+        return int(rows[0]["count(*)"])
+
+    def drop(self, name: str) -> None:
+        if not self._call(self.client.has_collection, name):
+            raise NotFound(f"collection {name!r} does not exist")
+        self._call(self.client.drop_collection, name, collection=name)
+        log.info("dropped collection %s", name)
+
+    # Rows
+
+    def upsert(self, name: str, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> None:
+        """Stores the rows; when this returns, Milvus has accepted them (same id: replaced)."""
+        rows = [
+            {"id": i, "vector": v, "metadata": m}
+            for i, v, m in zip(ids, vectors.tolist(), metadata, strict=True)
+        ]
+        self._call(self.client.upsert, name, rows, collection=name)
+
+    def search(
+        self,
+        name: str,
+        spec: CollectionSpec,
+        vectors: np.ndarray,
+        limit: int,
+        filter_expr: str = "",
+        with_metadata: bool = False,
+    ) -> list[list[Candidate]]:
+        """Approximate nearest neighbours with their stored vectors, for an exact re-rank above."""
+        fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
+        try:
+            results = self.client.search(
+                name,
+                data=vectors.tolist(),
+                limit=limit,
+                filter=filter_expr,
+                output_fields=fields,
+                search_params=_search_params(spec.index_type, limit),
+                **self._consistency,
+            )
+        except MilvusException as e:
+            error = self._translate(e, name)
+            if filter_expr and isinstance(error, InvalidArgument):
+                raise InvalidArgument(f"filter {filter_expr!r} is not a valid Milvus expression: {e.message}") from e
+            raise error from e
+        return [
+            [
+                Candidate(
+                    id=hit["id"],
+                    vector=np.asarray(hit["entity"]["vector"], dtype=np.float32),
+                    metadata=hit["entity"].get("metadata") if with_metadata else None,
+                )
+                for hit in hits
+            ]
+            for hits in results
+        ]
+
+    def get(
+        self, name: str, ids: list[str], with_vectors: bool = True, with_metadata: bool = True
+    ) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
+        """The stored rows among `ids`, keyed by id; missing ids are simply absent."""
+        if not ids:
+            return {}
+        fields = ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else [])
+        rows = self._call(self.client.query, name, filter=f"id in {_quote(ids)}", output_fields=fields,
+                          collection=name, **self._strong)
+        return {
+            row["id"]: (
+                np.asarray(row["vector"], dtype=np.float32) if with_vectors else None,
+                row.get("metadata") if with_metadata else None,
+            )
+            for row in rows
+        }
+
+    def delete(self, name: str, ids: list[str]) -> int:
+        """Deletes the ids and returns how many of them were stored."""
+        present = self.get(name, ids, with_vectors=False, with_metadata=False)
+        if present:
+            self._call(self.client.delete, name, ids=list(present), collection=name)
+        return len(present)

@@ -1,0 +1,236 @@
+"""The real server over Milvus Lite: collections, ingest, embed, search, get and delete, and bad input."""
+
+from __future__ import annotations
+
+import io
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from lookalike import ById, LookalikeClientError
+from lookalike.v1 import lookalike_pb2 as pb
+from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+from PIL import Image
+
+DIM = 1280
+
+
+def unit_rows(n: int, seed: int = 0) -> np.ndarray:
+    rows = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def jpeg_bytes(photos_dir, name: str = "chelsea.jpg") -> bytes:
+    return (photos_dir / name).read_bytes()
+
+
+def test_health_is_serving(server):
+    with grpc.insecure_channel(server.address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "lookalike.v1.Images", "lookalike.v1.Collections"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_default_collection_exists_and_describes_the_model(client):
+    info = client.describe_collection("")
+    assert info.name == "default"
+    assert info.dimension == DIM
+    assert info.model == "efficientnet-lite0"
+    assert info.metric == "cosine"
+    assert info.execution_provider == "CPUExecutionProvider"
+    assert "default" in [c.name for c in client.list_collections()]
+
+
+def test_collection_lifecycle(client):
+    created = client.create_collection("lifecycle", "l2", "IVF_FLAT")
+    assert (created.metric, created.index_type, created.dimension) == ("l2", "IVF_FLAT", DIM)
+    with pytest.raises(LookalikeClientError) as e:
+        client.create_collection("lifecycle")
+    assert e.value.code == "ALREADY_EXISTS"
+    assert client.describe_collection("lifecycle").row_count == 0
+    client.drop_collection("lifecycle")
+    with pytest.raises(LookalikeClientError) as e:
+        client.describe_collection("lifecycle")
+    assert e.value.code == "NOT_FOUND"
+    assert "lifecycle" in e.value.details
+
+
+def test_create_collection_for_another_model_is_refused(server):
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.CollectionsStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.CreateCollection(pb.CreateCollectionRequest(name="clip", model="clip-vit-b32"), timeout=10)
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "efficientnet-lite0" in e.value.details()
+
+
+def test_ingest_images_with_bad_items_in_the_stream(client, collection, photos_dir):
+    good = jpeg_bytes(photos_dir)
+    items = [
+        ("good-1", good, {"label": "cat"}),
+        ("not-an-image", b"this is plain text, not a picture"),
+        ("truncated", good[: len(good) // 3]),
+        ("empty", b""),
+        ("good-2", jpeg_bytes(photos_dir, "coffee.jpg"), {"label": "coffee"}),
+    ]
+    results = {r.id: r for r in client.ingest(items, collection=collection)}
+    assert set(results) == {"good-1", "not-an-image", "truncated", "empty", "good-2"}
+    assert results["good-1"].ok and results["good-2"].ok
+    for bad in ("not-an-image", "truncated", "empty"):
+        assert results[bad].code == "INVALID_ARGUMENT"
+        assert bad in results[bad].message
+    assert "decode" in results["not-an-image"].message
+    assert "empty" in results["empty"].message
+    assert client.describe_collection(collection).row_count == 2
+    rows = client.get(["good-1", "good-2"], collection=collection)
+    assert rows["good-1"][1] == {"label": "cat"}
+    assert np.linalg.norm(rows["good-1"][0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ingest_vectors_upsert_and_per_item_errors(client, collection):
+    rows = unit_rows(3)
+    items = [
+        ("a", rows[0], {"n": 1}),
+        ("b", rows[1]),
+        ("short", rows[2][:10]),
+        ("nan", np.full(DIM, np.nan, dtype=np.float32)),
+        ("", rows[2]),
+        ("a", rows[2], {"n": 2}),  # the same id again, later in the stream: it wins
+    ]
+    results = list(client.ingest(items, collection=collection))
+    assert [r.code for r in results] == ["OK", "OK", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "INVALID_ARGUMENT", "OK"]
+    assert "10 dimensions" in results[2].message and "1280" in results[2].message
+    assert "NaN" in results[3].message
+    assert "empty id" in results[4].message
+    stored = client.get(["a", "b"], collection=collection)
+    np.testing.assert_allclose(stored["a"][0], rows[2], atol=1e-6)
+    assert stored["a"][1] == {"n": 2}
+    assert client.describe_collection(collection).row_count == 2
+
+
+def test_ingest_into_an_unknown_collection_is_a_per_item_not_found(client):
+    results = list(client.ingest([("x", unit_rows(1)[0])], collection="no_such_collection"))
+    assert results[0].code == "NOT_FOUND"
+    assert "no_such_collection" in results[0].message
+
+
+@pytest.mark.parametrize(("metric", "index"), [("cosine", "FLAT"), ("ip", "HNSW"), ("l2", "IVF_FLAT")])
+def test_search_by_vector_is_exact(client, metric, index):
+    name = f"exact_{metric}_{index}".lower()
+    client.create_collection(name, metric, index)
+    try:
+        rng = np.random.default_rng(1)
+        data = rng.standard_normal((300, DIM)).astype(np.float32)
+        if metric == "cosine":
+            data /= np.linalg.norm(data, axis=1, keepdims=True)
+        ids = [f"r{i:03d}" for i in range(len(data))]
+        assert all(r.ok for r in client.ingest(zip(ids, data, strict=False), collection=name))
+        queries = data[:5] + 0.1 * rng.standard_normal((5, DIM)).astype(np.float32)
+        results = client.search_many(list(queries), k=10, collection=name)
+        for q, hits in zip(queries, results, strict=False):
+            if metric == "l2":
+                scores = ((data - q) ** 2).sum(axis=1)
+                order = np.argsort(scores, kind="stable")
+            else:
+                qn = q / np.linalg.norm(q) if metric == "cosine" else q
+                scores = data @ qn
+                order = np.argsort(-scores, kind="stable")
+            assert [h.id for h in hits] == [ids[i] for i in order[:10]]
+            np.testing.assert_allclose([h.score for h in hits], scores[order[:10]], rtol=1e-4, atol=1e-3)
+    finally:
+        client.drop_collection(name)
+
+
+def test_search_by_image_id_and_filter(client, collection, photos_dir):
+    items = [(p.stem, p, {"kind": "animal" if p.stem in ("chelsea", "horse", "astronaut") else "other"})
+             for p in sorted(photos_dir.iterdir())]
+    assert all(r.ok for r in client.ingest(items, collection=collection))
+    hits = client.search(photos_dir / "coffee.jpg", k=3, collection=collection)
+    assert hits[0].id == "coffee"
+    assert hits[0].score == pytest.approx(1.0, abs=1e-4)
+    by_id = client.search(ById("chelsea"), k=3, collection=collection, include_metadata=True)
+    assert by_id[0].id == "chelsea" and by_id[0].metadata == {"kind": "animal"}
+    filtered = client.search(ById("coffee"), k=10, collection=collection, filter='metadata["kind"] == "animal"')
+    assert {h.id for h in filtered} == {"chelsea", "horse", "astronaut"}
+    assert len(client.search(ById("coffee"), k=1000, collection=collection)) == len(items)
+
+
+def test_search_errors_are_precise(client, collection):
+    client.ingest([("only", unit_rows(1)[0])], collection=collection).__next__()
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(unit_rows(1)[0], k=0, collection=collection)
+    assert e.value.code == "INVALID_ARGUMENT" and "16384" in e.value.details
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(unit_rows(1)[0], k=16385, collection=collection)
+    assert e.value.code == "INVALID_ARGUMENT" and "16384" in e.value.details
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(np.ones(7), k=3, collection=collection)
+    assert e.value.code == "INVALID_ARGUMENT" and "7" in e.value.details and "1280" in e.value.details
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(ById("ghost"), k=3, collection=collection)
+    assert e.value.code == "NOT_FOUND" and "ghost" in e.value.details
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(unit_rows(1)[0], k=3, collection="nowhere")
+    assert e.value.code == "NOT_FOUND" and "nowhere" in e.value.details
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(unit_rows(1)[0], k=3, collection=collection, filter='metadata["x" ==')
+    assert e.value.code == "INVALID_ARGUMENT" and "filter" in e.value.details
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(b"not an image", k=3, collection=collection)
+    assert e.value.code == "INVALID_ARGUMENT" and "decode" in e.value.details
+
+
+def test_search_stream_reports_errors_per_request_and_goes_on(server, collection, client):
+    client.ingest([("v", unit_rows(1)[0])], collection=collection).__next__()
+    vector = pb.Vector(values=unit_rows(1)[0].tolist())
+    requests = [
+        pb.SearchRequest(collection=collection, queries=[pb.Query(vector=vector)], k=1, request_id="ok-1"),
+        pb.SearchRequest(collection=collection, queries=[pb.Query(id="ghost")], k=1, request_id="bad"),
+        pb.SearchRequest(collection=collection, queries=[pb.Query(id="v")], k=1, request_id="ok-2"),
+    ]
+    with grpc.insecure_channel(server.address) as channel:
+        replies = list(pb_grpc.ImagesStub(channel).SearchStream(iter(requests), timeout=30))
+    assert [r.request_id for r in replies] == ["ok-1", "bad", "ok-2"]
+    assert [r.code for r in replies] == [pb.OK, pb.NOT_FOUND, pb.OK]
+    assert replies[2].results[0].hits[0].id == "v"
+
+
+def test_embed_unary_and_stream(server, client, photos_dir):
+    vectors = client.embed([photos_dir / "chelsea.jpg", photos_dir / "coffee.jpg"])
+    assert vectors.shape == (2, DIM)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # A resized, recompressed copy embeds close to the original, much closer than another photo.
+    buf = io.BytesIO()
+    Image.open(photos_dir / "chelsea.jpg").resize((300, 200)).save(buf, "JPEG", quality=60)
+    copy = client.embed([buf.getvalue()])[0]
+    assert copy @ vectors[0] > 0.8 > vectors[0] @ vectors[1]
+    items = [pb.ImageItem(id="c", image=(photos_dir / "chelsea.jpg").read_bytes()), pb.ImageItem(id="x", image=b"x")]
+    with grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.ImagesStub(channel)
+        streamed = list(stub.EmbedStream(iter(items), timeout=30))
+        unary = stub.Embed(pb.EmbedRequest(items=items), timeout=30)
+    for replies in (streamed, list(unary.results)):
+        assert [r.code for r in replies] == [pb.OK, pb.INVALID_ARGUMENT]
+        np.testing.assert_allclose(replies[0].vector.values, vectors[0], atol=1e-4)
+        assert "'x'" in replies[1].message
+
+
+def test_get_and_delete(client, collection):
+    rows = unit_rows(3)
+    assert all(r.ok for r in client.ingest(zip(["a", "b", "c"], rows, [{"i": 0}, {"i": 1}, {"i": 2}], strict=False),
+                                           collection=collection))
+    got = client.get(["c", "missing", "a"], collection=collection, vectors=False)
+    assert set(got) == {"a", "c"}
+    assert got["c"] == (None, {"i": 2})
+    assert client.delete(["a", "missing"], collection=collection) == 1
+    assert set(client.get(["a", "b", "c"], collection=collection)) == {"b", "c"}
+    assert client.describe_collection(collection).row_count == 2
+
+
+def test_server_still_serving_after_bad_input(server, client):
+    with pytest.raises(LookalikeClientError):
+        client.search(b"\x00" * 100, k=1)
+    client.wait_until_ready(timeout=5)
+    assert server.proc.poll() is None

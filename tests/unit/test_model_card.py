@@ -1,0 +1,44 @@
+"""Model cards: the default one loads, broken ones say what is wrong, and the network matches its card."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from lookalike_server.embedder import Embedder
+from lookalike_server.imaging import image_to_tensor
+from lookalike_server.model_card import DEFAULT_CARD, load_model_card
+
+
+def test_default_card():
+    card = load_model_card()
+    assert card.name == "efficientnet-lite0"
+    assert (card.height, card.width, card.dimension) == (224, 224, 1280)
+    assert card.model_path.is_file()
+
+
+def test_missing_fields_and_files_are_named(tmp_path):
+    card = tmp_path / "card.toml"
+    card.write_text('name = "x"\nfile = "model.onnx"\n')
+    with pytest.raises(ValueError, match="incomplete"):
+        load_model_card(card)
+    text = DEFAULT_CARD.read_text().replace('file = "model.onnx"', 'file = "absent.onnx"')
+    card.write_text(text)
+    with pytest.raises(FileNotFoundError, match=r"absent\.onnx"):
+        load_model_card(card)
+
+
+def test_embedder_on_real_photos(photos_dir):
+    card = load_model_card()
+    embedder = Embedder(card, device="cpu", threads=2)
+    assert embedder.provider == "CPUExecutionProvider"
+    batch = np.stack([image_to_tensor((photos_dir / n).read_bytes(), card) for n in ("chelsea.jpg", "coffee.jpg")])
+    out = embedder.embed(batch)
+    assert out.shape == (2, 1280) and out.dtype == np.float32
+    single = embedder.embed(batch[:1])
+    np.testing.assert_allclose(single[0], out[0], rtol=1e-3, atol=1e-3)
+
+
+def test_cuda_device_without_a_gpu_is_refused_clearly():
+    card = load_model_card()
+    with pytest.raises(RuntimeError, match=r"GPU|CUDA"):
+        Embedder(card, device="cuda")
