@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,7 +20,7 @@ from .config import INDEX_TYPES, MAX_K, METRICS, ServerConfig
 from .embedder import Embedder
 from .errors import FailedPrecondition, InvalidArgument, LookalikeError, NotFound
 from .imaging import image_to_tensor
-from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store
+from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,9 @@ T = TypeVar("T")
 MAX_UPSERT_ROWS = 256
 # Lossy indexes are asked for this many candidates per result, then re-ranked exactly.
 OVERFETCH = 2
+# Up to this many restrict_ids become an `id in [...]` filter; larger sets are searched exactly by
+# reading their vectors, instead of sending Milvus an expression of hundreds of kilobytes.
+RESTRICT_FILTER_MAX_IDS = 1000
 
 
 @dataclass
@@ -49,9 +53,26 @@ class ItemResult:
 
 @dataclass
 class Query:
+    """One query: exactly one of these is set. Several ids or vectors are searched by their mean."""
+
     vector: Sequence[float] | None = None
     image: bytes | None = None
     id: str | None = None
+    ids: Sequence[str] | None = None
+    vectors: Sequence[Sequence[float]] | None = None
+    text: str | None = None
+
+
+@dataclass
+class SearchOptions:
+    k: int
+    filter_expr: str = ""
+    include_metadata: bool = False
+    include_vectors: bool = False
+    reverse: bool = False
+    offset: int = 0
+    restrict_ids: Sequence[str] = ()
+    consistency: str = ""
 
 
 @dataclass
@@ -59,6 +80,7 @@ class Hit:
     id: str
     score: float
     metadata: dict[str, Any] | None = None
+    vector: np.ndarray | None = None
 
 
 @dataclass
@@ -141,10 +163,21 @@ class Pipeline:
         return spec
 
     async def _info(self, spec: CollectionSpec) -> CollectionInfo:
+        """Row count, and the index parameters as Milvus itself reports them (not as we asked)."""
         rows = await self._in_store(self.store.row_count, spec.name)
-        return CollectionInfo(spec, rows, self.embedder.provider)
+        index = await self._in_store(self.store.describe_index, spec.name)
+        params = {k: int(v) for k, v in index.get("params", {}).items() if str(v).isdigit()}
+        return CollectionInfo(dataclasses.replace(spec, index_params=params), rows, self.embedder.provider)
 
-    async def create_collection(self, name: str, metric: str, index_type: str, model: str) -> CollectionInfo:
+    async def create_collection(
+        self,
+        name: str,
+        metric: str,
+        index_type: str,
+        model: str,
+        index_params: dict[str, int] | None = None,
+        min_recall: float = 0.0,
+    ) -> CollectionInfo:
         if not name:
             raise InvalidArgument("a collection needs a name")
         metric = metric or self.config.default_metric
@@ -155,7 +188,12 @@ class Pipeline:
             raise InvalidArgument(f"index type must be one of {INDEX_TYPES}, got {index_type!r}")
         if model and model != self.model_name:
             raise FailedPrecondition(f"this server serves model {self.model_name!r}, not {model!r}")
-        spec = CollectionSpec(name, metric, index_type, self.model_name, self.embedder.dimension)
+        if not 0.0 <= min_recall <= 1.0:
+            raise InvalidArgument(f"min_recall must be between 0 and 1, got {min_recall}")
+        spec = CollectionSpec(
+            name, metric, index_type, self.model_name, self.embedder.dimension,
+            dict(index_params or {}), min_recall or 0.99,
+        )
         await self._in_store(self.store.create, spec)
         self._specs[name] = spec
         return CollectionInfo(spec, 0, self.embedder.provider)
@@ -308,49 +346,98 @@ class Pipeline:
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
 
+    async def _stored_vectors(self, spec: CollectionSpec, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        stored = await self._in_store(self.store.get, spec.name, list(dict.fromkeys(ids)), True, False)
+        missing = [i for i in ids if i not in stored]
+        if missing:
+            raise NotFound(f"id {missing[0]!r} is not in collection {spec.name!r}"
+                           + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return {i: v for i, (v, _) in stored.items()}
+
+    def _mean(self, vectors: list[np.ndarray], spec: CollectionSpec) -> np.ndarray:
+        mean = np.mean(np.stack(vectors), axis=0, dtype=np.float32).reshape(1, -1)
+        if spec.metric == "cosine":
+            _native.normalize_rows(mean)
+        return mean[0]
+
+    async def _query_vector(self, q: Query, spec: CollectionSpec, stored: dict[str, np.ndarray]) -> np.ndarray:
+        if q.id is not None:
+            return stored[q.id]
+        if q.ids is not None:
+            if not q.ids:
+                raise InvalidArgument("a query by several ids needs at least one id")
+            return self._mean([stored[i] for i in q.ids], spec)
+        if q.vector is not None:
+            return self._check_vector(q.vector, spec)
+        if q.vectors is not None:
+            if not q.vectors:
+                raise InvalidArgument("a query by several vectors needs at least one vector")
+            return self._mean([self._check_vector(v, spec) for v in q.vectors], spec)
+        if q.image is not None:
+            return await self._image_vector(q.image, spec)
+        if q.text is not None:
+            raise FailedPrecondition(
+                f"model {self.model_name!r} has no text tower: search by image, vector or id instead"
+            )
+        raise InvalidArgument("a query needs a vector, image bytes, a stored id, ids or vectors")
+
     async def _query_vectors(self, spec: CollectionSpec, queries: Sequence[Query]) -> np.ndarray:
-        by_id = [q.id for q in queries if q.id is not None]
-        stored = {}
-        if by_id:
-            stored = await self._in_store(self.store.get, spec.name, by_id, True, False)
-            missing = [i for i in by_id if i not in stored]
-            if missing:
-                raise NotFound(f"id {missing[0]!r} is not in collection {spec.name!r}"
-                               + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        vectors: list[Any] = []
-        for q in queries:
-            if q.id is not None:
-                vectors.append(stored[q.id][0])
-            elif q.vector is not None:
-                vectors.append(self._check_vector(q.vector, spec))
-            elif q.image is not None:
-                vectors.append(self._image_vector(q.image, spec))
-            else:
-                raise InvalidArgument("a query needs a vector, image bytes or a stored id")
-        pending = [i for i, v in enumerate(vectors) if asyncio.iscoroutine(v)]
-        for i, v in zip(pending, await asyncio.gather(*(vectors[i] for i in pending)), strict=True):
-            vectors[i] = v
+        wanted = [i for q in queries for i in ([q.id] if q.id is not None else list(q.ids or ()))]
+        stored = await self._stored_vectors(spec, wanted) if wanted else {}
+        vectors = await asyncio.gather(*(self._query_vector(q, spec, stored) for q in queries))
         return np.stack(vectors).astype(np.float32, copy=False)
 
-    async def search(
-        self,
-        collection: str,
-        queries: Sequence[Query],
-        k: int,
-        filter_expr: str = "",
-        include_metadata: bool = False,
-    ) -> list[list[Hit]]:
+    async def search(self, collection: str, queries: Sequence[Query], options: SearchOptions) -> list[list[Hit]]:
         """Top k per query: Milvus' approximate candidates, re-ranked exactly by the native core."""
-        self._check_k(k)
+        self._check_k(options.k)
+        if options.offset < 0 or options.k + options.offset > MAX_K:
+            raise InvalidArgument(f"offset + k must be at most {MAX_K}, got {options.offset} + {options.k}")
         if not queries:
             raise InvalidArgument("a search needs at least one query")
         spec = await self.spec(collection)
         vectors = await self._query_vectors(spec, queries)
-        fetch = k if spec.index_type == "FLAT" else min(MAX_K, max(OVERFETCH * k, k + 32))
-        found: list[list[Candidate]] = await self._in_store(
-            self.store.search, spec.name, spec, vectors, fetch, filter_expr, include_metadata
-        )
-        return rerank(vectors, found, k, spec.metric)
+        want = options.k + options.offset
+        filter_expr = options.filter_expr
+        if options.restrict_ids and len(options.restrict_ids) <= RESTRICT_FILTER_MAX_IDS:
+            filter_expr = _and(f"id in {quote_ids(list(options.restrict_ids))}", filter_expr)
+        if len(options.restrict_ids) > RESTRICT_FILTER_MAX_IDS:
+            found = await self._in_store(
+                self._exact_over_ids, spec, vectors, want, options
+            )
+        elif options.reverse and spec.metric == "l2":
+            # No index finds the farthest points: scan every row exactly.
+            found = await self._in_store(self._exact_scan, spec, vectors, want, filter_expr, options)
+        else:
+            fetch = want if spec.index_type == "FLAT" else min(MAX_K, max(OVERFETCH * want, want + 32))
+            # For inner product and cosine, the least similar to q are the most similar to -q.
+            probe = -vectors if options.reverse else vectors
+            found = await self._in_store(
+                self.store.search, spec.name, spec, probe, fetch, filter_expr,
+                options.include_metadata, 0, options.consistency,
+            )
+        ranked = rerank(vectors, found, want, spec.metric, options.reverse)
+        return [hits[options.offset :] for hits in ranked]
+
+    def _exact_over_ids(
+        self, spec: CollectionSpec, vectors: np.ndarray, want: int, options: SearchOptions
+    ) -> list[list[Candidate]]:
+        """Exact top candidates among a large id set, read in chunks (runs on the store thread)."""
+        ids = list(dict.fromkeys(options.restrict_ids))
+
+        def batches() -> Iterator[tuple[list[str], np.ndarray, list[Any]]]:
+            for start in range(0, len(ids), 2000):
+                rows = self.store.get(spec.name, ids[start : start + 2000], True, options.include_metadata,
+                                      options.filter_expr)
+                if rows:
+                    keys = list(rows)
+                    yield keys, np.stack([rows[i][0] for i in keys]), [rows[i][1] for i in keys]
+        return _best_per_batch(vectors, batches(), want, spec.metric, options.reverse)
+
+    def _exact_scan(
+        self, spec: CollectionSpec, vectors: np.ndarray, want: int, filter_expr: str, options: SearchOptions
+    ) -> list[list[Candidate]]:
+        batches = self.store.scan(spec.name, filter_expr, options.include_metadata)
+        return _best_per_batch(vectors, batches, want, spec.metric, options.reverse)
 
     async def get(
         self, collection: str, ids: Sequence[str], with_vectors: bool, with_metadata: bool
@@ -376,7 +463,28 @@ async def _first_of(window: asyncio.Queue[T], reader: asyncio.Future[None]) -> T
     return await window.get()
 
 
-def rerank(vectors: np.ndarray, found: list[list[Candidate]], k: int, metric: str) -> list[list[Hit]]:
+def _and(a: str, b: str) -> str:
+    return f"({a}) and ({b})" if a and b else a or b
+
+
+def _best_per_batch(
+    vectors: np.ndarray, batches: Iterable[tuple[list[str], np.ndarray, list[Any]]], want: int, metric: str,
+    reverse: bool,
+) -> list[list[Candidate]]:
+    """Keeps each query's `want` best rows of every batch; a final re-rank merges them exactly."""
+    kept: list[list[Candidate]] = [[] for _ in range(len(vectors))]
+    for ids, batch, metadata in batches:
+        rows = np.broadcast_to(np.arange(len(ids), dtype=np.int64), (len(vectors), len(ids)))
+        top, _ = _native.rerank(vectors, batch, np.ascontiguousarray(rows), min(want, len(ids)),
+                                "l2" if metric == "l2" else "ip", reverse)
+        for q, row_list in enumerate(top):
+            kept[q].extend(Candidate(ids[r], batch[r], metadata[r]) for r in row_list if r >= 0)
+    return kept
+
+
+def rerank(
+    vectors: np.ndarray, found: list[list[Candidate]], k: int, metric: str, reverse: bool = False
+) -> list[list[Hit]]:
     """Scores every candidate exactly against its query and keeps the top k, ties by id."""
     ids = sorted({c.id for hits in found for c in hits})
     if not ids:
@@ -391,10 +499,10 @@ def rerank(vectors: np.ndarray, found: list[list[Candidate]], k: int, metric: st
     rows = np.full((len(found), width), -1, dtype=np.int64)
     for q, hits in enumerate(found):
         rows[q, : len(hits)] = [position[c.id] for c in hits]
-    top_rows, scores = _native.rerank(vectors, candidates, rows, k, "l2" if metric == "l2" else "ip")
+    top_rows, scores = _native.rerank(vectors, candidates, rows, k, "l2" if metric == "l2" else "ip", reverse)
     return [
         [
-            Hit(ids[r], float(s), first[ids[r]].metadata)
+            Hit(ids[r], float(s), first[ids[r]].metadata, first[ids[r]].vector)
             for r, s in zip(top_rows[q], scores[q], strict=True)
             if r >= 0 and not math.isnan(s)
         ]

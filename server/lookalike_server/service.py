@@ -14,7 +14,7 @@ from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
 from .errors import LookalikeError, Unavailable
-from .pipeline import CollectionInfo, Hit, IngestItem, ItemResult, Pipeline, Query
+from .pipeline import CollectionInfo, Hit, IngestItem, ItemResult, Pipeline, Query, SearchOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,13 @@ _INDEX_TO_WIRE = {
     "IVF_SQ8": pb.INDEX_TYPE_IVF_SQ8,
 }
 _INDEX_FROM_WIRE = {v: k for k, v in _INDEX_TO_WIRE.items()} | {pb.INDEX_TYPE_UNSPECIFIED: ""}
+_CONSISTENCY_FROM_WIRE = {
+    pb.CONSISTENCY_UNSPECIFIED: "",
+    pb.CONSISTENCY_STRONG: "Strong",
+    pb.CONSISTENCY_SESSION: "Session",
+    pb.CONSISTENCY_BOUNDED: "Bounded",
+    pb.CONSISTENCY_EVENTUALLY: "Eventually",
+}
 
 
 def _abort_on_error(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
@@ -72,6 +79,8 @@ def _collection_to_wire(info: CollectionInfo) -> pb.CollectionInfo:
         dimension=spec.dimension,
         row_count=info.row_count,
         execution_provider=info.execution_provider,
+        index_params=spec.index_params,
+        min_recall=spec.min_recall,
     )
 
 
@@ -84,17 +93,42 @@ def _query_from_wire(query: pb.Query) -> Query:
     kind = query.WhichOneof("by")
     if kind == "vector":
         return Query(vector=np.asarray(query.vector.values, dtype=np.float32))
+    if kind == "vectors":
+        return Query(vectors=[np.asarray(v.values, dtype=np.float32) for v in query.vectors.vectors])
     if kind == "image":
         return Query(image=query.image)
     if kind == "id":
         return Query(id=query.id)
+    if kind == "ids":
+        return Query(ids=list(query.ids.ids))
+    if kind == "text":
+        return Query(text=query.text)
     return Query()
 
 
-def _hits_to_wire(hits: list[Hit], include_metadata: bool) -> pb.QueryResult:
+def _search_options(request: pb.SearchRequest) -> SearchOptions:
+    return SearchOptions(
+        k=request.k,
+        filter_expr=request.filter,
+        include_metadata=request.include_metadata,
+        include_vectors=request.include_vectors,
+        reverse=request.reverse,
+        offset=request.offset,
+        restrict_ids=list(request.restrict_ids),
+        consistency=_CONSISTENCY_FROM_WIRE.get(request.consistency, ""),
+    )
+
+
+def _hits_to_wire(hits: list[Hit], options: SearchOptions) -> pb.QueryResult:
     return pb.QueryResult(
         hits=[
-            pb.Hit(id=h.id, score=h.score, metadata=_struct(h.metadata) if include_metadata else None)
+            pb.Hit(
+                id=h.id,
+                score=h.score,
+                metadata=_struct(h.metadata) if options.include_metadata else None,
+                vector=pb.Vector(values=h.vector.tolist()) if options.include_vectors and h.vector is not None
+                else None,
+            )
             for h in hits
         ]
     )
@@ -128,7 +162,12 @@ class CollectionsService(pb_grpc.CollectionsServicer, _PipelineUser):
     @_abort_on_error
     async def CreateCollection(self, request: pb.CreateCollectionRequest, context: Any) -> pb.CollectionInfo:
         info = await self.pipeline.create_collection(
-            request.name, _METRIC_FROM_WIRE[request.metric], _INDEX_FROM_WIRE[request.index_type], request.model
+            request.name,
+            _METRIC_FROM_WIRE[request.metric],
+            _INDEX_FROM_WIRE[request.index_type],
+            request.model,
+            dict(request.index_params),
+            request.min_recall,
         )
         return _collection_to_wire(info)
 
@@ -183,16 +222,12 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
             yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
 
     async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+        options = _search_options(request)
         results = await self.pipeline.search(
-            request.collection,
-            [_query_from_wire(q) for q in request.queries],
-            request.k,
-            request.filter,
-            request.include_metadata,
+            request.collection, [_query_from_wire(q) for q in request.queries], options
         )
         return pb.SearchResponse(
-            results=[_hits_to_wire(hits, request.include_metadata) for hits in results],
-            request_id=request.request_id,
+            results=[_hits_to_wire(hits, options) for hits in results], request_id=request.request_id
         )
 
     @_abort_on_error

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,11 +19,16 @@ from .errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, Un
 log = logging.getLogger(__name__)
 
 ID_MAX_BYTES = 512
+# Ids per `id in [...]` query when reading rows by id.
+GET_CHUNK = 1000
 _PROP_MODEL = "lookalike.model"
 _PROP_METRIC = "lookalike.metric"
 _PROP_INDEX = "lookalike.index"
+_PROP_INDEX_PARAMS = "lookalike.index_params"
+_PROP_MIN_RECALL = "lookalike.min_recall"
+CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 # Build parameters must be nested under "params": Milvus Lite silently ignores them at the top level.
-_BUILD_PARAMS: dict[str, dict[str, Any]] = {
+DEFAULT_BUILD_PARAMS: dict[str, dict[str, int]] = {
     "FLAT": {},
     "HNSW": {"M": 16, "efConstruction": 200},
     "IVF_FLAT": {"nlist": 128},
@@ -36,6 +43,8 @@ class CollectionSpec:
     index_type: str  # "FLAT" | "HNSW" | "IVF_FLAT" | "IVF_SQ8"
     model: str
     dimension: int
+    index_params: dict[str, int] = field(default_factory=dict)
+    min_recall: float = 0.99
 
 
 @dataclass
@@ -45,15 +54,16 @@ class Candidate:
     metadata: dict[str, Any] | None
 
 
-def _search_params(index_type: str, limit: int) -> dict[str, Any]:
+def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any]:
+    """Milvus search parameters; `effort` is ef for HNSW or nprobe for IVF (0: a safe default)."""
     if index_type == "HNSW":
-        return {"params": {"ef": max(64, limit)}}
+        return {"params": {"ef": max(effort or 64, limit)}}
     if index_type.startswith("IVF"):
-        return {"params": {"nprobe": 32}}
+        return {"params": {"nprobe": effort or 32}}
     return {"params": {}}
 
 
-def _quote(ids: list[str]) -> str:
+def quote_ids(ids: list[str]) -> str:
     return "[" + ", ".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in ids) + "]"
 
 
@@ -137,11 +147,17 @@ class Store:
             field_name="vector",
             index_type=spec.index_type,
             metric_type=spec.metric.upper(),
-            params={"params": _BUILD_PARAMS[spec.index_type]},
+            params={"params": {**DEFAULT_BUILD_PARAMS[spec.index_type], **spec.index_params}},
         )
         if self._call(self.client.has_collection, spec.name):
             raise AlreadyExists(f"collection {spec.name!r} already exists")
-        properties = {_PROP_MODEL: spec.model, _PROP_METRIC: spec.metric, _PROP_INDEX: spec.index_type}
+        properties = {
+            _PROP_MODEL: spec.model,
+            _PROP_METRIC: spec.metric,
+            _PROP_INDEX: spec.index_type,
+            _PROP_INDEX_PARAMS: json.dumps({**DEFAULT_BUILD_PARAMS[spec.index_type], **spec.index_params}),
+            _PROP_MIN_RECALL: str(spec.min_recall),
+        }
         self._call(
             self.client.create_collection,
             spec.name,
@@ -166,7 +182,13 @@ class Store:
             index_type=props.get(_PROP_INDEX, "HNSW"),
             model=props[_PROP_MODEL],
             dimension=int(vector_field["params"]["dim"]),
+            index_params=json.loads(props.get(_PROP_INDEX_PARAMS, "{}")),
+            min_recall=float(props.get(_PROP_MIN_RECALL, 0.99)),
         )
+
+    def describe_index(self, name: str) -> dict[str, Any]:
+        """What Milvus itself reports about the vector index (type, metric, build parameters)."""
+        return self._call(self.client.describe_index, name, "vector", collection=name)
 
     def row_count(self, name: str) -> int:
         rows = self._call(self.client.query, name, filter="", output_fields=["count(*)"], collection=name,
@@ -197,9 +219,12 @@ class Store:
         limit: int,
         filter_expr: str = "",
         with_metadata: bool = False,
+        effort: int = 0,
+        consistency: str = "",
     ) -> list[list[Candidate]]:
         """Approximate nearest neighbours with their stored vectors, for an exact re-rank above."""
         fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
+        level = self._level(consistency)
         try:
             results = self.client.search(
                 name,
@@ -207,8 +232,8 @@ class Store:
                 limit=limit,
                 filter=filter_expr,
                 output_fields=fields,
-                search_params=_search_params(spec.index_type, limit),
-                **self._consistency,
+                search_params=search_params(spec.index_type, limit, effort),
+                **level,
             )
         except MilvusException as e:
             error = self._translate(e, name)
@@ -227,22 +252,50 @@ class Store:
             for hits in results
         ]
 
-    def get(
-        self, name: str, ids: list[str], with_vectors: bool = True, with_metadata: bool = True
-    ) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
-        """The stored rows among `ids`, keyed by id; missing ids are simply absent."""
-        if not ids:
+    def _level(self, consistency: str) -> dict[str, str]:
+        if self.is_lite:
             return {}
+        if consistency and consistency not in CONSISTENCY_LEVELS:
+            raise InvalidArgument(f"consistency must be one of {CONSISTENCY_LEVELS}, got {consistency!r}")
+        return {"consistency_level": consistency} if consistency else self._consistency
+
+    def get(
+        self, name: str, ids: list[str], with_vectors: bool = True, with_metadata: bool = True,
+        filter_expr: str = "",
+    ) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
+        """The stored rows among `ids` (and matching the filter), keyed by id; others are simply absent."""
         fields = ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else [])
-        rows = self._call(self.client.query, name, filter=f"id in {_quote(ids)}", output_fields=fields,
-                          collection=name, **self._strong)
-        return {
-            row["id"]: (
-                np.asarray(row["vector"], dtype=np.float32) if with_vectors else None,
-                row.get("metadata") if with_metadata else None,
-            )
-            for row in rows
-        }
+        found: dict[str, tuple[np.ndarray | None, dict[str, Any] | None]] = {}
+        for start in range(0, len(ids), GET_CHUNK):
+            chunk = ids[start : start + GET_CHUNK]
+            expr = f"id in {quote_ids(chunk)}" + (f" and ({filter_expr})" if filter_expr else "")
+            rows = self._call(self.client.query, name, filter=expr, output_fields=fields,
+                              collection=name, **self._strong)
+            for row in rows:
+                found[row["id"]] = (
+                    np.asarray(row["vector"], dtype=np.float32) if with_vectors else None,
+                    row.get("metadata") if with_metadata else None,
+                )
+        return found
+
+    def scan(self, name: str, filter_expr: str = "", with_metadata: bool = False,
+             batch_size: int = 2000) -> Iterator[tuple[list[str], np.ndarray, list[Any]]]:
+        """Every row (matching the filter) in batches of (ids, vectors, metadata): for exact search."""
+        fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
+        iterator = self._call(self.client.query_iterator, name, batch_size=batch_size, filter=filter_expr,
+                              output_fields=fields, collection=name, **self._strong)
+        try:
+            while True:
+                rows = self._call(iterator.next, collection=name)
+                if not rows:
+                    return
+                yield (
+                    [r["id"] for r in rows],
+                    np.asarray([r["vector"] for r in rows], dtype=np.float32),
+                    [r.get("metadata") for r in rows],
+                )
+        finally:
+            iterator.close()
 
     def delete(self, name: str, ids: list[str]) -> int:
         """Deletes the ids and returns how many of them were stored."""

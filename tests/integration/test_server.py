@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from lookalike import ById, LookalikeClientError
+from lookalike import ById, ByIds, Client, LookalikeClientError, MeanOf, Text
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 from PIL import Image
@@ -234,3 +234,88 @@ def test_server_still_serving_after_bad_input(server, client):
         client.search(b"\x00" * 100, k=1)
     client.wait_until_ready(timeout=5)
     assert server.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def vectors_collection(server):
+    """1,500 random unit vectors with a parity tag, in an HNSW collection with its own build parameters."""
+    with Client(server.address) as c:
+        c.create_collection("many", "cosine", "HNSW", index_params={"M": 8, "efConstruction": 64})
+        data = unit_rows(1500, seed=7)
+        ids = [f"v{i:04d}" for i in range(len(data))]
+        metadata = [{"parity": i % 2} for i in range(len(data))]
+        assert all(r.ok for r in c.ingest(zip(ids, data, metadata, strict=True), collection="many"))
+        yield "many", ids, data
+        c.drop_collection("many")
+
+
+def exact(data, query, k, reverse=False):
+    scores = data @ query
+    order = np.argsort(scores if reverse else -scores, kind="stable")
+    return order[:k], scores
+
+
+def test_index_build_parameters_reach_milvus(client, vectors_collection):
+    info = client.describe_collection("many")
+    assert info.index_params["M"] == 8
+    assert info.index_params["efConstruction"] == 64
+    assert info.row_count == 1500
+
+
+def test_reverse_offset_and_mean_aggregation(client, vectors_collection):
+    name, ids, data = vectors_collection
+    order, _ = exact(data, data[3], 5, reverse=True)
+    hits = client.search(ById(ids[3]), k=5, collection=name, reverse=True)
+    assert [h.id for h in hits] == [ids[i] for i in order]
+    page = client.search(ById(ids[3]), k=5, offset=5, collection=name)
+    full = client.search(ById(ids[3]), k=10, collection=name)
+    assert [h.id for h in page] == [h.id for h in full[5:]]
+    mean = data[[1, 2, 3]].mean(axis=0)
+    mean /= np.linalg.norm(mean)
+    order, scores = exact(data, mean, 10)
+    for query in (ByIds([ids[1], ids[2], ids[3]]), MeanOf([data[1], data[2], data[3]])):
+        hits = client.search(query, k=10, collection=name)
+        assert [h.id for h in hits] == [ids[i] for i in order]
+        np.testing.assert_allclose([h.score for h in hits], scores[order], atol=1e-4)
+
+
+def test_restrict_ids_small_and_large_sets(client, vectors_collection):
+    name, ids, data = vectors_collection
+    for size in (50, 1200):  # a filter below the limit, an exact read of the set above it
+        allowed = sorted(np.random.default_rng(size).choice(len(ids), size, replace=False))
+        order, _ = exact(data[allowed], data[0], 10)
+        hits = client.search(data[0], k=10, collection=name, restrict_ids=[ids[i] for i in allowed],
+                             include_metadata=True, include_vectors=True)
+        assert [h.id for h in hits] == [ids[allowed[i]] for i in order]
+        np.testing.assert_allclose(hits[0].vector, data[allowed[order[0]]], atol=1e-6)
+        assert hits[0].metadata == {"parity": allowed[order[0]] % 2}
+        even = client.search(data[0], k=10, collection=name, restrict_ids=[ids[i] for i in allowed],
+                             filter='metadata["parity"] == 0')
+        assert all(int(h.id[1:]) % 2 == 0 for h in even)
+        assert {h.id for h in even} <= {ids[i] for i in allowed}
+
+
+def test_reverse_on_l2_scans_exactly(client):
+    client.create_collection("far", "l2", "HNSW")
+    try:
+        data = np.random.default_rng(3).standard_normal((200, DIM)).astype(np.float32)
+        ids = [f"p{i}" for i in range(200)]
+        assert all(r.ok for r in client.ingest(zip(ids, data, strict=True), collection="far"))
+        distances = ((data - data[0]) ** 2).sum(axis=1)
+        hits = client.search(data[0], k=3, collection="far", reverse=True)
+        assert [h.id for h in hits] == [ids[i] for i in np.argsort(-distances)[:3]]
+    finally:
+        client.drop_collection("far")
+
+
+@pytest.mark.parametrize("level", ["Strong", "Session", "Bounded", "Eventually"])
+def test_every_consistency_level_is_accepted(client, vectors_collection, level):
+    name, ids, _ = vectors_collection
+    assert client.search(ById(ids[0]), k=1, collection=name, consistency=level)[0].id == ids[0]
+
+
+def test_text_query_on_an_image_only_model_is_refused(client):
+    with pytest.raises(LookalikeClientError) as e:
+        client.search(Text("a cat"), k=1)
+    assert e.value.code == "FAILED_PRECONDITION"
+    assert "text tower" in e.value.details

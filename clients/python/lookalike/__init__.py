@@ -1,5 +1,7 @@
 """lookalike's Python client: `Client` talks to a lookalike server over gRPC."""
 
-from .client import ById, Client, CollectionInfo, Hit, IngestResult, LookalikeClientError
+from .client import ById, ByIds, Client, CollectionInfo, Hit, IngestResult, LookalikeClientError, MeanOf, Text
 
-__all__ = ["ById", "Client", "CollectionInfo", "Hit", "IngestResult", "LookalikeClientError"]
+__all__ = [
+    "ById", "ByIds", "Client", "CollectionInfo", "Hit", "IngestResult", "LookalikeClientError", "MeanOf", "Text",
+]

@@ -49,10 +49,32 @@ class ById:
 
 
 @dataclass(frozen=True)
+class ByIds:
+    """Several stored ids searched as one query, by the mean of their vectors."""
+
+    ids: Sequence[str]
+
+
+@dataclass(frozen=True)
+class MeanOf:
+    """Several vectors searched as one query, by their mean."""
+
+    vectors: Sequence[Sequence[float]]
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text prompt, for models with a text tower."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Hit:
     id: str
     score: float
     metadata: dict[str, Any] | None = None
+    vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -75,10 +97,19 @@ class CollectionInfo:
     dimension: int
     row_count: int
     execution_provider: str
+    index_params: dict[str, int]
+    min_recall: float
 
 
 # A query: an image path, image bytes, a vector, or a stored id.
-QueryLike = str | os.PathLike | bytes | Sequence[float] | np.ndarray | ById
+QueryLike = str | os.PathLike | bytes | Sequence[float] | np.ndarray | ById | ByIds | MeanOf | Text
+CONSISTENCY_LEVELS = {
+    "": pb.CONSISTENCY_UNSPECIFIED,
+    "Strong": pb.CONSISTENCY_STRONG,
+    "Session": pb.CONSISTENCY_SESSION,
+    "Bounded": pb.CONSISTENCY_BOUNDED,
+    "Eventually": pb.CONSISTENCY_EVENTUALLY,
+}
 # An item to ingest: (id, image path | image bytes | vector[, metadata]).
 ItemLike = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
 
@@ -108,6 +139,8 @@ def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
         dimension=info.dimension,
         row_count=info.row_count,
         execution_provider=info.execution_provider,
+        index_params=dict(info.index_params),
+        min_recall=info.min_recall,
     )
 
 
@@ -166,8 +199,22 @@ class Client:
 
     # Collections
 
-    def create_collection(self, name: str, metric: str = "", index_type: str = "") -> CollectionInfo:
-        request = pb.CreateCollectionRequest(name=name, metric=_METRICS[metric], index_type=_INDEXES[index_type])
+    def create_collection(
+        self,
+        name: str,
+        metric: str = "",
+        index_type: str = "",
+        index_params: Mapping[str, int] | None = None,
+        min_recall: float = 0.0,
+    ) -> CollectionInfo:
+        """Creates a collection of the server's model; metric cosine|ip|l2, index FLAT|HNSW|IVF_FLAT|IVF_SQ8."""
+        request = pb.CreateCollectionRequest(
+            name=name,
+            metric=_METRICS[metric],
+            index_type=_INDEXES[index_type],
+            index_params=dict(index_params or {}),
+            min_recall=min_recall,
+        )
         try:
             return _collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))
         except grpc.RpcError as e:
@@ -265,6 +312,13 @@ class Client:
     def _query(query: QueryLike) -> pb.Query:
         if isinstance(query, ById):
             return pb.Query(id=query.id)
+        if isinstance(query, ByIds):
+            return pb.Query(ids=pb.IdList(ids=list(query.ids)))
+        if isinstance(query, MeanOf):
+            vectors = [pb.Vector(values=np.asarray(v, dtype=np.float32).ravel().tolist()) for v in query.vectors]
+            return pb.Query(vectors=pb.VectorList(vectors=vectors))
+        if isinstance(query, Text):
+            return pb.Query(text=query.text)
         if isinstance(query, (str, os.PathLike)):
             return pb.Query(image=Path(query).read_bytes())
         if isinstance(query, (bytes, bytearray)):
@@ -278,21 +332,43 @@ class Client:
         collection: str = "",
         filter: str = "",
         include_metadata: bool = False,
+        include_vectors: bool = False,
+        reverse: bool = False,
+        offset: int = 0,
+        restrict_ids: Sequence[str] = (),
+        consistency: str = "",
     ) -> list[list[Hit]]:
-        """One ranked list of hits per query, in one call."""
+        """One ranked list of hits per query, in one call.
+
+        `restrict_ids` limits the candidates to those ids; `reverse` returns the least similar first;
+        `consistency` is a Milvus level (Strong, Session, Bounded, Eventually; default Session).
+        """
         request = pb.SearchRequest(
             collection=collection or self.collection,
             queries=[self._query(q) for q in queries],
             k=k,
             filter=filter,
             include_metadata=include_metadata,
+            include_vectors=include_vectors,
+            reverse=reverse,
+            offset=offset,
+            restrict_ids=list(restrict_ids),
+            consistency=CONSISTENCY_LEVELS[consistency],
         )
         try:
             reply = self._images.Search(request, timeout=self.timeout)
         except grpc.RpcError as e:
             raise _raise(e) from None
         return [
-            [Hit(h.id, h.score, _to_dict(h.metadata, include_metadata)) for h in result.hits]
+            [
+                Hit(
+                    h.id,
+                    h.score,
+                    _to_dict(h.metadata, include_metadata),
+                    np.asarray(h.vector.values, dtype=np.float32) if include_vectors else None,
+                )
+                for h in result.hits
+            ]
             for result in reply.results
         ]
 
