@@ -28,12 +28,18 @@ HEALTH_CHECK_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 10.0
 
 
+class StartupError(Exception):
+    """The server cannot start; the message says why and what to change."""
+
+
 class LookalikeServer:
     """One running server: call `start()`, then `wait()`; `stop()` drains in-flight calls first."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         options = [
+            # A second server on a taken port must fail, not silently share it with the first.
+            ("grpc.so_reuseport", 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ]
@@ -46,9 +52,12 @@ class LookalikeServer:
         self.images = ImagesService()
         pb_grpc.add_CollectionsServicer_to_server(self.collections, self.grpc_server)
         pb_grpc.add_ImagesServicer_to_server(self.images, self.grpc_server)
-        self.port = self.grpc_server.add_insecure_port(config.address)
+        try:
+            self.port = self.grpc_server.add_insecure_port(config.address)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise RuntimeError(f"cannot listen on {config.address}")
+            raise StartupError(f"cannot listen on {config.address}: is another server using the port?")
         self.pipeline: Pipeline | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -117,7 +126,11 @@ async def _serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.grpc_server.stop(0)
+        raise
     waiter = asyncio.ensure_future(server.wait())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -140,4 +153,8 @@ def serve(config: ServerConfig) -> None:
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     logging.getLogger("faiss").setLevel(logging.WARNING)
     log.info("settings: %s", config.redacted())
-    asyncio.run(_serve(config))
+    try:
+        asyncio.run(_serve(config))
+    except (StartupError, FileNotFoundError, RuntimeError, ValueError) as e:
+        log.error("cannot start: %s", e)
+        raise SystemExit(1) from None
