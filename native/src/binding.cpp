@@ -36,7 +36,7 @@ py::array CheckedArray(const py::object& obj, const char* name, py::ssize_t ndim
                          py::str(py::type::of(obj).attr("__name__")).cast<std::string>());
   }
   auto a = py::reinterpret_borrow<py::array>(obj);
-  if (!a.dtype().is(py::dtype::of<T>()) && !a.dtype().equal(py::dtype::of<T>())) {
+  if (!a.dtype().equal(py::dtype::of<T>())) {
     throw py::type_error(std::string(name) + " must have dtype " +
                          py::str(py::dtype::of<T>()).cast<std::string>() + ", got " + DtypeName(a));
   }
@@ -61,7 +61,7 @@ void NormalizeRows(const py::object& obj) {
     throw py::value_error(
         "x must be C-contiguous and writable: it is normalised in place (got " +
         std::string((a.flags() & py::array::c_style) ? "C-contiguous" : "non-contiguous") + ", " +
-        (a.writeable() ? "writable" : "read-only") + "); pass np.ascontiguousarray(x) and use the result");
+        (a.writeable() ? "writable" : "read-only") + "); normalise y = np.array(x, order='C') and use y");
   }
   float* data = static_cast<float*>(a.mutable_data());
   const int64_t rows = a.shape(0);
@@ -90,7 +90,9 @@ py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj
                           ", got shape " + Shape(rows));
   }
   if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
-  if (threads < 0) throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
+  if (threads < 0) {
+    throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
+  }
   lookalike::Metric metric;
   if (metric_name == "ip") {
     metric = lookalike::Metric::kInnerProduct;

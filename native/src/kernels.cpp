@@ -327,7 +327,9 @@ void Rerank(const float* queries, int64_t num_queries, const float* candidates, 
         const int64_t n = std::min(kBatch, first[r + 1] - s);
         for (int64_t i = 0; i < n; ++i) batch_queries[i] = queries + (slots[s + i] / per_query) * dim;
         score_row(cand, batch_queries, n, dim, batch_scores);
-        for (int64_t i = 0; i < n; ++i) scored[slots[s + i]].key = negate ? -batch_scores[i] : batch_scores[i];
+        for (int64_t i = 0; i < n; ++i) {
+          scored[slots[s + i]].key = negate ? -batch_scores[i] : batch_scores[i];
+        }
       }
     }
   });

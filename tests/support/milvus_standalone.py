@@ -17,6 +17,23 @@ launcher forwards it to the ``milvus`` binary), waits a few seconds, then SIGKIL
 whole process group and the ``milvus`` binary by pid.  The launcher also kills the
 server when its parent (the test process) dies, so no server outlives the tests.
 
+Things to know when testing against it (Milvus 2.3.5):
+
+* Collections default to Bounded consistency: a search/query/get right after an
+  insert, upsert or delete may not see it.  Pass ``consistency_level="Strong"`` (per
+  call or at ``create_collection``) in tests; no flush is needed for that.
+* ``get_collection_stats()["row_count"]`` counts only flushed segments and includes
+  deleted and overwritten (upserted) rows; use ``query(filter="",
+  output_fields=["count(*)"], consistency_level="Strong")`` to count.
+* A collection needs a vector index before it can be loaded (``create_collection``
+  with ``index_params`` creates and loads it at once).
+* Restarting on the same ``base_dir`` keeps the data but takes about 55 s: the old
+  run's etcd sessions must expire first (``COMMON_SESSION_TTL=10`` in the environment
+  cuts it to about 26 s).  Use a fresh ``base_dir`` unless persistence is the point.
+* Milvus reads ``SECTION_KEY`` environment variables over its milvus.yaml (for example
+  ``COMMON_SESSION_TTL`` for ``common.session.ttl``); the launcher passes the
+  environment through.
+
 Only the standard library may be imported at module level: the launcher part runs
 under the milvus venv, which has no pymilvus.
 """
@@ -79,7 +96,7 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return False
     # field 3, after the parenthesised command name
-    return stat[stat.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+    return stat[stat.rfind(b")") + 2 :][:1] not in (b"Z", b"X")
 
 
 def _pid_cmdline(pid: int) -> str:
@@ -159,15 +176,19 @@ class MilvusStandalone:
         state_path = self.base_dir / STATE_FILE
         state_path.unlink(missing_ok=True)
         self.server_pid = None
-        self._log_fh = open(self.launcher_log, "ab")
+        self._log_fh = open(self.launcher_log, "ab")  # noqa: SIM115 - closed in _kill_all
         cmd = [
             str(self.venv / "bin" / "python"),
             str(Path(__file__).resolve()),
             "--launch",
-            "--base-dir", str(self.base_dir),
-            "--bin-cache", str(self.venv / BIN_CACHE_SUBDIR / "bin"),
-            "--parent-pid", str(os.getpid()),
-            "--graceful-stop", str(max(1, int(self.stop_grace) - 2)),
+            "--base-dir",
+            str(self.base_dir),
+            "--bin-cache",
+            str(self.venv / BIN_CACHE_SUBDIR / "bin"),
+            "--parent-pid",
+            str(os.getpid()),
+            "--graceful-stop",
+            str(max(1, int(self.stop_grace) - 2)),
         ]
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
         self._proc = subprocess.Popen(
@@ -242,10 +263,8 @@ class MilvusStandalone:
         if proc is None:
             return
         if proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)  # launcher forwards it to milvus
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + self.stop_grace
         while time.monotonic() < deadline:
             if proc.poll() is not None and not self._server_alive():
@@ -277,10 +296,8 @@ class MilvusStandalone:
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=2)
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # start_new_session: pgid == pid
-            except (ProcessLookupError, PermissionError):
-                pass
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=10)
         end = time.monotonic() + 10
@@ -321,6 +338,7 @@ def _stop_all() -> None:
 # ===================================================================================
 # Launcher: runs under .venv-milvus/bin/python (has `milvus`, not pymilvus)
 # ===================================================================================
+
 
 def _pick_ports(names: list) -> dict:
     """Distinct free TCP ports, below the kernel's ephemeral range (so outgoing
@@ -448,8 +466,10 @@ def _launch(argv: list) -> int:
             print("parent process gone; stopping milvus", flush=True)
             on_signal(signal.SIGTERM, None)
         if stopping["sig"] is not None:
-            killed_at = killed_at or time.monotonic()
-            if time.monotonic() - killed_at > 15:
+            if killed_at is None:  # also covers a signal that came before server.start()
+                killed_at = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+            elif time.monotonic() - killed_at > 15:
                 proc.kill()
     server.server_proc = None  # keep MilvusServer.__del__ from signalling again
     for fh in server.proc_fds.values():
