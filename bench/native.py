@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+
 from lookalike_server import _native
 
 SETTLE_S = 0.2  # pause before each timed call, longer than OpenBLAS spins after its last call

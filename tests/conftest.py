@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from lookalike import Client
 
+from lookalike import Client
 from tests.photos import write_photos
 from tests.support import milvus_standalone
 

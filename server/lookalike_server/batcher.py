@@ -1,24 +1,44 @@
-"""A dynamic micro-batcher: concurrent callers' items are run together, Triton-style."""
+"""A dynamic micro-batcher, after Triton's: concurrent callers' items run together in one call.
+
+Knobs: the maximum batch size, the longest an item waits for company (max_queue_delay), preferred
+batch sizes (a batch that reaches one with nothing else waiting goes at once), priorities (a lower
+number is served first, so interactive Search/Embed overtake bulk Ingest), and deadlines (an item whose
+deadline has passed is dropped with DeadlineExceeded instead of being computed).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from .errors import DeadlineExceeded
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
 
+# Priorities: interactive calls first.
+INTERACTIVE = 0
+BULK = 1
+
+
+@dataclass
+class _Entry(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    enqueued: float
+    deadline: float | None = None  # event-loop time
+    priority: int = BULK
+
 
 class MicroBatcher(Generic[T, R]):
-    """Collects items until `max_batch_size` or `max_queue_delay` seconds, then runs them in one call.
-
-    `run_batch` runs on `executor` (never on the event loop) and returns one result per item, in order.
-    """
+    """Runs `run_batch(items) -> results` (one result per item, in order) on `executor`."""
 
     def __init__(
         self,
@@ -26,15 +46,23 @@ class MicroBatcher(Generic[T, R]):
         executor: Executor,
         max_batch_size: int = 32,
         max_queue_delay: float = 0.005,
+        preferred_batch_sizes: Sequence[int] = (),
+        priorities: int = 2,
         name: str = "batcher",
     ) -> None:
+        if max_batch_size < 1:
+            raise ValueError("max_batch_size must be at least 1")
         self._run_batch = run_batch
         self._executor = executor
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
+        self.preferred_batch_sizes = frozenset(preferred_batch_sizes)
         self.name = name
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[R]]] = asyncio.Queue()
+        self._queues: list[deque[_Entry[T, R]]] = [deque() for _ in range(priorities)]
+        self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.items = 0
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=self.name)
@@ -45,46 +73,90 @@ class MicroBatcher(Generic[T, R]):
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
 
-    async def submit(self, item: T) -> R:
+    def queue_depth(self) -> int:
+        return sum(len(q) for q in self._queues)
+
+    async def submit(self, item: T, priority: int = BULK, deadline: float | None = None) -> R:
+        """Queues one item and waits for its result; `deadline` is in event-loop time (loop.time())."""
         if self._worker is None:
             raise RuntimeError(f"{self.name} is not started")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        await self._queue.put((item, future))
-        return await future
-
-    async def _next_batch(self) -> list[tuple[T, asyncio.Future[R]]]:
-        batch = [await self._queue.get()]
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_queue_delay
-        while len(batch) < self.max_batch_size:
-            if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+        entry: _Entry[T, R] = _Entry(item, loop.create_future(), loop.time(), deadline, priority)
+        self._queues[min(priority, len(self._queues) - 1)].append(entry)
+        self._arrived.set()
+        return await entry.future
+
+    def _pop_live(self, now: float) -> _Entry[T, R] | None:
+        """The next entry by priority; expired and abandoned ones are failed or dropped on the way."""
+        for queue in self._queues:
+            while queue:
+                entry = queue.popleft()
+                if entry.future.done():
+                    continue  # the caller gave up (a cancelled stream)
+                if entry.deadline is not None and now >= entry.deadline:
+                    entry.future.set_exception(DeadlineExceeded("the deadline passed while waiting for a batch"))
+                    continue
+                return entry
+        return None
+
+    async def _next_batch(self) -> list[_Entry[T, R]]:
+        loop = asyncio.get_running_loop()
+        batch: list[_Entry[T, R]] = []
+        while not batch:
+            entry = self._pop_live(loop.time())
+            if entry is None:
+                self._arrived.clear()
+                await self._arrived.wait()
                 continue
-            remaining = deadline - loop.time()
+            batch.append(entry)
+        close_at = batch[0].enqueued + self.max_queue_delay
+        while len(batch) < self.max_batch_size:
+            entry = self._pop_live(loop.time())
+            if entry is not None:
+                batch.append(entry)
+                continue
+            if len(batch) in self.preferred_batch_sizes:
+                break
+            remaining = close_at - loop.time()
             if remaining <= 0:
                 break
+            self._arrived.clear()
             try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
-        # Callers that gave up (cancelled streams) are not computed.
-        return [(item, fut) for item, fut in batch if not fut.done()]
+        return batch
+
+    async def _run(self, items: list[T]) -> Sequence[R]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch()
-            if not batch:
-                continue
-            items = [item for item, _ in batch]
+            self.batches += 1
+            self.items += len(batch)
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, items)
-            except Exception as e:  # one failed call fails its batch; the batcher itself goes on
-                log.exception("%s: a batch of %d failed", self.name, len(items))
-                for _, fut in batch:
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for (_, fut), result in zip(batch, results, strict=True):
-                if not fut.done():
-                    fut.set_result(result)
+                results = await self._run([e.item for e in batch])
+                outcomes: list[tuple[_Entry[T, R], R | None, BaseException | None]] = [
+                    (e, r, None) for e, r in zip(batch, results, strict=True)
+                ]
+            except Exception as e:
+                if len(batch) == 1:
+                    outcomes = [(batch[0], None, e)]
+                else:
+                    # One bad item must not fail its batch-mates: run each alone to find it.
+                    log.warning("%s: a batch of %d failed (%s); retrying its items one by one", self.name,
+                                len(batch), e)
+                    outcomes = []
+                    for entry in batch:
+                        try:
+                            outcomes.append((entry, (await self._run([entry.item]))[0], None))
+                        except Exception as alone:
+                            outcomes.append((entry, None, alone))
+            for entry, result, error in outcomes:
+                if entry.future.done():
+                    continue
+                if error is not None:
+                    entry.future.set_exception(error)
+                else:
+                    entry.future.set_result(result)  # type: ignore[arg-type]

@@ -35,16 +35,17 @@ class ServerConfig:
     milvus_server_name: str = ""
     model_card: str = ""  # empty: the default model shipped with the server
     device: str = "auto"
+    require_gpu: bool = False  # refuse to start unless a GPU execution provider is really active
     default_collection: str = "default"
     default_metric: str = "cosine"
     default_index: str = "HNSW"
-    max_batch_size: int = 32
+    max_batch_size: int = 0  # 0: 8 on a CPU (short batches keep interactive calls fast), 64 on a GPU
     max_queue_delay_ms: float = 5.0
     decode_workers: int = 0  # 0: one per core
     inference_threads: int = 0  # 0: one per core
     max_message_bytes: int = 64 * 1024 * 1024
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
-    ingest_window: int = 256  # items in flight per Ingest stream before the server stops reading
+    ingest_window: int = 64  # items in flight per Ingest stream before the server stops reading it
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -52,8 +53,8 @@ class ServerConfig:
             raise ValueError(f"default_metric must be one of {METRICS}, got {self.default_metric!r}")
         if self.default_index not in INDEX_TYPES:
             raise ValueError(f"default_index must be one of {INDEX_TYPES}, got {self.default_index!r}")
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be at least 1")
+        if self.max_batch_size < 0:
+            raise ValueError("max_batch_size must be at least 1 (or 0 for automatic)")
 
     @property
     def milvus_lite_path(self) -> Path:

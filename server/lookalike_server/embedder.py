@@ -38,7 +38,8 @@ def _wanted_providers(device: str) -> list[str]:
 class Embedder:
     """Runs the card's network on a batch of preprocessed images and returns raw embeddings."""
 
-    def __init__(self, card: ModelCard, device: str = "auto", threads: int = 0) -> None:
+    def __init__(self, card: ModelCard, device: str = "auto", threads: int = 0, require_gpu: bool = False,
+                 io_binding: bool | None = None) -> None:
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         self.card = card
@@ -62,10 +63,19 @@ class Embedder:
             raise ValueError(f"model {card.name} has no input {card.input_name!r}; it has {sorted(inputs)}")
         if card.output_name not in outputs:
             raise ValueError(f"model {card.name} has no output {card.output_name!r}; it has {sorted(outputs)}")
-        if device in ("cuda", "tensorrt", "auto") and self.provider == "CPUExecutionProvider":
-            if device != "auto":
+        self.on_gpu = self.provider != "CPUExecutionProvider"
+        if not self.on_gpu:
+            if require_gpu:
+                raise RuntimeError(
+                    f"--require-gpu: no GPU execution provider is active (device {device}; this onnxruntime "
+                    f"offers {ort.get_available_providers()}, and none of the GPU ones could start)"
+                )
+            if device != "auto" and device != "cpu":
                 raise RuntimeError(f"--device {device}: no GPU execution provider could start; see the log")
-            log.info("no GPU execution provider is usable here; embedding on the CPU")
+            if device == "auto":
+                log.info("no GPU execution provider is usable here; embedding on the CPU")
+        # On a GPU, IO binding lets ONNX Runtime copy inputs and outputs once, without extra staging.
+        self.io_binding = self.on_gpu if io_binding is None else io_binding
 
     @property
     def dimension(self) -> int:
@@ -73,7 +83,14 @@ class Embedder:
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 to (N, dimension) float32, not yet normalised."""
-        (out,) = self.session.run([self.card.output_name], {self.card.input_name: batch})
+        if self.io_binding:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.card.input_name, batch)
+            binding.bind_output(self.card.output_name)
+            self.session.run_with_iobinding(binding)
+            out = binding.copy_outputs_to_cpu()[0]
+        else:
+            (out,) = self.session.run([self.card.output_name], {self.card.input_name: batch})
         out = np.ascontiguousarray(out, dtype=np.float32).reshape(len(batch), -1)
         if out.shape[1] != self.card.dimension:
             raise RuntimeError(

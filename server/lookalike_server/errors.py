@@ -39,3 +39,7 @@ class Unavailable(LookalikeError):
 
 class Internal(LookalikeError):
     code = "INTERNAL"
+
+
+class DeadlineExceeded(LookalikeError):
+    code = "DEADLINE_EXCEEDED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -15,10 +16,10 @@ from typing import Any, TypeVar
 import numpy as np
 
 from . import _native
-from .batcher import MicroBatcher
+from .batcher import BULK, INTERACTIVE, MicroBatcher
 from .config import INDEX_TYPES, MAX_K, METRICS, ServerConfig
 from .embedder import Embedder
-from .errors import FailedPrecondition, InvalidArgument, LookalikeError, NotFound
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound
 from .imaging import image_to_tensor
 from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
 
@@ -114,15 +115,22 @@ class Pipeline:
         self.embedder = embedder
         self.store = store
         cores = os.cpu_count() or 1
+        # Bulk decoding gets every core; interactive calls (Search, Embed) have their own small pool so
+        # they never queue behind an ingest's backlog of JPEGs.
         self._decode_pool = ThreadPoolExecutor(config.decode_workers or cores, thread_name_prefix="decode")
+        self._interactive_pool = ThreadPoolExecutor(2, thread_name_prefix="decode-interactive")
         self._inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        max_batch = config.max_batch_size or (64 if embedder.on_gpu else 8)
+        # Decoded ingest tensors waiting for the network, across all streams: memory stays flat.
+        self._ingest_slots = asyncio.Semaphore(4 * max_batch)
         # Milvus Lite runs in this process and is not known to be thread-safe: one caller at a time.
         self._store_pool = ThreadPoolExecutor(1 if store.is_lite else 8, thread_name_prefix="milvus")
         self._embed_batcher: MicroBatcher[np.ndarray, np.ndarray] = MicroBatcher(
             self._embed_batch,
             self._inference_pool,
-            max_batch_size=config.max_batch_size,
+            max_batch_size=max_batch,
             max_queue_delay=config.max_queue_delay_ms / 1000.0,
+            preferred_batch_sizes=[b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch],
             name="embed-batcher",
         )
         self._specs: dict[str, CollectionSpec] = {}
@@ -137,7 +145,7 @@ class Pipeline:
 
     async def close(self) -> None:
         await self._embed_batcher.close()
-        for pool in (self._decode_pool, self._inference_pool, self._store_pool):
+        for pool in (self._decode_pool, self._interactive_pool, self._inference_pool, self._store_pool):
             pool.shutdown(wait=True, cancel_futures=True)
 
     async def _in_store(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -149,7 +157,13 @@ class Pipeline:
     async def _ensure_default_collection(self) -> None:
         name = self.config.default_collection
         if name not in await self._in_store(self.store.list_collections):
-            await self.create_collection(name, self.config.default_metric, self.config.default_index, "")
+            # Another replica may create it at the same moment: that is fine.
+            with contextlib.suppress(AlreadyExists):
+                await self.create_collection(name, self.config.default_metric, self.config.default_index, "")
+        spec = await self.spec(name)
+        if spec.model != self.model_name:
+            log.warning("the default collection %r holds embeddings of model %r; this server embeds with %r",
+                        name, spec.model, self.model_name)
 
     def _name(self, collection: str) -> str:
         return collection or self.config.default_collection
@@ -222,20 +236,24 @@ class Pipeline:
         _native.normalize_rows(vectors)
         return list(vectors)
 
-    async def embed_image(self, data: bytes) -> np.ndarray:
-        """Image bytes to an L2-normalised embedding; InvalidArgument if the bytes are no image."""
+    async def embed_image(self, data: bytes, priority: int = INTERACTIVE, deadline: float | None = None) -> np.ndarray:
+        """Image bytes to an L2-normalised embedding; InvalidArgument if the bytes are no image.
+
+        `deadline` is in event-loop time: past it, the image is not computed (DeadlineExceeded).
+        """
         loop = asyncio.get_running_loop()
+        pool = self._interactive_pool if priority == INTERACTIVE else self._decode_pool
         tensor = await loop.run_in_executor(
-            self._decode_pool, image_to_tensor, data, self.embedder.card, self.config.max_image_pixels
+            pool, image_to_tensor, data, self.embedder.card, self.config.max_image_pixels
         )
-        return await self._embed_batcher.submit(tensor)
+        return await self._embed_batcher.submit(tensor, priority, deadline)
 
-    async def embed_many(self, items: Sequence[tuple[str, bytes]]) -> list[ItemResult]:
-        return list(await asyncio.gather(*(self.embed_one(item_id, data) for item_id, data in items)))
+    async def embed_many(self, items: Sequence[tuple[str, bytes]], deadline: float | None = None) -> list[ItemResult]:
+        return list(await asyncio.gather(*(self.embed_one(i, data, deadline) for i, data in items)))
 
-    async def embed_one(self, item_id: str, data: bytes) -> ItemResult:
+    async def embed_one(self, item_id: str, data: bytes, deadline: float | None = None) -> ItemResult:
         try:
-            return ItemResult(item_id, vector=await self.embed_image(data))
+            return ItemResult(item_id, vector=await self.embed_image(data, INTERACTIVE, deadline))
         except LookalikeError as e:
             return ItemResult(item_id, e.code, f"image {item_id!r}: {e.message}")
 
@@ -251,13 +269,15 @@ class Pipeline:
             _native.normalize_rows(vector)
         return vector[0]
 
-    async def _image_vector(self, data: bytes, spec: CollectionSpec) -> np.ndarray:
+    async def _image_vector(
+        self, data: bytes, spec: CollectionSpec, priority: int = INTERACTIVE, deadline: float | None = None
+    ) -> np.ndarray:
         if spec.model != self.model_name:
             raise FailedPrecondition(
                 f"collection {spec.name!r} holds embeddings of model {spec.model!r}; "
                 f"this server embeds with {self.model_name!r}"
             )
-        return await self.embed_image(data)
+        return await self.embed_image(data, priority, deadline)
 
     # Ingest
 
@@ -268,7 +288,8 @@ class Pipeline:
             if item.vector is not None:
                 vector = self._check_vector(item.vector, spec)
             elif item.image is not None:
-                vector = await self._image_vector(item.image, spec)
+                async with self._ingest_slots:
+                    vector = await self._image_vector(item.image, spec, BULK)
             else:
                 raise InvalidArgument("item has neither image bytes nor a vector")
             return _Row(spec.name, item.id, vector, item.metadata)
@@ -360,7 +381,9 @@ class Pipeline:
             _native.normalize_rows(mean)
         return mean[0]
 
-    async def _query_vector(self, q: Query, spec: CollectionSpec, stored: dict[str, np.ndarray]) -> np.ndarray:
+    async def _query_vector(
+        self, q: Query, spec: CollectionSpec, stored: dict[str, np.ndarray], deadline: float | None
+    ) -> np.ndarray:
         if q.id is not None:
             return stored[q.id]
         if q.ids is not None:
@@ -374,20 +397,24 @@ class Pipeline:
                 raise InvalidArgument("a query by several vectors needs at least one vector")
             return self._mean([self._check_vector(v, spec) for v in q.vectors], spec)
         if q.image is not None:
-            return await self._image_vector(q.image, spec)
+            return await self._image_vector(q.image, spec, INTERACTIVE, deadline)
         if q.text is not None:
             raise FailedPrecondition(
                 f"model {self.model_name!r} has no text tower: search by image, vector or id instead"
             )
         raise InvalidArgument("a query needs a vector, image bytes, a stored id, ids or vectors")
 
-    async def _query_vectors(self, spec: CollectionSpec, queries: Sequence[Query]) -> np.ndarray:
+    async def _query_vectors(
+        self, spec: CollectionSpec, queries: Sequence[Query], deadline: float | None = None
+    ) -> np.ndarray:
         wanted = [i for q in queries for i in ([q.id] if q.id is not None else list(q.ids or ()))]
         stored = await self._stored_vectors(spec, wanted) if wanted else {}
-        vectors = await asyncio.gather(*(self._query_vector(q, spec, stored) for q in queries))
+        vectors = await asyncio.gather(*(self._query_vector(q, spec, stored, deadline) for q in queries))
         return np.stack(vectors).astype(np.float32, copy=False)
 
-    async def search(self, collection: str, queries: Sequence[Query], options: SearchOptions) -> list[list[Hit]]:
+    async def search(
+        self, collection: str, queries: Sequence[Query], options: SearchOptions, deadline: float | None = None
+    ) -> list[list[Hit]]:
         """Top k per query: Milvus' approximate candidates, re-ranked exactly by the native core."""
         self._check_k(options.k)
         if options.offset < 0 or options.k + options.offset > MAX_K:
@@ -395,7 +422,7 @@ class Pipeline:
         if not queries:
             raise InvalidArgument("a search needs at least one query")
         spec = await self.spec(collection)
-        vectors = await self._query_vectors(spec, queries)
+        vectors = await self._query_vectors(spec, queries, deadline)
         want = options.k + options.offset
         filter_expr = options.filter_expr
         if options.restrict_ids and len(options.restrict_ids) <= RESTRICT_FILTER_MAX_IDS:

@@ -10,6 +10,7 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
@@ -74,7 +75,8 @@ class LookalikeServer:
         loop = asyncio.get_running_loop()
         card = load_model_card(self.config.model_card or None)
         embedder = await loop.run_in_executor(
-            None, lambda: Embedder(card, self.config.device, self.config.inference_threads)
+            None,
+            lambda: Embedder(card, self.config.device, self.config.inference_threads, self.config.require_gpu),
         )
         log.info("model %s (%d-d) runs on ONNX Runtime %s", card.name, card.dimension, embedder.provider)
         store = await loop.run_in_executor(None, Store, self.config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -10,6 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 from google.protobuf import json_format, struct_pb2
+
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
@@ -55,6 +57,12 @@ def _abort_on_error(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaita
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+def _deadline(context: Any) -> float | None:
+    """The call's deadline in event-loop time, or None when the caller set none."""
+    remaining = context.time_remaining()
+    return None if remaining is None else asyncio.get_running_loop().time() + remaining
 
 
 def _status_code(code: str) -> int:
@@ -211,7 +219,9 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
 
     @_abort_on_error
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
-        results = await self.pipeline.embed_many([(item.id, item.image) for item in request.items])
+        results = await self.pipeline.embed_many(
+            [(item.id, item.image) for item in request.items], _deadline(context)
+        )
         return pb.EmbedResponse(results=[_item_result_to_wire(r) for r in results])
 
     async def EmbedStream(
@@ -221,10 +231,10 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
         async for item in request_iterator:
             yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
 
-    async def _search(self, request: pb.SearchRequest) -> pb.SearchResponse:
+    async def _search(self, request: pb.SearchRequest, deadline: float | None = None) -> pb.SearchResponse:
         options = _search_options(request)
         results = await self.pipeline.search(
-            request.collection, [_query_from_wire(q) for q in request.queries], options
+            request.collection, [_query_from_wire(q) for q in request.queries], options, deadline
         )
         return pb.SearchResponse(
             results=[_hits_to_wire(hits, options) for hits in results], request_id=request.request_id
@@ -232,7 +242,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
 
     @_abort_on_error
     async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
-        return await self._search(request)
+        return await self._search(request, _deadline(context))
 
     async def SearchStream(
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: Any

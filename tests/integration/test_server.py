@@ -8,10 +8,11 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
 from lookalike import ById, ByIds, Client, LookalikeClientError, MeanOf, Text
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
-from PIL import Image
 
 DIM = 1280
 
@@ -319,3 +320,24 @@ def test_text_query_on_an_image_only_model_is_refused(client):
         client.search(Text("a cat"), k=1)
     assert e.value.code == "FAILED_PRECONDITION"
     assert "text tower" in e.value.details
+
+
+def test_ingest_embed_and_search_by_image_give_the_same_vector(client, collection, photos_dir):
+    """Whichever path computed it (Ingest, Embed, a Search by image), an image has one embedding."""
+    data = (photos_dir / "rocket.jpg").read_bytes()
+    assert next(client.ingest([("rocket", data)], collection=collection)).ok
+    stored = client.get(["rocket"], collection=collection)["rocket"][0]
+    np.testing.assert_allclose(client.embed([data])[0], stored, atol=1e-5)
+    hit = client.search(data, k=1, collection=collection, include_vectors=True)[0]
+    assert hit.id == "rocket"
+    assert hit.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_expired_deadline_is_deadline_exceeded(server, photos_dir):
+    items = [pb.ImageItem(id=str(i), image=(photos_dir / "retina.jpg").read_bytes()) for i in range(64)]
+    with grpc.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.RpcError) as e:
+            pb_grpc.ImagesStub(channel).Embed(pb.EmbedRequest(items=items), timeout=0.05)
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING

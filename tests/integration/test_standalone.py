@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from lookalike import ById, Client
 
+from lookalike import ById, Client
 from tests.conftest import ServerProcess
 
 pytestmark = pytest.mark.standalone

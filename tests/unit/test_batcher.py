@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from lookalike_server.batcher import MicroBatcher
+
+from lookalike_server.batcher import BULK, INTERACTIVE, MicroBatcher
+from lookalike_server.errors import DeadlineExceeded
 
 
 def run(coro):
@@ -49,3 +53,95 @@ def test_a_failed_batch_fails_its_callers_and_the_batcher_goes_on():
         return result
 
     assert run(main()) == "fine"
+
+
+def test_max_queue_delay_is_respected():
+    """A lone item waits at most about max_queue_delay for company before it runs."""
+    seen: list[float] = []
+
+    def record(items):
+        seen.append(time.monotonic())
+        return items
+
+    async def main():
+        batcher = MicroBatcher(record, ThreadPoolExecutor(1), max_batch_size=8, max_queue_delay=0.2)
+        batcher.start()
+        started = time.monotonic()
+        await batcher.submit("alone")
+        await batcher.close()
+        return started
+
+    started = run(main())
+    assert 0.15 <= seen[0] - started < 2.0
+
+
+def test_interactive_items_overtake_bulk_ones():
+    order: list[str] = []
+    gate = threading.Event()
+
+    def work(items):
+        gate.wait(5)
+        order.extend(items)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(work, ThreadPoolExecutor(1), max_batch_size=2, max_queue_delay=0)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("bulk-0", BULK))
+        await asyncio.sleep(0.05)  # bulk-0 is now running, held at the gate
+        rest = [asyncio.ensure_future(batcher.submit(f"bulk-{i}", BULK)) for i in (1, 2, 3)]
+        urgent = asyncio.ensure_future(batcher.submit("search", INTERACTIVE))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(first, urgent, *rest)
+        await batcher.close()
+
+    run(main())
+    assert order[0] == "bulk-0"
+    assert order[1] == "search"
+    assert order.index("search") < order.index("bulk-2")
+
+
+def test_expired_items_are_dropped_not_computed():
+    computed: list[str] = []
+    gate = threading.Event()
+
+    def work(items):
+        gate.wait(5)
+        computed.extend(items)
+        return items
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        batcher = MicroBatcher(work, ThreadPoolExecutor(1), max_batch_size=1, max_queue_delay=0)
+        batcher.start()
+        blocker = asyncio.ensure_future(batcher.submit("blocker"))
+        await asyncio.sleep(0.05)
+        late = asyncio.ensure_future(batcher.submit("late", INTERACTIVE, deadline=loop.time() + 0.05))
+        await asyncio.sleep(0.2)
+        gate.set()
+        await blocker
+        with pytest.raises(DeadlineExceeded):
+            await late
+        await batcher.close()
+
+    run(main())
+    assert computed == ["blocker"]
+
+
+def test_one_bad_item_does_not_fail_its_batch_mates():
+    def picky(items):
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [i.upper() for i in items]
+
+    async def main():
+        batcher = MicroBatcher(picky, ThreadPoolExecutor(1), max_batch_size=4, max_queue_delay=0.1)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in ("a", "bad", "c")), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    a, bad, c = run(main())
+    assert (a, c) == ("A", "C")
+    assert isinstance(bad, ValueError)

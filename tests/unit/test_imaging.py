@@ -6,10 +6,11 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from lookalike_server.errors import InvalidArgument
 from lookalike_server.imaging import decode_image, preprocess
 from lookalike_server.model_card import load_model_card
-from PIL import Image
 
 CARD = load_model_card()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from lookalike_server.embedder import Embedder
 from lookalike_server.imaging import image_to_tensor
 from lookalike_server.model_card import DEFAULT_CARD, load_model_card
@@ -42,3 +43,20 @@ def test_cuda_device_without_a_gpu_is_refused_clearly():
     card = load_model_card()
     with pytest.raises(RuntimeError, match=r"GPU|CUDA"):
         Embedder(card, device="cuda")
+
+
+def test_require_gpu_refuses_a_cpu_only_machine():
+    with pytest.raises(RuntimeError, match=r"--require-gpu: no GPU execution provider is active"):
+        Embedder(load_model_card(), device="auto", require_gpu=True)
+
+
+def test_embeddings_do_not_depend_on_batch_size_or_io_binding(photos_dir):
+    card = load_model_card()
+    plain = Embedder(card, device="cpu", threads=2)
+    bound = Embedder(card, device="cpu", threads=2, io_binding=True)
+    names = ["chelsea.jpg", "coffee.jpg", "rocket.jpg", "astronaut.jpg", "moon.jpg"]
+    batch = np.stack([image_to_tensor((photos_dir / n).read_bytes(), card) for n in names])
+    together = plain.embed(batch)
+    one_by_one = np.concatenate([plain.embed(batch[i : i + 1]) for i in range(len(names))])
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bound.embed(batch), together, rtol=1e-5, atol=1e-5)

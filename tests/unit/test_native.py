@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+
 from lookalike_server import _native
 
 # --------------------------------------------------------------------------------------------------

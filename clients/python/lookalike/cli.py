@@ -37,7 +37,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-card", help="card.toml of the ONNX model to serve (default: EfficientNet-Lite0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], help="where to embed (default auto)")
     p.add_argument("--default-collection", help="collection used when a call names none (default 'default')")
-    p.add_argument("--max-batch-size", type=int, help="images per inference batch (default 32)")
+    p.add_argument("--require-gpu", action="store_true", default=None,
+                   help="refuse to start unless a GPU execution provider is really active")
+    p.add_argument("--max-batch-size", type=int, help="images per inference batch (default: 8 on CPU, 64 on GPU)")
     p.add_argument("--max-queue-delay-ms", type=float, help="longest wait to fill a batch (default 5)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
 
