@@ -16,6 +16,7 @@ import pytest
 from lookalike import Client
 from tests.photos import write_photos
 from tests.support import milvus_standalone
+from tests.support.milvus_lite_server import MilvusLiteServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,6 +109,17 @@ def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     started = time.monotonic()
     uri = server.start()
     print(f"Milvus standalone up at {uri} in {time.monotonic() - started:.1f} s")
+    try:
+        yield uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_lite_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Milvus Lite engine as a shared gRPC server (`milvus-lite server`), for several replicas."""
+    server = MilvusLiteServer(tmp_path_factory.mktemp("milvus-lite-server"))
+    uri = server.start()
     try:
         yield uri
     finally:

@@ -44,6 +44,8 @@ class ServerConfig:
     decode_workers: int = 0  # 0: one per core
     inference_threads: int = 0  # 0: one per core
     max_message_bytes: int = 64 * 1024 * 1024
+    # Close client connections after this long (0: never), so balanced clients find new replicas.
+    max_connection_age_s: float = 0.0
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
     ingest_window: int = 64  # items in flight per Ingest stream before the server stops reading it
     log_level: str = "INFO"

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ OVERFETCH = 2
 # Up to this many restrict_ids become an `id in [...]` filter; larger sets are searched exactly by
 # reading their vectors, instead of sending Milvus an expression of hundreds of kilobytes.
 RESTRICT_FILTER_MAX_IDS = 1000
+# How long a collection's settings are trusted before Milvus is asked again (another replica may drop it).
+SPEC_CACHE_SECONDS = 10.0
 
 
 @dataclass
@@ -133,7 +136,7 @@ class Pipeline:
             preferred_batch_sizes=[b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch],
             name="embed-batcher",
         )
-        self._specs: dict[str, CollectionSpec] = {}
+        self._specs: dict[str, tuple[CollectionSpec, float]] = {}
 
     @property
     def model_name(self) -> str:
@@ -169,11 +172,14 @@ class Pipeline:
         return collection or self.config.default_collection
 
     async def spec(self, collection: str) -> CollectionSpec:
+        """The collection's settings, which live in Milvus; cached briefly, since replicas share them."""
         name = self._name(collection)
-        spec = self._specs.get(name)
-        if spec is None:
-            spec = await self._in_store(self.store.describe, name)
-            self._specs[name] = spec
+        now = time.monotonic()
+        cached = self._specs.get(name)
+        if cached is not None and now - cached[1] < SPEC_CACHE_SECONDS:
+            return cached[0]
+        spec = await self._in_store(self.store.describe, name)
+        self._specs[name] = (spec, now)
         return spec
 
     async def _info(self, spec: CollectionSpec) -> CollectionInfo:
@@ -209,7 +215,7 @@ class Pipeline:
             dict(index_params or {}), min_recall or 0.99,
         )
         await self._in_store(self.store.create, spec)
-        self._specs[name] = spec
+        self._specs[name] = (spec, time.monotonic())
         return CollectionInfo(spec, 0, self.embedder.provider)
 
     async def list_collections(self) -> list[CollectionInfo]:

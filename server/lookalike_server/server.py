@@ -25,6 +25,9 @@ from .store import Store
 log = logging.getLogger("lookalike_server")
 
 SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in ("Collections", "Images"))
+# Health name for liveness probes: SERVING while the process runs, even when Milvus is away (readiness
+# follows Milvus, liveness must not, or an outage of Milvus would restart every replica).
+LIVENESS = "liveness"
 HEALTH_CHECK_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 10.0
 
@@ -44,6 +47,11 @@ class LookalikeServer:
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ]
+        if config.max_connection_age_s > 0:
+            options += [
+                ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", 30_000),
+            ]
         self.grpc_server = grpc.aio.server(options=options)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
@@ -70,6 +78,7 @@ class LookalikeServer:
     async def start(self) -> None:
         """Listens at once (health NOT_SERVING), then loads the model and Milvus and turns SERVING."""
         await self._set_health(False)
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.grpc_server.start()
         log.info("listening on %s (port %d); loading the model and Milvus", self.config.address, self.port)
         loop = asyncio.get_running_loop()

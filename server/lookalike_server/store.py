@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -158,15 +159,25 @@ class Store:
             _PROP_INDEX_PARAMS: json.dumps({**DEFAULT_BUILD_PARAMS[spec.index_type], **spec.index_params}),
             _PROP_MIN_RECALL: str(spec.min_recall),
         }
-        self._call(
-            self.client.create_collection,
-            spec.name,
-            schema=schema,
-            index_params=index,
-            properties=properties,
-            collection=spec.name,
-            **self._consistency,
-        )
+        try:
+            self._call(
+                self.client.create_collection,
+                spec.name,
+                schema=schema,
+                index_params=index,
+                properties=properties,
+                collection=spec.name,
+                **self._consistency,
+            )
+        except LookalikeError:
+            # Two replicas creating the same collection at once: whatever the engine said, the loser
+            # sees the collection exists (Milvus Lite reports a file clash, a server a duplicate name),
+            # once the winner has finished creating it.
+            for _ in range(20):
+                if self._call(self.client.has_collection, spec.name):
+                    raise AlreadyExists(f"collection {spec.name!r} already exists") from None
+                time.sleep(0.1)
+            raise
         log.info("created collection %s (%s, %s, %d-d, model %s)", spec.name, spec.metric, spec.index_type,
                  spec.dimension, spec.model)
 

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import ipaddress
+import json
 import os
 import queue
+import socket
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +35,91 @@ _INDEXES = {
     "IVF_FLAT": pb.INDEX_TYPE_IVF_FLAT,
     "IVF_SQ8": pb.INDEX_TYPE_IVF_SQ8,
 }
+
+
+# Calls that are safe to repeat: gRPC retries them on UNAVAILABLE (a replica restarting or gone).
+_IDEMPOTENT = [
+    {"service": "lookalike.v1.Images", "method": m} for m in ("Search", "Embed", "Get", "Delete")
+] + [{"service": "lookalike.v1.Collections", "method": m} for m in ("ListCollections", "DescribeCollection")]
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "methodConfig": [
+        {
+            "name": _IDEMPOTENT,
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.1s",
+                "maxBackoff": "2s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+
+
+def grpc_target(server: str) -> str:
+    """HOST:PORT[,HOST:PORT...] as one gRPC target; a target with a scheme (dns:///, ipv4:) is kept."""
+    if "://" in server or server.startswith(("ipv4:", "ipv6:", "unix:")):
+        return server
+    addresses = [a.strip() for a in server.split(",") if a.strip()]
+    if len(addresses) == 1:
+        return addresses[0]
+    resolved = []
+    for address in addresses:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            # A name: every address it resolves to joins the list.
+            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+            resolved.extend(f"{info[4][0]}:{port}" for info in infos if info[0] == socket.AF_INET)
+            continue
+        resolved.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    scheme = "ipv6:" if resolved and all(r.startswith("[") for r in resolved) else "ipv4:"
+    return scheme + ",".join(dict.fromkeys(resolved))
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds `authorization: Bearer <token>` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), self._header]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _CallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.compression,
+        )
+
+    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        return continuation(self._with_token(details), request_iterator)
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: Any
+    compression: Any
 
 
 class LookalikeClientError(Exception):
@@ -156,24 +246,54 @@ def image_files(root: Path | str, all_files: bool = False) -> Iterator[Path]:
 
 
 class Client:
-    """Talks to one lookalike server. Thread-safe; close it (or use `with`) when done."""
+    """Talks to one or several lookalike servers. Thread-safe; close it (or use `with`) when done.
 
-    def __init__(self, server: str = DEFAULT_SERVER, collection: str = "", timeout: float | None = 60.0) -> None:
+    `server` is HOST:PORT, several of them comma-separated (`a:50051,b:50051`), or any gRPC target such
+    as `dns:///lookalike.svc:50051`; calls are spread over every address with gRPC's round_robin, and
+    idempotent calls are retried on UNAVAILABLE by gRPC itself (bounded attempts, exponential backoff).
+    `token` is sent as `authorization: Bearer <token>`; `ca_cert` (and `client_cert`/`client_key` for
+    mutual TLS) switch the channel to TLS.
+    """
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        collection: str = "",
+        timeout: float | None = 60.0,
+        token: str | None = None,
+        ca_cert: str | os.PathLike | None = None,
+        client_cert: str | os.PathLike | None = None,
+        client_key: str | os.PathLike | None = None,
+        ingest_retries: int = 5,
+    ) -> None:
         self.server = server
         self.collection = collection
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            server,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.ingest_retries = ingest_retries
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.lb_policy_name", "round_robin"),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        ]
+        target = grpc_target(server)
+        if ca_cert or client_cert:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
+                private_key=Path(client_key).read_bytes() if client_key else None,
+                certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
+            )
+            channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(target, options=options)
+        self._channel = grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+        self._raw_channel = channel
         self._collections = pb_grpc.CollectionsStub(self._channel)
         self._images = pb_grpc.ImagesStub(self._channel)
 
     def close(self) -> None:
-        self._channel.close()
+        self._raw_channel.close()
 
     def __enter__(self) -> Client:
         return self
@@ -258,26 +378,55 @@ class Client:
         """Streams items and yields one result per item as the server stores it.
 
         Items are read lazily, so a generator over a huge folder is never held in memory: gRPC's flow
-        control and the server's window hold the reader back when the server is busy.
+        control and the server's window hold the reader back when the server is busy. If the stream
+        breaks with UNAVAILABLE (a replica died), the items sent but not yet acknowledged are sent again
+        on a new stream, to whichever replica answers (upserts, so nothing is stored twice).
         """
         collection = collection or self.collection
+        source = iter(items)
+        # Sent but not acknowledged, oldest first; the server acknowledges in order.
+        pending: collections.deque[pb.IngestRequest] = collections.deque()
         # A file that cannot be read never reaches the server; its failure is reported here instead.
         unreadable: queue.SimpleQueue[IngestResult] = queue.SimpleQueue()
+        lock = threading.Lock()
+        attempt = 0
 
-        def requests() -> Iterator[pb.IngestRequest]:
-            for item in items:
-                try:
-                    yield self._ingest_request(item, collection)
-                except OSError as e:
-                    unreadable.put(IngestResult(str(item[0]), "INVALID_ARGUMENT", f"cannot read file: {e}"))
+        def requests(resend: list[pb.IngestRequest], epoch: int) -> Iterator[pb.IngestRequest]:
+            yield from resend
+            while True:
+                with lock:
+                    if epoch != attempt:
+                        return  # a newer stream took over
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        return
+                    try:
+                        request = self._ingest_request(item, collection)
+                    except OSError as e:
+                        unreadable.put(IngestResult(str(item[0]), "INVALID_ARGUMENT", f"cannot read file: {e}"))
+                        continue
+                    pending.append(request)
+                yield request
 
-        try:
-            for reply in self._images.Ingest(requests()):
-                while not unreadable.empty():
-                    yield unreadable.get()
-                yield IngestResult(reply.id, pb.StatusCode.Name(reply.code), reply.message)
-        except grpc.RpcError as e:
-            raise _raise(e) from None
+        while True:
+            with lock:
+                resend = list(pending)
+            try:
+                for reply in self._images.Ingest(requests(resend, attempt)):
+                    while not unreadable.empty():
+                        yield unreadable.get()
+                    with lock:
+                        if pending and pending[0].id == reply.id:
+                            pending.popleft()
+                    yield IngestResult(reply.id, pb.StatusCode.Name(reply.code), reply.message)
+                break
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.ingest_retries:
+                    raise _raise(e) from None
+                with lock:
+                    attempt += 1
+                time.sleep(min(2.0, 0.1 * 2**attempt))
         while not unreadable.empty():
             yield unreadable.get()
 
