@@ -48,6 +48,7 @@ class MicroBatcher(Generic[T, R]):
         max_queue_delay: float = 0.005,
         preferred_batch_sizes: Sequence[int] = (),
         priorities: int = 2,
+        concurrency: int = 1,
         name: str = "batcher",
     ) -> None:
         if max_batch_size < 1:
@@ -60,25 +61,28 @@ class MicroBatcher(Generic[T, R]):
         self.name = name
         self._queues: list[deque[_Entry[T, R]]] = [deque() for _ in range(priorities)]
         self._arrived = asyncio.Event()
-        self._worker: asyncio.Task[None] | None = None
+        self.concurrency = concurrency
+        self._workers: list[asyncio.Task[None]] = []
         self.batches = 0
         self.items = 0
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name=self.name)
+        """Starts `concurrency` workers: that many batches may be running at once."""
+        loop = asyncio.get_running_loop()
+        self._workers = [loop.create_task(self._work(), name=f"{self.name}-{i}") for i in range(self.concurrency)]
 
     async def close(self) -> None:
-        if self._worker:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        for worker in self._workers:
+            worker.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
 
     def queue_depth(self) -> int:
         return sum(len(q) for q in self._queues)
 
     async def submit(self, item: T, priority: int = BULK, deadline: float | None = None) -> R:
         """Queues one item and waits for its result; `deadline` is in event-loop time (loop.time())."""
-        if self._worker is None:
+        if not self._workers:
             raise RuntimeError(f"{self.name} is not started")
         loop = asyncio.get_running_loop()
         entry: _Entry[T, R] = _Entry(item, loop.create_future(), loop.time(), deadline, priority)

@@ -34,6 +34,8 @@ OVERFETCH = 2
 # Up to this many restrict_ids become an `id in [...]` filter; larger sets are searched exactly by
 # reading their vectors, instead of sending Milvus an expression of hundreds of kilobytes.
 RESTRICT_FILTER_MAX_IDS = 1000
+# Queries in one Milvus search call at most.
+MAX_QUERIES_PER_MILVUS_CALL = 128
 # How long a collection's settings are trusted before Milvus is asked again (another replica may drop it).
 SPEC_CACHE_SECONDS = 10.0
 
@@ -94,6 +96,26 @@ class CollectionInfo:
     execution_provider: str
 
 
+@dataclass(frozen=True)
+class _SearchKey:
+    """Searches with equal keys can share one Milvus call."""
+
+    collection: str
+    index_type: str
+    limit: int
+    filter_expr: str
+    with_metadata: bool
+    effort: int
+    consistency: str
+
+
+@dataclass
+class _SearchJob:
+    key: _SearchKey
+    spec: CollectionSpec
+    vectors: np.ndarray
+
+
 @dataclass
 class _Row:
     collection: str
@@ -137,6 +159,16 @@ class Pipeline:
             name="embed-batcher",
         )
         self._specs: dict[str, tuple[CollectionSpec, float]] = {}
+        # Concurrent searches with the same parameters share one Milvus call: Milvus Lite spends about
+        # 25 ms of Python per call whatever its size, so 32 queries in one call cost little more than one.
+        self._search_batcher: MicroBatcher[_SearchJob, list[list[Candidate]]] = MicroBatcher(
+            self._search_batch,
+            self._store_pool,
+            max_batch_size=MAX_QUERIES_PER_MILVUS_CALL,
+            max_queue_delay=0.0,
+            concurrency=1 if store.is_lite else 4,
+            name="search-batcher",
+        )
 
     @property
     def model_name(self) -> str:
@@ -144,10 +176,12 @@ class Pipeline:
 
     async def start(self) -> None:
         self._embed_batcher.start()
+        self._search_batcher.start()
         await self._ensure_default_collection()
 
     async def close(self) -> None:
         await self._embed_batcher.close()
+        await self._search_batcher.close()
         for pool in (self._decode_pool, self._interactive_pool, self._inference_pool, self._store_pool):
             pool.shutdown(wait=True, cancel_futures=True)
 
@@ -444,12 +478,28 @@ class Pipeline:
             fetch = want if spec.index_type == "FLAT" else min(MAX_K, max(OVERFETCH * want, want + 32))
             # For inner product and cosine, the least similar to q are the most similar to -q.
             probe = -vectors if options.reverse else vectors
-            found = await self._in_store(
-                self.store.search, spec.name, spec, probe, fetch, filter_expr,
-                options.include_metadata, 0, options.consistency,
-            )
+            key = _SearchKey(spec.name, spec.index_type, fetch, filter_expr, options.include_metadata, 0,
+                             options.consistency)
+            found = await self._search_batcher.submit(_SearchJob(key, spec, probe), INTERACTIVE)
         ranked = rerank(vectors, found, want, spec.metric, options.reverse)
         return [hits[options.offset :] for hits in ranked]
+
+    def _search_batch(self, jobs: Sequence[_SearchJob]) -> list[list[list[Candidate]]]:
+        """One Milvus search per group of jobs with the same parameters (runs on the store thread)."""
+        groups: dict[_SearchKey, list[int]] = {}
+        for position, job in enumerate(jobs):
+            groups.setdefault(job.key, []).append(position)
+        results: list[list[list[Candidate]]] = [[] for _ in jobs]
+        for key, positions in groups.items():
+            vectors = np.concatenate([jobs[p].vectors for p in positions])
+            found = self.store.search(key.collection, jobs[positions[0]].spec, vectors, key.limit, key.filter_expr,
+                                      key.with_metadata, key.effort, key.consistency)
+            start = 0
+            for p in positions:
+                count = len(jobs[p].vectors)
+                results[p] = found[start : start + count]
+                start += count
+        return results
 
     def _exact_over_ids(
         self, spec: CollectionSpec, vectors: np.ndarray, want: int, options: SearchOptions

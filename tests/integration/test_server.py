@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -341,3 +342,21 @@ def test_an_expired_deadline_is_deadline_exceeded(server, photos_dir):
         assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_concurrent_searches_each_get_their_own_answer(server, vectors_collection):
+    """Searches from many callers share Milvus calls on the server; each still gets its own exact result."""
+    name, ids, data = vectors_collection
+
+    def one(i: int) -> tuple[int, list[str]]:
+        only_even = "" if i % 2 else 'metadata["parity"] == 0'
+        with Client(server.address) as c:
+            return i, [h.id for h in c.search(data[i], k=3, collection=name, filter=only_even)]
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(0, 640, 10)))
+    for i, got in answers:
+        pool_ids = range(len(ids)) if i % 2 else range(0, len(ids), 2)
+        scores = data[list(pool_ids)] @ data[i]
+        expected = [ids[list(pool_ids)[j]] for j in np.argsort(-scores, kind="stable")[:3]]
+        assert got == expected
