@@ -22,6 +22,7 @@ from .config import INDEX_TYPES, MAX_K, METRICS, ServerConfig
 from .embedder import Embedder
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound
 from .imaging import image_to_tensor
+from .recall import Calibration, calibrate, default_effort
 from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,10 @@ OVERFETCH = 2
 RESTRICT_FILTER_MAX_IDS = 1000
 # Queries in one Milvus search call at most.
 MAX_QUERIES_PER_MILVUS_CALL = 128
+# A collection's calibration is checked at most this often, and redone when older than the maximum age
+# or when its row count moved by more than 10% (Milvus Lite also builds indexes late, in the background).
+CALIBRATION_CHECK_SECONDS = 30.0
+CALIBRATION_MAX_AGE_SECONDS = 600.0
 # How long a collection's settings are trusted before Milvus is asked again (another replica may drop it).
 SPEC_CACHE_SECONDS = 10.0
 
@@ -79,6 +84,7 @@ class SearchOptions:
     offset: int = 0
     restrict_ids: Sequence[str] = ()
     consistency: str = ""
+    min_recall: float = 0.0  # 0: the collection's own target
 
 
 @dataclass
@@ -94,6 +100,7 @@ class CollectionInfo:
     spec: CollectionSpec
     row_count: int
     execution_provider: str
+    calibrations: list[Calibration] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,11 @@ class Pipeline:
             name="embed-batcher",
         )
         self._specs: dict[str, tuple[CollectionSpec, float]] = {}
+        # Recall calibration per (collection, target), measured in the background.
+        self._calibrations: dict[tuple[str, float], Calibration] = {}
+        self._calibration_checked: dict[tuple[str, float], float] = {}
+        self._calibration_pool = ThreadPoolExecutor(1, thread_name_prefix="calibrate")
+        self._calibrating: set[tuple[str, float]] = set()
         # Concurrent searches with the same parameters share one Milvus call: Milvus Lite spends about
         # 25 ms of Python per call whatever its size, so 32 queries in one call cost little more than one.
         self._search_batcher: MicroBatcher[_SearchJob, list[list[Candidate]]] = MicroBatcher(
@@ -182,7 +194,8 @@ class Pipeline:
     async def close(self) -> None:
         await self._embed_batcher.close()
         await self._search_batcher.close()
-        for pool in (self._decode_pool, self._interactive_pool, self._inference_pool, self._store_pool):
+        for pool in (self._decode_pool, self._interactive_pool, self._inference_pool, self._store_pool,
+                     self._calibration_pool):
             pool.shutdown(wait=True, cancel_futures=True)
 
     async def _in_store(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -221,7 +234,9 @@ class Pipeline:
         rows = await self._in_store(self.store.row_count, spec.name)
         index = await self._in_store(self.store.describe_index, spec.name)
         params = {k: int(v) for k, v in index.get("params", {}).items() if str(v).isdigit()}
-        return CollectionInfo(dataclasses.replace(spec, index_params=params), rows, self.embedder.provider)
+        calibrations = [c for (name, _), c in self._calibrations.items() if name == spec.name]
+        return CollectionInfo(dataclasses.replace(spec, index_params=params), rows, self.embedder.provider,
+                              calibrations)
 
     async def create_collection(
         self,
@@ -461,6 +476,8 @@ class Pipeline:
             raise InvalidArgument(f"offset + k must be at most {MAX_K}, got {options.offset} + {options.k}")
         if not queries:
             raise InvalidArgument("a search needs at least one query")
+        if not 0.0 <= options.min_recall <= 1.0:
+            raise InvalidArgument(f"min_recall must be between 0 and 1, got {options.min_recall}")
         spec = await self.spec(collection)
         vectors = await self._query_vectors(spec, queries, deadline)
         want = options.k + options.offset
@@ -471,18 +488,67 @@ class Pipeline:
             found = await self._in_store(
                 self._exact_over_ids, spec, vectors, want, options
             )
-        elif options.reverse and spec.metric == "l2":
-            # No index finds the farthest points: scan every row exactly.
+        elif (options.reverse and spec.metric == "l2") or self._needs_exact(spec, want, options):
+            # No index finds the farthest points; and an index that cannot reach the recall target is
+            # replaced by an exact scan of every row.
             found = await self._in_store(self._exact_scan, spec, vectors, want, filter_expr, options)
         else:
-            fetch = want if spec.index_type == "FLAT" else min(MAX_K, max(OVERFETCH * want, want + 32))
+            fetch = _fetch(spec, want)
+            effort = self._effort(spec, want, fetch, options.min_recall or spec.min_recall)
             # For inner product and cosine, the least similar to q are the most similar to -q.
             probe = -vectors if options.reverse else vectors
-            key = _SearchKey(spec.name, spec.index_type, fetch, filter_expr, options.include_metadata, 0,
+            key = _SearchKey(spec.name, spec.index_type, fetch, filter_expr, options.include_metadata, effort,
                              options.consistency)
             found = await self._search_batcher.submit(_SearchJob(key, spec, probe), INTERACTIVE)
         ranked = rerank(vectors, found, want, spec.metric, options.reverse)
         return [hits[options.offset :] for hits in ranked]
+
+    def _effort(self, spec: CollectionSpec, want: int, fetch: int, target: float) -> int:
+        """The calibrated ef/nprobe for this k and recall target; a generous default until measured."""
+        if spec.index_type == "FLAT":
+            return 0
+        key = (spec.name, round(target, 4))
+        self._maybe_calibrate(spec, key)
+        calibration = self._calibrations.get(key)
+        return calibration.effort_for(want) if calibration else default_effort(spec, fetch)
+
+    def _needs_exact(self, spec: CollectionSpec, want: int, options: SearchOptions) -> bool:
+        calibration = self._calibrations.get((spec.name, round(options.min_recall or spec.min_recall, 4)))
+        return calibration is not None and calibration.exact_fallback
+
+    def _maybe_calibrate(self, spec: CollectionSpec, key: tuple[str, float]) -> None:
+        now = time.monotonic()
+        if key in self._calibrating or now - self._calibration_checked.get(key, -1e9) < CALIBRATION_CHECK_SECONDS:
+            return
+        self._calibration_checked[key] = now
+        self._calibrating.add(key)
+        future = asyncio.get_running_loop().run_in_executor(self._calibration_pool, self._calibrate, spec, key)
+        future.add_done_callback(lambda f: self._calibration_done(key, f))
+
+    def _calibrate(self, spec: CollectionSpec, key: tuple[str, float]) -> Calibration | None:
+        """Runs on the calibration thread: re-measures when the collection grew, shrank or aged."""
+        current = self._calibrations.get(key)
+        if current is not None:
+            rows = self.store.row_count(spec.name)
+            fresh = time.time() - current.measured_at < CALIBRATION_MAX_AGE_SECONDS
+            if fresh and abs(rows - current.rows) <= 0.1 * current.rows:
+                return current
+
+        def search(queries: np.ndarray, k: int, effort: int) -> list[list[str]]:
+            found = self.store.search(spec.name, spec, queries, _fetch(spec, k), "", False, effort, "Strong")
+            return [[h.id for h in hits] for hits in rerank(queries, found, k, spec.metric)]
+
+        return calibrate(self.store, spec, key[1], search)
+
+    def _calibration_done(self, key: tuple[str, float], future: asyncio.Future[Calibration | None]) -> None:
+        self._calibrating.discard(key)
+        try:
+            result = future.result()
+        except Exception:
+            log.exception("calibrating %s failed; searches keep the default effort", key[0])
+            return
+        if result is not None:
+            self._calibrations[key] = result
 
     def _search_batch(self, jobs: Sequence[_SearchJob]) -> list[list[list[Candidate]]]:
         """One Milvus search per group of jobs with the same parameters (runs on the store thread)."""
@@ -533,6 +599,11 @@ class Pipeline:
     async def delete(self, collection: str, ids: Sequence[str]) -> int:
         spec = await self.spec(collection)
         return await self._in_store(self.store.delete, spec.name, list(dict.fromkeys(ids)))
+
+
+def _fetch(spec: CollectionSpec, want: int) -> int:
+    """Candidates asked of Milvus: exactly k from FLAT, over-fetched from lossy indexes for the re-rank."""
+    return want if spec.index_type == "FLAT" else min(MAX_K, max(OVERFETCH * want, want + 32))
 
 
 async def _first_of(window: asyncio.Queue[T], reader: asyncio.Future[None]) -> T:

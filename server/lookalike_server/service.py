@@ -89,6 +89,12 @@ def _collection_to_wire(info: CollectionInfo) -> pb.CollectionInfo:
         execution_provider=info.execution_provider,
         index_params=spec.index_params,
         min_recall=spec.min_recall,
+        calibrations=[
+            pb.Calibration(k=k, effort=c.efforts[k], recall=c.recalls[k], target=c.target, rows=c.rows,
+                           exact_reference=c.exact_reference, exact_fallback=c.exact_fallback)
+            for c in info.calibrations
+            for k in sorted(c.efforts)
+        ],
     )
 
 
@@ -124,6 +130,7 @@ def _search_options(request: pb.SearchRequest) -> SearchOptions:
         offset=request.offset,
         restrict_ids=list(request.restrict_ids),
         consistency=_CONSISTENCY_FROM_WIRE.get(request.consistency, ""),
+        min_recall=request.min_recall,
     )
 
 

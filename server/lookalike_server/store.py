@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -206,6 +208,39 @@ class Store:
                           **self._strong)
         return int(rows[0]["count(*)"])
 
+    def wait_for_index(self, name: str, timeout: float = 120.0) -> bool:
+        """Flushes and waits until every stored row is indexed; False if that did not happen in time.
+
+        Recall measured before then is misleading: Milvus answers from brute force over rows it has not
+        indexed yet. Milvus Lite reports its index finished at once, so its files are checked instead:
+        each data segment is indexed when an index file with the same name stands beside it.
+        """
+        self._call(self.client.flush, name, collection=name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._indexed(name):
+                return True
+            time.sleep(0.5)
+        log.warning("collection %s: the index was not finished within %.0f s", name, timeout)
+        return False
+
+    def _indexed(self, name: str) -> bool:
+        if self.is_lite:
+            partitions = Path(self.uri) / "collections" / name / "partitions"
+            segments = {p.stem for p in partitions.glob("*/data/*.parquet")}
+            indexed = {p.name.split(".")[0] for p in partitions.glob("*/indexes/*.idx")}
+            return segments <= indexed
+        info = self.describe_index(name)
+        return int(info.get("pending_index_rows", 0)) == 0 and info.get("state", "Finished") == "Finished"
+
+    def page(self, name: str, offset: int, limit: int) -> tuple[list[str], np.ndarray]:
+        """Rows `offset` to `offset + limit` in Milvus' own order: samples and exact reference scans."""
+        rows = self._call(self.client.query, name, filter="", offset=offset, limit=limit,
+                          output_fields=["id", "vector"], collection=name, **self._strong)
+        if not rows:
+            return [], np.zeros((0, 0), dtype=np.float32)
+        return [r["id"] for r in rows], np.asarray([r["vector"] for r in rows], dtype=np.float32)
+
     def drop(self, name: str) -> None:
         if not self._call(self.client.has_collection, name):
             raise NotFound(f"collection {name!r} does not exist")
@@ -290,23 +325,25 @@ class Store:
         return found
 
     def scan(self, name: str, filter_expr: str = "", with_metadata: bool = False,
-             batch_size: int = 2000) -> Iterator[tuple[list[str], np.ndarray, list[Any]]]:
-        """Every row (matching the filter) in batches of (ids, vectors, metadata): for exact search."""
+             batch_size: int = 10_000) -> Iterator[tuple[list[str], np.ndarray, list[Any]]]:
+        """Every row (matching the filter) in batches of (ids, vectors, metadata): for exact search.
+
+        Pages by offset: in Milvus Lite each call costs a pass over the rows, so large pages are what
+        keeps a scan of 20,000 x 1280 near 12 s (its query iterator took 77 s).
+        """
         fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
-        iterator = self._call(self.client.query_iterator, name, batch_size=batch_size, filter=filter_expr,
+        for offset in itertools.count(0, batch_size):
+            rows = self._call(self.client.query, name, filter=filter_expr, offset=offset, limit=batch_size,
                               output_fields=fields, collection=name, **self._strong)
-        try:
-            while True:
-                rows = self._call(iterator.next, collection=name)
-                if not rows:
-                    return
-                yield (
-                    [r["id"] for r in rows],
-                    np.asarray([r["vector"] for r in rows], dtype=np.float32),
-                    [r.get("metadata") for r in rows],
-                )
-        finally:
-            iterator.close()
+            if not rows:
+                return
+            yield (
+                [r["id"] for r in rows],
+                np.asarray([r["vector"] for r in rows], dtype=np.float32),
+                [r.get("metadata") for r in rows],
+            )
+            if len(rows) < batch_size:
+                return
 
     def delete(self, name: str, ids: list[str]) -> int:
         """Deletes the ids and returns how many of them were stored."""

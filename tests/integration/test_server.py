@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -360,3 +361,28 @@ def test_concurrent_searches_each_get_their_own_answer(server, vectors_collectio
         scores = data[list(pool_ids)] @ data[i]
         expected = [ids[list(pool_ids)[j]] for j in np.argsort(-scores, kind="stable")[:3]]
         assert got == expected
+
+
+def test_recall_guarantee_on_a_poorly_built_hnsw(client):
+    """A graph too weak for any ef (M 4, efConstruction 8, random 1280-d): the server measures that and
+    falls back to exact scans, so the results still reach the recall target."""
+    client.create_collection("weak", "cosine", "HNSW", index_params={"M": 4, "efConstruction": 8})
+    try:
+        data = unit_rows(2000, seed=11)
+        ids = [f"w{i}" for i in range(len(data))]
+        assert all(r.ok for r in client.ingest(zip(ids, data, strict=True), collection="weak"))
+        client.search(data[0], k=10, collection="weak")  # the first search starts the calibration
+        deadline = time.monotonic() + 180
+        while not client.describe_collection("weak").calibrations and time.monotonic() < deadline:
+            time.sleep(1)
+        calibrations = client.describe_collection("weak").calibrations
+        assert set(calibrations) == {10, 100}
+        assert any(recall < 0.99 for _, recall in calibrations.values())  # the index alone falls short
+        queries = unit_rows(40, seed=12)
+        found = 0
+        for q, hits in zip(queries, client.search_many(list(queries), k=10, collection="weak"), strict=True):
+            truth = {ids[i] for i in np.argsort(-(data @ q))[:10]}
+            found += len(truth & {h.id for h in hits})
+        assert found / (10 * len(queries)) >= 0.99
+    finally:
+        client.drop_collection("weak")

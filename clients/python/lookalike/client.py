@@ -189,6 +189,8 @@ class CollectionInfo:
     execution_provider: str
     index_params: dict[str, int]
     min_recall: float
+    # k -> (effort, recall) as the server's recall calibration measured them.
+    calibrations: dict[int, tuple[int, float]]
 
 
 # A query: an image path, image bytes, a vector, or a stored id.
@@ -231,6 +233,7 @@ def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
         execution_provider=info.execution_provider,
         index_params=dict(info.index_params),
         min_recall=info.min_recall,
+        calibrations={c.k: (c.effort, c.recall) for c in info.calibrations if abs(c.target - info.min_recall) < 1e-4},
     )
 
 
@@ -486,6 +489,7 @@ class Client:
         offset: int = 0,
         restrict_ids: Sequence[str] = (),
         consistency: str = "",
+        min_recall: float = 0.0,
     ) -> list[list[Hit]]:
         """One ranked list of hits per query, in one call.
 
@@ -503,6 +507,7 @@ class Client:
             offset=offset,
             restrict_ids=list(restrict_ids),
             consistency=CONSISTENCY_LEVELS[consistency],
+            min_recall=min_recall,
         )
         try:
             reply = self._images.Search(request, timeout=self.timeout)
