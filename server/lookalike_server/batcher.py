@@ -16,6 +16,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from . import metrics
 from .errors import DeadlineExceeded
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         entry: _Entry[T, R] = _Entry(item, loop.create_future(), loop.time(), deadline, priority)
         self._queues[min(priority, len(self._queues) - 1)].append(entry)
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
         self._arrived.set()
         return await entry.future
 
@@ -139,6 +141,8 @@ class MicroBatcher(Generic[T, R]):
             batch = await self._next_batch()
             self.batches += 1
             self.items += len(batch)
+            metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+            metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
             try:
                 results = await self._run([e.item for e in batch])
                 outcomes: list[tuple[_Entry[T, R], R | None, BaseException | None]] = [

@@ -48,6 +48,19 @@ class ServerConfig:
     max_connection_age_s: float = 0.0
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
     ingest_window: int = 64  # items in flight per Ingest stream before the server stops reading it
+    # Security: `ROLE TOKEN` lines (read|write); TLS server certificate and key; a client CA turns on
+    # mutual TLS (clients must present a certificate it signed).
+    auth_tokens_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Operations
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    max_inflight_requests: int = 1024
+    max_streams_per_client: int = 64
+    max_image_bytes: int = 256 * 1024 * 1024  # an image assembled from chunks, at most
+    max_metadata_bytes: int = 64 * 1024  # one item's metadata as JSON, at most
+    shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -55,6 +68,10 @@ class ServerConfig:
             raise ValueError(f"default_metric must be one of {METRICS}, got {self.default_metric!r}")
         if self.default_index not in INDEX_TYPES:
             raise ValueError(f"default_index must be one of {INDEX_TYPES}, got {self.default_index!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("TLS needs both tls_cert and tls_key")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("mutual TLS (tls_client_ca) needs tls_cert and tls_key too")
         if self.max_batch_size < 0:
             raise ValueError("max_batch_size must be at least 1 (or 0 for automatic)")
 

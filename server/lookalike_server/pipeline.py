@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _native
+from . import _native, metrics
 from .batcher import BULK, INTERACTIVE, MicroBatcher
 from .config import INDEX_TYPES, MAX_K, METRICS, ServerConfig
 from .embedder import Embedder
@@ -52,6 +53,8 @@ class IngestItem:
     image: bytes | None = None
     vector: Sequence[float] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # Set when the item was already found wrong on the way in (e.g. an unfinished chunked upload).
+    error: LookalikeError | None = None
 
 
 @dataclass
@@ -287,7 +290,8 @@ class Pipeline:
     # Embedding
 
     def _embed_batch(self, tensors: Sequence[np.ndarray]) -> list[np.ndarray]:
-        vectors = self.embedder.embed(np.stack(tensors))
+        with metrics.EMBED_SECONDS.time():
+            vectors = self.embedder.embed(np.stack(tensors))
         _native.normalize_rows(vectors)
         return list(vectors)
 
@@ -338,7 +342,10 @@ class Pipeline:
 
     async def _prepare_row(self, item: IngestItem) -> _Row | ItemResult:
         try:
+            if item.error is not None:
+                raise item.error
             check_id(item.id)
+            self._check_metadata(item.metadata)
             spec = await self.spec(item.collection)
             if item.vector is not None:
                 vector = self._check_vector(item.vector, spec)
@@ -350,6 +357,13 @@ class Pipeline:
             return _Row(spec.name, item.id, vector, item.metadata)
         except LookalikeError as e:
             return ItemResult(item.id, e.code, f"item {item.id!r}: {e.message}")
+
+    def _check_metadata(self, metadata: dict[str, Any]) -> None:
+        size = len(json.dumps(metadata, separators=(",", ":")).encode("utf-8"))
+        if size > self.config.max_metadata_bytes:
+            raise InvalidArgument(
+                f"metadata of {size} bytes as JSON is over the limit of {self.config.max_metadata_bytes} bytes"
+            )
 
     async def _store_rows(self, rows: list[_Row]) -> list[ItemResult]:
         """Upserts rows grouped by collection; a failed group fails only its own items."""
@@ -404,7 +418,9 @@ class Pipeline:
                 rows = [p for p in prepared if isinstance(p, _Row)]
                 stored = iter(await self._store_rows(rows)) if rows else iter(())
                 for p in prepared:
-                    yield next(stored) if isinstance(p, _Row) else p
+                    result = next(stored) if isinstance(p, _Row) else p
+                    metrics.ITEMS.labels(result.code).inc()
+                    yield result
                 waiting = []
             await reader
         finally:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,6 +18,8 @@ from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 from .config import ServerConfig
 from .embedder import Embedder
 from .errors import LookalikeError
+from .interceptors import AuthInterceptor, LimitsInterceptor, MetricsInterceptor, load_tokens
+from .metrics import serve_metrics
 from .model_card import load_model_card
 from .pipeline import Pipeline
 from .service import CollectionsService, ImagesService
@@ -29,7 +32,6 @@ SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in ("Col
 # follows Milvus, liveness must not, or an outage of Milvus would restart every replica).
 LIVENESS = "liveness"
 HEALTH_CHECK_SECONDS = 5.0
-SHUTDOWN_GRACE_SECONDS = 10.0
 
 
 class StartupError(Exception):
@@ -52,7 +54,15 @@ class LookalikeServer:
                 ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
                 ("grpc.max_connection_age_grace_ms", 30_000),
             ]
-        self.grpc_server = grpc.aio.server(options=options)
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
+        if config.auth_tokens_file:
+            tokens = load_tokens(config.auth_tokens_file)
+            interceptors.append(AuthInterceptor(tokens))
+            log.info("authentication on: %d tokens (%s)", len(tokens),
+                     ", ".join(f"{sum(r == role for r in tokens.values())} {role}" for role in ("read", "write")))
+        self.limits = LimitsInterceptor(config.max_inflight_requests, config.max_streams_per_client)
+        interceptors.append(self.limits)
+        self.grpc_server = grpc.aio.server(options=options, interceptors=interceptors)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
         reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -62,7 +72,15 @@ class LookalikeServer:
         pb_grpc.add_CollectionsServicer_to_server(self.collections, self.grpc_server)
         pb_grpc.add_ImagesServicer_to_server(self.images, self.grpc_server)
         try:
-            self.port = self.grpc_server.add_insecure_port(config.address)
+            if config.tls_cert:
+                credentials = grpc.ssl_server_credentials(
+                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+                    root_certificates=Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None,
+                    require_client_auth=bool(config.tls_client_ca),
+                )
+                self.port = self.grpc_server.add_secure_port(config.address, credentials)
+            else:
+                self.port = self.grpc_server.add_insecure_port(config.address)
         except RuntimeError:
             self.port = 0
         if self.port == 0:
@@ -80,7 +98,12 @@ class LookalikeServer:
         await self._set_health(False)
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self.grpc_server.start()
-        log.info("listening on %s (port %d); loading the model and Milvus", self.config.address, self.port)
+        security = ("mutual TLS" if self.config.tls_client_ca else "TLS") if self.config.tls_cert else "plaintext"
+        log.info("listening on %s (port %d, %s); loading the model and Milvus", self.config.address, self.port,
+                 security)
+        if self.config.metrics_port:
+            serve_metrics(self.config.metrics_port)
+            log.info("Prometheus metrics on :%d/metrics", self.config.metrics_port)
         loop = asyncio.get_running_loop()
         card = load_model_card(self.config.model_card or None)
         embedder = await loop.run_in_executor(
@@ -119,7 +142,8 @@ class LookalikeServer:
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()
 
-    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.config.shutdown_grace_s if grace is None else grace
         log.info("stopping: finishing calls in flight (up to %.0f s)", grace)
         await self._set_health(False)
         if self._watchdog:

@@ -15,7 +15,7 @@ from google.protobuf import json_format, struct_pb2
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
-from .errors import LookalikeError, Unavailable
+from .errors import InvalidArgument, LookalikeError, ResourceExhausted, Unavailable
 from .pipeline import CollectionInfo, Hit, IngestItem, ItemResult, Pipeline, Query, SearchOptions
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,53 @@ def _hits_to_wire(hits: list[Hit], options: SearchOptions) -> pb.QueryResult:
     )
 
 
+class _ChunkAssembler:
+    """Joins consecutive chunk requests of one id into one image, up to a size limit."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._id: str | None = None
+        self._collection = ""
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._metadata: dict[str, Any] = {}
+
+    def add(self, item_id: str, collection: str, chunk: pb.ImageChunk, metadata: dict[str, Any]) -> list[IngestItem]:
+        """Items finished by this chunk: its own when `last`, and a previous id's that never ended."""
+        finished = []
+        if self._id is not None and item_id != self._id:
+            finished.append(self.abandon())
+        if self._id is None:
+            self._id, self._collection = item_id, collection
+        self._size += len(chunk.data)
+        if self._size <= self.max_bytes:
+            self._parts.append(chunk.data)
+        self._metadata = metadata or self._metadata
+        if chunk.last:
+            item = IngestItem(id=item_id, collection=self._collection, metadata=self._metadata)
+            if self._size > self.max_bytes:
+                item.error = ResourceExhausted(
+                    f"image of {self._size} bytes is over the limit of {self.max_bytes} bytes (--max-image-bytes)"
+                )
+            else:
+                item.image = b"".join(self._parts)
+            self._reset()
+            finished.append(item)
+        return finished
+
+    def abandon(self) -> IngestItem | None:
+        """The item being assembled, failed, if its last chunk never came."""
+        if self._id is None:
+            return None
+        error = InvalidArgument("its chunks ended without one marked `last`")
+        item = IngestItem(id=self._id, collection=self._collection, metadata=self._metadata, error=error)
+        self._reset()
+        return item
+
+    def _reset(self) -> None:
+        self._id, self._collection, self._parts, self._size, self._metadata = None, "", [], 0, {}
+
+
 class _PipelineUser:
     """Services are registered before the server starts; the pipeline arrives once the model is loaded."""
 
@@ -211,15 +258,25 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
         pipeline = await self._ready_or_abort(context)
 
         async def items() -> AsyncIterator[IngestItem]:
+            assembler = _ChunkAssembler(pipeline.config.max_image_bytes)
             async for request in request_iterator:
                 kind = request.WhichOneof("content")
+                metadata = json_format.MessageToDict(request.metadata)
+                if kind == "chunk":
+                    for item in assembler.add(request.id, request.collection, request.chunk, metadata):
+                        yield item
+                    continue
+                if (unfinished := assembler.abandon()) is not None:
+                    yield unfinished
                 yield IngestItem(
                     id=request.id,
                     collection=request.collection,
                     image=request.image if kind == "image" else None,
                     vector=np.asarray(request.vector.values, dtype=np.float32) if kind == "vector" else None,
-                    metadata=json_format.MessageToDict(request.metadata),
+                    metadata=metadata,
                 )
+            if (unfinished := assembler.abandon()) is not None:
+                yield unfinished
 
         async for result in pipeline.ingest(items()):
             yield pb.IngestResponse(id=result.id, code=_status_code(result.code), message=result.message)

@@ -16,6 +16,7 @@ import numpy as np
 from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
+from . import metrics
 from .config import ServerConfig
 from .errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, Unavailable
 
@@ -116,12 +117,18 @@ class Store:
         self._call(self.client.list_collections)
 
     def _call(self, fn: Any, *args: Any, collection: str = "", **kwargs: Any) -> Any:
+        operation = getattr(fn, "__name__", "call")
+        started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         except MilvusException as e:
+            metrics.MILVUS_ERRORS.labels(operation).inc()
             raise self._translate(e, collection) from e
         except (ConnectionError, TimeoutError, OSError) as e:
+            metrics.MILVUS_ERRORS.labels(operation).inc()
             raise Unavailable(f"Milvus at {self.uri} does not answer: {e}") from e
+        finally:
+            metrics.MILVUS_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
     @staticmethod
     def _translate(e: MilvusException, collection: str) -> LookalikeError:
@@ -272,6 +279,7 @@ class Store:
         fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
         level = self._level(consistency)
         try:
+            started = time.perf_counter()
             results = self.client.search(
                 name,
                 data=vectors.tolist(),
@@ -281,11 +289,16 @@ class Store:
                 search_params=search_params(spec.index_type, limit, effort),
                 **level,
             )
+            metrics.MILVUS_SECONDS.labels("search").observe(time.perf_counter() - started)
         except MilvusException as e:
+            metrics.MILVUS_ERRORS.labels("search").inc()
             error = self._translate(e, name)
             if filter_expr and isinstance(error, InvalidArgument):
                 raise InvalidArgument(f"filter {filter_expr!r} is not a valid Milvus expression: {e.message}") from e
             raise error from e
+        except (ConnectionError, TimeoutError, OSError) as e:
+            metrics.MILVUS_ERRORS.labels("search").inc()
+            raise Unavailable(f"Milvus at {self.uri} does not answer: {e}") from e
         return [
             [
                 Candidate(

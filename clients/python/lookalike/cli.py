@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -13,9 +14,25 @@ from pathlib import Path
 from .client import DEFAULT_SERVER, ById, Client, LookalikeClientError, image_files
 
 
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", default=DEFAULT_SERVER,
+                        help="HOST:PORT, several comma-separated, or a gRPC target like dns:///name:port "
+                             "(default %(default)s)")
+    parser.add_argument("--token", default=os.environ.get("LOOKALIKE_TOKEN"),
+                        help="bearer token (default: $LOOKALIKE_TOKEN)")
+    parser.add_argument("--ca-cert", help="CA certificate (PEM) to connect over TLS")
+    parser.add_argument("--client-cert", help="client certificate (PEM) for mutual TLS")
+    parser.add_argument("--client-key", help="client key (PEM) for mutual TLS")
+
+
 def _add_server_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--server", default=DEFAULT_SERVER, help="lookalike server HOST:PORT (default %(default)s)")
+    _add_connection_flags(parser)
     parser.add_argument("--collection", default="", help="collection name (default: the server's default)")
+
+
+def _client(args: argparse.Namespace, collection: str = "") -> Client:
+    return Client(args.server, collection, token=args.token, ca_cert=args.ca_cert, client_cert=args.client_cert,
+                  client_key=args.client_key)
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +58,17 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="refuse to start unless a GPU execution provider is really active")
     p.add_argument("--max-batch-size", type=int, help="images per inference batch (default: 8 on CPU, 64 on GPU)")
     p.add_argument("--max-queue-delay-ms", type=float, help="longest wait to fill a batch (default 5)")
+    p.add_argument("--auth-tokens-file", help="file of 'read TOKEN' / 'write TOKEN' lines: require bearer tokens")
+    p.add_argument("--tls-cert", help="server certificate (PEM): serve over TLS")
+    p.add_argument("--tls-key", help="server private key (PEM)")
+    p.add_argument("--tls-client-ca", help="CA (PEM) that signs client certificates: require mutual TLS")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--max-inflight-requests", type=int, help="calls in flight before RESOURCE_EXHAUSTED (1024)")
+    p.add_argument("--max-streams-per-client", type=int, help="open streams per client host (default 64)")
+    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    p.add_argument("--max-image-bytes", type=int, help="largest image assembled from chunks (default 256 MiB)")
+    p.add_argument("--max-image-pixels", type=int, help="decompression-bomb limit in pixels (default 89478485)")
+    p.add_argument("--shutdown-grace-s", type=float, help="seconds to finish calls in flight on SIGTERM (10)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
 
 
@@ -68,7 +96,7 @@ def _ingest(args: argparse.Namespace) -> int:
     total = sum(1 for _ in image_files(root, args.all_files))
     stored, failed = 0, []
     started = time.monotonic()
-    with Client(args.server, args.collection) as client, tqdm(
+    with _client(args, args.collection) as client, tqdm(
         total=total, unit="img", desc="ingest", disable=args.quiet or None
     ) as bar:
         try:
@@ -101,7 +129,7 @@ def _search(args: argparse.Namespace) -> int:
             print(f"lookalike search: {query} is not a file (use --id to search by a stored id)", file=sys.stderr)
             return 2
     started = time.monotonic()
-    with Client(args.server, args.collection) as client:
+    with _client(args, args.collection) as client:
         try:
             hits = client.search(query, k=args.k, filter=args.filter, include_metadata=args.metadata)
         except LookalikeClientError as e:
@@ -121,7 +149,7 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _collections(args: argparse.Namespace) -> int:
-    with Client(args.server) as client:
+    with _client(args) as client:
         try:
             if args.action == "create":
                 infos = [client.create_collection(args.name, args.metric, args.index)]
@@ -173,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", default="", choices=["", "cosine", "ip", "l2"])
     p.add_argument("--index", default="", choices=["", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"])
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--server", default=DEFAULT_SERVER, help="lookalike server HOST:PORT (default %(default)s)")
+    _add_connection_flags(p)
     return parser
 
 

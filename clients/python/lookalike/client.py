@@ -25,6 +25,8 @@ from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
 DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Images larger than this are uploaded in chunks of this size (the server joins them).
+CHUNK_BYTES = 4 * 1024 * 1024
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
 _METRICS = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_IP, "l2": pb.METRIC_L2, "": pb.METRIC_UNSPECIFIED}
@@ -365,17 +367,27 @@ class Client:
 
     # Ingest
 
-    def _ingest_request(self, item: ItemLike, collection: str) -> pb.IngestRequest:
+    def _ingest_requests(self, item: ItemLike, collection: str) -> list[pb.IngestRequest]:
+        """One request per item; images over CHUNK_BYTES go as several chunk requests of the same id."""
         item_id, content, *rest = item
         metadata = _struct(rest[0] if rest else None)
-        request = pb.IngestRequest(collection=collection, id=item_id, metadata=metadata)
         if isinstance(content, (str, os.PathLike)):
-            request.image = Path(content).read_bytes()
-        elif isinstance(content, (bytes, bytearray, memoryview)):
-            request.image = bytes(content)
-        else:
-            request.vector.values.extend(np.asarray(content, dtype=np.float32).ravel().tolist())
-        return request
+            content = Path(content).read_bytes()
+        if isinstance(content, (bytes, bytearray, memoryview)):
+            data = bytes(content)
+            if len(data) <= CHUNK_BYTES:
+                return [pb.IngestRequest(collection=collection, id=item_id, metadata=metadata, image=data)]
+            starts = range(0, len(data), CHUNK_BYTES)
+            return [
+                pb.IngestRequest(
+                    collection=collection, id=item_id, metadata=metadata if start == 0 else None,
+                    chunk=pb.ImageChunk(data=data[start : start + CHUNK_BYTES], last=start == starts[-1]),
+                )
+                for start in starts
+            ]
+        request = pb.IngestRequest(collection=collection, id=item_id, metadata=metadata)
+        request.vector.values.extend(np.asarray(content, dtype=np.float32).ravel().tolist())
+        return [request]
 
     def ingest(self, items: Iterable[ItemLike], collection: str = "") -> Iterator[IngestResult]:
         """Streams items and yields one result per item as the server stores it.
@@ -387,8 +399,8 @@ class Client:
         """
         collection = collection or self.collection
         source = iter(items)
-        # Sent but not acknowledged, oldest first; the server acknowledges in order.
-        pending: collections.deque[pb.IngestRequest] = collections.deque()
+        # Items sent but not acknowledged (each its requests), oldest first; the server acknowledges in order.
+        pending: collections.deque[list[pb.IngestRequest]] = collections.deque()
         # A file that cannot be read never reaches the server; its failure is reported here instead.
         unreadable: queue.SimpleQueue[IngestResult] = queue.SimpleQueue()
         lock = threading.Lock()
@@ -405,22 +417,22 @@ class Client:
                     except StopIteration:
                         return
                     try:
-                        request = self._ingest_request(item, collection)
+                        item_requests = self._ingest_requests(item, collection)
                     except OSError as e:
                         unreadable.put(IngestResult(str(item[0]), "INVALID_ARGUMENT", f"cannot read file: {e}"))
                         continue
-                    pending.append(request)
-                yield request
+                    pending.append(item_requests)
+                yield from item_requests
 
         while True:
             with lock:
-                resend = list(pending)
+                resend = [request for item_requests in pending for request in item_requests]
             try:
                 for reply in self._images.Ingest(requests(resend, attempt)):
                     while not unreadable.empty():
                         yield unreadable.get()
                     with lock:
-                        if pending and pending[0].id == reply.id:
+                        if pending and pending[0][0].id == reply.id:
                             pending.popleft()
                     yield IngestResult(reply.id, pb.StatusCode.Name(reply.code), reply.message)
                 break

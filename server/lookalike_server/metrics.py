@@ -1,0 +1,25 @@
+"""Prometheus metrics: one registry of what an operator watches; served by `serve --metrics-port`."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+REQUESTS = Counter("lookalike_requests_total", "gRPC calls by method and final status code", ["method", "code"])
+REQUEST_SECONDS = Histogram(
+    "lookalike_request_seconds", "gRPC call latency by method", ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+BATCH_SIZE = Histogram(
+    "lookalike_batch_size", "Items per batch, by batcher", ["batcher"], buckets=(1, 2, 4, 8, 16, 32, 64, 128)
+)
+QUEUE_DEPTH = Gauge("lookalike_queue_depth", "Items waiting for a batch, by batcher", ["batcher"])
+EMBED_SECONDS = Histogram("lookalike_embed_batch_seconds", "ONNX Runtime time per batch")
+MILVUS_SECONDS = Histogram("lookalike_milvus_seconds", "Milvus call latency by operation", ["operation"])
+MILVUS_ERRORS = Counter("lookalike_milvus_errors_total", "Failed Milvus calls by operation", ["operation"])
+ITEMS = Counter("lookalike_ingest_items_total", "Ingested items by outcome code", ["code"])
+INFLIGHT = Gauge("lookalike_inflight_requests", "Calls being served")
+
+
+def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
+    """Starts the /metrics HTTP endpoint in a background thread."""
+    start_http_server(port, addr=address)
