@@ -347,7 +347,7 @@ def test_an_expired_deadline_is_deadline_exceeded(server, photos_dir):
 
 def test_concurrent_searches_each_get_their_own_answer(server, vectors_collection):
     """Searches from many callers share Milvus calls on the server; each still gets its own exact result."""
-    name, ids, data = vectors_collection
+    name, _ids, data = vectors_collection
 
     def one(i: int) -> tuple[int, list[str]]:
         only_even = "" if i % 2 else 'metadata["parity"] == 0'
