@@ -229,6 +229,8 @@ class Pipeline:
         if cached is not None and now - cached[1] < SPEC_CACHE_SECONDS:
             return cached[0]
         spec = await self._in_store(self.store.describe, name)
+        if cached is None:
+            await self._in_store(self.store.ensure_loaded, name)
         self._specs[name] = (spec, now)
         return spec
 

@@ -67,6 +67,11 @@ def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any
     return {"params": {}}
 
 
+def _released(error: MilvusException) -> bool:
+    text = str(error.message).lower()
+    return "released" in text or "not loaded" in text or "call load()" in text
+
+
 def quote_ids(ids: list[str]) -> str:
     return "[" + ", ".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in ids) + "]"
 
@@ -120,7 +125,13 @@ class Store:
         operation = getattr(fn, "__name__", "call")
         started = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            try:
+                return fn(*args, **kwargs)
+            except MilvusException as e:
+                if not (collection and _released(e)):
+                    raise
+                self._reload(collection)
+                return fn(*args, **kwargs)
         except MilvusException as e:
             metrics.MILVUS_ERRORS.labels(operation).inc()
             raise self._translate(e, collection) from e
@@ -206,6 +217,19 @@ class Store:
             min_recall=float(props.get(_PROP_MIN_RECALL, 0.99)),
         )
 
+    def _reload(self, name: str) -> None:
+        """Milvus restarted and released the collection: load it again (once), then the call is retried."""
+        log.warning("collection %s was released by Milvus (a restart?); loading it again", name)
+        self.client.load_collection(name)
+
+    def ensure_loaded(self, name: str) -> None:
+        """Loads the collection into memory if it is not: after a restart Milvus keeps it released."""
+        state = self._call(self.client.get_load_state, name, collection=name)
+        if "Loaded" not in str(state.get("state", "")):
+            started = time.monotonic()
+            self._call(self.client.load_collection, name, collection=name)
+            log.info("loaded collection %s in %.1f s", name, time.monotonic() - started)
+
     def describe_index(self, name: str) -> dict[str, Any]:
         """What Milvus itself reports about the vector index (type, metric, build parameters)."""
         return self._call(self.client.describe_index, name, "vector", collection=name)
@@ -278,9 +302,8 @@ class Store:
         """Approximate nearest neighbours with their stored vectors, for an exact re-rank above."""
         fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
         level = self._level(consistency)
-        try:
-            started = time.perf_counter()
-            results = self.client.search(
+        def run() -> Any:
+            return self.client.search(
                 name,
                 data=vectors.tolist(),
                 limit=limit,
@@ -289,6 +312,16 @@ class Store:
                 search_params=search_params(spec.index_type, limit, effort),
                 **level,
             )
+
+        try:
+            started = time.perf_counter()
+            try:
+                results = run()
+            except MilvusException as e:
+                if not _released(e):
+                    raise
+                self._reload(name)
+                results = run()
             metrics.MILVUS_SECONDS.labels("search").observe(time.perf_counter() - started)
         except MilvusException as e:
             metrics.MILVUS_ERRORS.labels("search").inc()
