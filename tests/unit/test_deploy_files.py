@@ -25,6 +25,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from lookalike_server.config import ENV_PREFIX, ServerConfig
+from lookalike_server.server import LIVENESS
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -152,7 +153,9 @@ def test_deployment_probes_are_grpc_health_on_50051(name):
         assert probe in c, f"{name}: no {probe}"
         assert set(c[probe]) & {"grpc", "httpGet", "tcpSocket", "exec"} == {"grpc"}, f"{name}: {probe}"
         assert c[probe]["grpc"]["port"] == PORT, f"{name}: {probe} asks another port"
-        assert c[probe]["grpc"].get("service", "") == "", f"{name}: {probe} asks a service the server may not set"
+        # Readiness follows Milvus (the overall status); liveness asks the name that stays SERVING.
+        expected = LIVENESS if probe == "livenessProbe" else ""
+        assert c[probe]["grpc"].get("service", "") == expected, f"{name}: {probe} asks the wrong health name"
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "the model and Milvus need time"
 
