@@ -68,6 +68,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
     p.add_argument("--max-image-bytes", type=int, help="largest image assembled from chunks (default 256 MiB)")
     p.add_argument("--max-image-pixels", type=int, help="decompression-bomb limit in pixels (default 89478485)")
+    p.add_argument("--max-connection-age-s", type=float,
+                   help="close client connections after this long so balanced clients find new replicas (off)")
     p.add_argument("--shutdown-grace-s", type=float, help="seconds to finish calls in flight on SIGTERM (10)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
 
