@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from lookalike import Client
+from lookalike_server import milvus_standalone
+from lookalike_server.milvus_lite_server import MilvusLiteServer
 from tests.photos import write_photos
-from tests.support import milvus_standalone
-from tests.support.milvus_lite_server import MilvusLiteServer
 
 REPO = Path(__file__).resolve().parents[1]
 

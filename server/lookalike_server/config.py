@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -13,6 +14,7 @@ import tomllib
 
 ENV_PREFIX = "LOOKALIKE_"
 METRICS = ("cosine", "ip", "l2")
+EMBEDDED_MILVUS = ("lite", "lite-server", "standalone")
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
 # Milvus' own ceiling on topk for one search.
 MAX_K = 16384
@@ -22,8 +24,13 @@ MAX_K = 16384
 class ServerConfig:
     address: str = "localhost:50051"
     data_dir: Path = Path("lookalike-data")
-    # Empty: Milvus Lite in data_dir. Otherwise any Milvus, e.g. http://host:19530.
+    # Empty: an embedded Milvus in data_dir (see milvus_embedded). Otherwise any Milvus, e.g. http://host:19530.
     milvus_uri: str = ""
+    # The embedded Milvus when no URI is given: "lite" (Milvus Lite in this process), "lite-server" (Milvus
+    # Lite as a child `milvus-lite server`), or "standalone" (the real Milvus standalone server of the PyPI
+    # package `milvus`, from milvus_standalone_venv, as a child process started and stopped by serve).
+    milvus_embedded: str = "lite"
+    milvus_standalone_venv: str = ".venv-milvus"
     milvus_user: str = ""
     milvus_password: str = ""
     milvus_token: str = ""
@@ -64,6 +71,8 @@ class ServerConfig:
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
+        if self.milvus_embedded not in EMBEDDED_MILVUS:
+            raise ValueError(f"milvus_embedded must be one of {EMBEDDED_MILVUS}, got {self.milvus_embedded!r}")
         if self.default_metric not in METRICS:
             raise ValueError(f"default_metric must be one of {METRICS}, got {self.default_metric!r}")
         if self.default_index not in INDEX_TYPES:
@@ -72,6 +81,17 @@ class ServerConfig:
             raise ValueError("TLS needs both tls_cert and tls_key")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("mutual TLS (tls_client_ca) needs tls_cert and tls_key too")
+        for name in ("ingest_window", "max_message_bytes", "max_image_pixels", "max_image_bytes",
+                     "max_metadata_bytes", "max_inflight_requests", "max_streams_per_client"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("decode_workers", "inference_threads", "metrics_port"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 (automatic/off) or more, got {getattr(self, name)}")
+        for name in ("max_queue_delay_ms", "max_connection_age_s", "shutdown_grace_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number of at least 0, got {value}")
         if self.max_batch_size < 0:
             raise ValueError("max_batch_size must be at least 1 (or 0 for automatic)")
 

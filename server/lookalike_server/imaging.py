@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -19,8 +20,14 @@ _RESAMPLING = {
 }
 
 
+# Our own pixel limit (max_pixels, checked before any pixel is decoded) replaces Pillow's global one,
+# which only warns below twice its value.
+Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
 def decode_image(
-    data: bytes, max_pixels: int | None = None, min_short_side: int = 0
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_short_side: int = 0
 ) -> Image.Image:
     """Decodes bytes to an upright RGB image (EXIF orientation applied, alpha composited on white).
 
@@ -29,9 +36,18 @@ def decode_image(
     """
     if not data:
         raise InvalidArgument("empty image: no bytes were sent")
+    # Pillow warns about damaged metadata (EXIF tags past the end, odd TIFF tags) and still decodes:
+    # the image is served, the warning would only be noise on stderr. (catch_warnings swaps the global
+    # filters; a race between decoding threads can at worst leave Pillow's warnings silenced.)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _decode(data, max_pixels, min_short_side)
+
+
+def _decode(data: bytes, max_pixels: int, min_short_side: int) -> Image.Image:
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if max_pixels is not None and img.width * img.height > max_pixels:
+            if img.width * img.height > max_pixels:
                 raise InvalidArgument(
                     f"image of {img.width}x{img.height} pixels is over the limit of {max_pixels} pixels"
                 )
@@ -50,7 +66,7 @@ def decode_image(
             f"cannot decode image: {len(data)} bytes in no format Pillow reads "
             f"(first bytes {data[:8].hex()})"
         ) from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError) as e:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, EOFError, MemoryError) as e:
         raise InvalidArgument(f"cannot decode image: {e}") from None
 
 
@@ -73,18 +89,18 @@ def preprocess(img: Image.Image, card: ModelCard) -> np.ndarray:
     if card.resize == "stretch":
         img = img.resize((card.width, card.height), resample)
     else:
+        # Resize the shorter side to resize_to, then centre-crop: done in one step by resizing only the
+        # source region that the crop keeps (a 20000x1 strip would otherwise become 5,120,000x256 first).
         scale = card.resize_to / min(img.width, img.height)
-        size = (max(card.width, round(img.width * scale)), max(card.height, round(img.height * scale)))
-        img = img.resize(size, resample)
-        left = (img.width - card.width) // 2
-        top = (img.height - card.height) // 2
-        img = img.crop((left, top, left + card.width, top + card.height))
+        crop_w, crop_h = min(img.width, card.width / scale), min(img.height, card.height / scale)
+        left, top = (img.width - crop_w) / 2, (img.height - crop_h) / 2
+        img = img.resize((card.width, card.height), resample, box=(left, top, left + crop_w, top + crop_h))
     pixels = np.asarray(img, dtype=np.float32)
     pixels = (pixels - np.asarray(card.mean, dtype=np.float32)) / np.asarray(card.std, dtype=np.float32)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def image_to_tensor(data: bytes, card: ModelCard, max_pixels: int | None = None) -> np.ndarray:
+def image_to_tensor(data: bytes, card: ModelCard, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Bytes to the network's input tensor for one image."""
     short_side = card.resize_to if card.resize == "shorter_side" else max(card.height, card.width)
     return preprocess(decode_image(data, max_pixels, short_side), card)

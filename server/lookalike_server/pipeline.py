@@ -319,7 +319,8 @@ class Pipeline:
             return ItemResult(item_id, e.code, f"image {item_id!r}: {e.message}")
 
     def _check_vector(self, values: Sequence[float], spec: CollectionSpec) -> np.ndarray:
-        vector = np.array(values, dtype=np.float32).reshape(1, -1)
+        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused just below
+            vector = np.array(values, dtype=np.float32).reshape(1, -1)
         if vector.shape[1] != spec.dimension:
             raise InvalidArgument(
                 f"vector has {vector.shape[1]} dimensions, collection {spec.name!r} has {spec.dimension}"
@@ -449,7 +450,8 @@ class Pipeline:
         return {i: v for i, (v, _) in stored.items()}
 
     def _mean(self, vectors: list[np.ndarray], spec: CollectionSpec) -> np.ndarray:
-        mean = np.mean(np.stack(vectors), axis=0, dtype=np.float32).reshape(1, -1)
+        # In float64: the float32 sum of valid vectors can overflow (2 x 3e38).
+        mean = np.mean(np.stack(vectors), axis=0, dtype=np.float64).astype(np.float32).reshape(1, -1)
         if spec.metric == "cosine":
             _native.normalize_rows(mean)
         return mean[0]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import signal
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -15,11 +18,13 @@ from grpc_reflection.v1alpha import reflection
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
+from . import milvus_standalone
 from .config import ServerConfig
 from .embedder import Embedder
 from .errors import LookalikeError
 from .interceptors import AuthInterceptor, LimitsInterceptor, MetricsInterceptor, load_tokens
 from .metrics import serve_metrics
+from .milvus_lite_server import MilvusLiteServer
 from .model_card import load_model_card
 from .pipeline import Pipeline
 from .service import CollectionsService, ImagesService
@@ -32,6 +37,23 @@ SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in ("Col
 # follows Milvus, liveness must not, or an outage of Milvus would restart every replica).
 LIVENESS = "liveness"
 HEALTH_CHECK_SECONDS = 5.0
+
+
+class EmbeddedMilvus(Protocol):
+    def start(self) -> str: ...
+    def stop(self) -> None: ...
+
+
+def start_embedded_milvus(config: ServerConfig) -> EmbeddedMilvus:
+    """The child-process Milvus that `--milvus-embedded` names, keeping its data under the data directory."""
+    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    if config.milvus_embedded == "lite-server":
+        return MilvusLiteServer(Path(config.data_dir) / "milvus-lite-server")
+    venv = Path(config.milvus_standalone_venv).resolve()
+    if not milvus_standalone.available(venv):
+        raise StartupError(f"--milvus-embedded standalone needs the PyPI package `milvus` in {venv}: "
+                           f"run .ci/install-milvus-standalone.sh or pass --milvus-standalone-venv")
+    return milvus_standalone.MilvusStandalone(Path(config.data_dir).resolve() / "milvus-standalone", venv)
 
 
 class StartupError(Exception):
@@ -86,6 +108,7 @@ class LookalikeServer:
         if self.port == 0:
             raise StartupError(f"cannot listen on {config.address}: is another server using the port?")
         self.pipeline: Pipeline | None = None
+        self.embedded_milvus: EmbeddedMilvus | None = None
         self._watchdog: asyncio.Task[None] | None = None
 
     async def _set_health(self, serving: bool) -> None:
@@ -111,7 +134,13 @@ class LookalikeServer:
             lambda: Embedder(card, self.config.device, self.config.inference_threads, self.config.require_gpu),
         )
         log.info("model %s (%d-d) runs on ONNX Runtime %s", card.name, card.dimension, embedder.provider)
-        store = await loop.run_in_executor(None, Store, self.config)
+        store_config = self.config
+        if not self.config.milvus_uri and self.config.milvus_embedded != "lite":
+            self.embedded_milvus = start_embedded_milvus(self.config)
+            uri = await loop.run_in_executor(None, self.embedded_milvus.start)
+            log.info("started embedded Milvus (%s) at %s", self.config.milvus_embedded, uri)
+            store_config = dataclasses.replace(self.config, milvus_uri=uri)
+        store = await loop.run_in_executor(None, Store, store_config)
         log.info("Milvus: %s", "Milvus Lite at " + store.uri if store.is_lite else store.uri)
         self.pipeline = Pipeline(self.config, embedder, store)
         await self.pipeline.start()
@@ -152,6 +181,8 @@ class LookalikeServer:
         if self.pipeline:
             await self.pipeline.close()
             self.pipeline.store.close()
+        if self.embedded_milvus:
+            await asyncio.get_running_loop().run_in_executor(None, self.embedded_milvus.stop)
         log.info("stopped")
 
 
@@ -165,6 +196,8 @@ async def _serve(config: ServerConfig) -> None:
         await server.start()
     except BaseException:
         await server.grpc_server.stop(0)
+        if server.embedded_milvus:
+            server.embedded_milvus.stop()
         raise
     waiter = asyncio.ensure_future(server.wait())
     stopper = asyncio.ensure_future(stop.wait())

@@ -17,8 +17,8 @@ from lookalike import Client, LookalikeClientError
 from lookalike.client import CHUNK_BYTES
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+from lookalike_server.milvus_lite_server import MilvusLiteServer
 from tests.conftest import ServerProcess
-from tests.support.milvus_lite_server import MilvusLiteServer
 
 DIM = 1280
 

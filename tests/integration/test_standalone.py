@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from lookalike import ById, Client
 from tests.conftest import ServerProcess
-
-pytestmark = pytest.mark.standalone
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,7 @@ def standalone_server(milvus_standalone_uri, tmp_path_factory):
         assert proc.stop() == 0
 
 
+@pytest.mark.standalone
 def test_serve_over_a_real_milvus_server(standalone_server, photos_dir, milvus_standalone_uri):
     log = standalone_server.log()
     assert milvus_standalone_uri in log
@@ -42,3 +45,24 @@ def test_serve_over_a_real_milvus_server(standalone_server, photos_dir, milvus_s
         assert "chelsea.jpg" not in client.get(["chelsea.jpg", "coffee.jpg"], collection="photos")
         assert client.describe_collection("photos").row_count == len(results) - 1
         client.drop_collection("photos")
+
+
+@pytest.mark.parametrize("mode", ["lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])
+def test_serve_manages_an_embedded_milvus_child(mode, tmp_path):
+    """`--milvus-embedded` starts the child Milvus in the data directory, and SIGTERM stops it too."""
+    venv = str(Path(".venv-milvus").resolve())
+    proc = ServerProcess(tmp_path, "--milvus-embedded", mode, "--milvus-standalone-venv", venv)
+    try:
+        proc.wait_ready(timeout=180)
+        with Client(proc.address) as client:
+            vector = np.random.default_rng(0).standard_normal(1280).astype(np.float32)
+            assert next(client.ingest([("one", vector)])).ok
+            assert client.search(vector, k=1)[0].id == "one"
+        assert f"started embedded Milvus ({mode})" in proc.log()
+        children = subprocess.run(["pgrep", "-P", str(proc.proc.pid)], capture_output=True, text=True).stdout.split()
+        assert children, "the embedded Milvus runs as a child of serve"
+    finally:
+        assert proc.stop() == 0
+    time.sleep(1)
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()

@@ -41,7 +41,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="TOML file with settings (flags and LOOKALIKE_* variables win)")
     p.add_argument("--address", help="listen address (default localhost:50051)")
     p.add_argument("--data-dir", help="where Milvus Lite keeps its data (default ./lookalike-data)")
-    p.add_argument("--milvus-uri", help="use this Milvus instead of Milvus Lite, e.g. http://host:19530")
+    p.add_argument("--milvus-uri", help="use this Milvus instead of an embedded one, e.g. http://host:19530")
+    p.add_argument("--milvus-embedded", choices=["lite", "lite-server", "standalone"],
+                   help="embedded Milvus without --milvus-uri: Milvus Lite in-process (default), Milvus Lite as a "
+                        "child server, or the real Milvus standalone server as a managed child process")
+    p.add_argument("--milvus-standalone-venv", help="venv with the PyPI package `milvus` (default .venv-milvus)")
     p.add_argument("--milvus-user")
     p.add_argument("--milvus-password")
     p.add_argument("--milvus-token")

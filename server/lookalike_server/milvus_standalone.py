@@ -1,4 +1,6 @@
-"""Run a real Milvus standalone server (PyPI package ``milvus`` 2.3.5) for tests.
+"""Run a real Milvus standalone server (PyPI package ``milvus`` 2.3.5) as a managed child process.
+
+`serve --milvus-embedded standalone` runs one in its data directory; the tests run one too.
 
 The ``milvus`` package lives in its own virtual environment (``.venv-milvus`` at the
 repository root, made by ``.ci/install-milvus-standalone.sh``) because its client
@@ -53,8 +55,9 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_VENV = REPO / ".venv-milvus"
+# Made by .ci/install-milvus-standalone.sh at the repository root; `serve` takes another with
+# --milvus-standalone-venv.
+DEFAULT_VENV = Path(".venv-milvus").resolve()
 # Pre-extracted server binaries (about 250 MB) written by the install script; without it
 # every instance decompresses them into its own base_dir (about 4-5 s, 250 MB each).
 BIN_CACHE_SUBDIR = "milvus-home"

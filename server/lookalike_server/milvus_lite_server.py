@@ -1,4 +1,7 @@
-"""`milvus-lite server` as a child process: the Milvus Lite engine behind a real Milvus gRPC port."""
+"""`milvus-lite server` as a child process: the Milvus Lite engine behind a real Milvus gRPC port.
+
+`serve --milvus-embedded lite-server` runs one; so do the tests that share one Milvus between replicas.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +25,9 @@ def _free_port() -> int:
 class MilvusLiteServer:
     """Starts `milvus-lite server --data-dir DIR --port PORT`; `uri` is ready once `start()` returns."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, port: int = 0) -> None:
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = port or _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "milvus-lite-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -46,7 +49,7 @@ class MilvusLiteServer:
                 client.list_collections()
                 client.close()
                 return self.uri
-            except Exception:
+            except Exception:  # not answering yet
                 time.sleep(0.3)
         self.stop()
         raise RuntimeError(f"milvus-lite server did not answer in {timeout:.0f} s")
