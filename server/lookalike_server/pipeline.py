@@ -36,6 +36,9 @@ OVERFETCH = 2
 # Up to this many restrict_ids become an `id in [...]` filter; larger sets are searched exactly by
 # reading their vectors, instead of sending Milvus an expression of hundreds of kilobytes.
 RESTRICT_FILTER_MAX_IDS = 1000
+# Indexes whose distances are approximate (quantized codes): their candidates are re-scored exactly from
+# the stored vectors in the native core. Float indexes' distances are exact already.
+QUANTIZED_INDEXES = frozenset({"IVF_SQ8"})
 # Queries in one Milvus search call at most.
 MAX_QUERIES_PER_MILVUS_CALL = 128
 # A collection's calibration is checked at most this often, and redone when older than the maximum age
@@ -117,6 +120,7 @@ class _SearchKey:
     with_metadata: bool
     effort: int
     consistency: str
+    with_vectors: bool
 
 
 @dataclass
@@ -517,9 +521,14 @@ class Pipeline:
             effort = self._effort(spec, want, fetch, options.min_recall or spec.min_recall)
             # For inner product and cosine, the least similar to q are the most similar to -q.
             probe = -vectors if options.reverse else vectors
+            with_vectors = spec.index_type in QUANTIZED_INDEXES or options.include_vectors
             key = _SearchKey(spec.name, spec.index_type, fetch, filter_expr, options.include_metadata, effort,
-                             options.consistency)
+                             options.consistency, with_vectors)
             found = await self._search_batcher.submit(_SearchJob(key, spec, probe), INTERACTIVE)
+            if spec.index_type not in QUANTIZED_INDEXES:
+                # Float indexes score candidates exactly already: merge and order Milvus' own scores.
+                ranked = rank_by_distance(found, want, spec.metric, options.reverse)
+                return [hits[options.offset :] for hits in ranked]
         ranked = rerank(vectors, found, want, spec.metric, options.reverse)
         return [hits[options.offset :] for hits in ranked]
 
@@ -555,8 +564,11 @@ class Pipeline:
                 return current
 
         def search(queries: np.ndarray, k: int, effort: int) -> list[list[str]]:
-            found = self.store.search(spec.name, spec, queries, _fetch(spec, k), "", False, effort, "Strong")
-            return [[h.id for h in hits] for hits in rerank(queries, found, k, spec.metric)]
+            quantized = spec.index_type in QUANTIZED_INDEXES
+            found = self.store.search(spec.name, spec, queries, _fetch(spec, k), "", False, effort, "Strong",
+                                      with_vectors=quantized)
+            ranked = rerank(queries, found, k, spec.metric) if quantized else rank_by_distance(found, k, spec.metric)
+            return [[h.id for h in hits] for hits in ranked]
 
         return calibrate(self.store, spec, key[1], search)
 
@@ -579,7 +591,7 @@ class Pipeline:
         for key, positions in groups.items():
             vectors = np.concatenate([jobs[p].vectors for p in positions])
             found = self.store.search(key.collection, jobs[positions[0]].spec, vectors, key.limit, key.filter_expr,
-                                      key.with_metadata, key.effort, key.consistency)
+                                      key.with_metadata, key.effort, key.consistency, key.with_vectors)
             start = 0
             for p in positions:
                 count = len(jobs[p].vectors)
@@ -654,6 +666,24 @@ def _best_per_batch(
         for q, row_list in enumerate(top):
             kept[q].extend(Candidate(ids[r], batch[r], metadata[r]) for r in row_list if r >= 0)
     return kept
+
+
+def rank_by_distance(found: list[list[Candidate]], k: int, metric: str, reverse: bool = False) -> list[list[Hit]]:
+    """Orders candidates by the exact distances Milvus computed (float indexes), ties by id.
+
+    Milvus returns the best first for its probe: smallest l2, largest ip/cosine. A reverse search probed
+    with -q, so the most similar to -q are the least similar to q, whose scores are the negated distances.
+    """
+    sign = -1.0 if reverse else 1.0
+    ranked = []
+    for hits in found:
+        unique = list({c.id: c for c in hits}.values())
+        if metric == "l2":
+            unique.sort(key=lambda c: (c.distance, c.id))
+        else:
+            unique.sort(key=lambda c: (-c.distance, c.id))
+        ranked.append([Hit(c.id, sign * c.distance, c.metadata, c.vector) for c in unique[:k]])
+    return ranked
 
 
 def rerank(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -54,8 +55,9 @@ class CollectionSpec:
 @dataclass
 class Candidate:
     id: str
-    vector: np.ndarray
+    vector: np.ndarray | None  # only when asked for (a quantized index, or the caller wants vectors)
     metadata: dict[str, Any] | None
+    distance: float = math.nan  # as Milvus computed it for this query
 
 
 def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any]:
@@ -298,9 +300,14 @@ class Store:
         with_metadata: bool = False,
         effort: int = 0,
         consistency: str = "",
+        with_vectors: bool = True,
     ) -> list[list[Candidate]]:
-        """Approximate nearest neighbours with their stored vectors, for an exact re-rank above."""
-        fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
+        """Approximate nearest neighbours with Milvus' distances, and their stored vectors if asked for.
+
+        Vectors are costly here (pymilvus hands back Python lists: 32 queries x 42 candidates took 660 ms a
+        call against 310 ms without), so they are fetched only when a re-rank or the caller needs them.
+        """
+        fields = ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else [])
         level = self._level(consistency)
         def run() -> Any:
             return self.client.search(
@@ -336,8 +343,9 @@ class Store:
             [
                 Candidate(
                     id=hit["id"],
-                    vector=np.asarray(hit["entity"]["vector"], dtype=np.float32),
+                    vector=np.asarray(hit["entity"]["vector"], dtype=np.float32) if with_vectors else None,
                     metadata=hit["entity"].get("metadata") if with_metadata else None,
+                    distance=float(hit["distance"]),
                 )
                 for hit in hits
             ]
