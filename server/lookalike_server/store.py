@@ -241,6 +241,10 @@ class Store:
                           **self._strong)
         return int(rows[0]["count(*)"])
 
+    def flush(self, name: str) -> None:
+        """Seals the collection's recent rows so Milvus indexes them."""
+        self._call(self.client.flush, name, collection=name)
+
     def wait_for_index(self, name: str, timeout: float = 120.0) -> bool:
         """Flushes and waits until every stored row is indexed; False if that did not happen in time.
 
@@ -248,7 +252,7 @@ class Store:
         indexed yet. Milvus Lite reports its index finished at once, so its files are checked instead:
         each data segment is indexed when an index file with the same name stands beside it.
         """
-        self._call(self.client.flush, name, collection=name)
+        self.flush(name)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._indexed(name):

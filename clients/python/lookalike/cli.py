@@ -180,6 +180,21 @@ def _collections(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fiftyone_register(args: argparse.Namespace) -> int:
+    try:
+        from . import fiftyone_brain  # imports fiftyone: only for this command
+    except ImportError as e:
+        print(f"lookalike fiftyone-register: FiftyOne is not installed ({e}); pip install 'lookalike[fiftyone]'",
+              file=sys.stderr)
+        return 2
+    path = fiftyone_brain.register(Path(args.config) if args.config else None, server=args.server,
+                                   make_default=args.default)
+    print(f"registered the lookalike similarity backend in {path}")
+    if args.autoload:
+        print(f"FiftyOne loads it at every import (module_path in {fiftyone_brain.register_autoload()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description="lookalike: a gRPC vision-search server.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -208,10 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default="", choices=["", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"])
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     _add_connection_flags(p)
+
+    p = sub.add_parser("fiftyone-register", help="register lookalike as a FiftyOne similarity backend")
+    p.add_argument("--config", help="brain config JSON to merge into (default: FiftyOne's own)")
+    p.add_argument("--server", help="lookalike server for FiftyOne to use (default localhost:50051)")
+    p.add_argument("--default", action="store_true", help="make lookalike FiftyOne's default similarity backend")
+    p.add_argument("--autoload", action="store_true",
+                   help="also load the backend at every `import fiftyone` (needed for compute_similarity with no "
+                        "model in scripts that do not import lookalike.fiftyone_brain)")
     return parser
 
 
-_COMMANDS = {"serve": _serve, "ingest": _ingest, "search": _search, "collections": _collections}
+_COMMANDS = {
+    "serve": _serve,
+    "ingest": _ingest,
+    "search": _search,
+    "collections": _collections,
+    "fiftyone-register": _fiftyone_register,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
