@@ -257,7 +257,8 @@ class Client:
     as `dns:///lookalike.svc:50051`; calls are spread over every address with gRPC's round_robin, and
     idempotent calls are retried on UNAVAILABLE by gRPC itself (bounded attempts, exponential backoff).
     `token` is sent as `authorization: Bearer <token>`; `ca_cert` (and `client_cert`/`client_key` for
-    mutual TLS) switch the channel to TLS.
+    mutual TLS) switch the channel to TLS, as does `secure` alone (the system's root certificates);
+    `server_name` overrides the name expected in the server's certificate.
     """
 
     def __init__(
@@ -270,6 +271,8 @@ class Client:
         client_cert: str | os.PathLike | None = None,
         client_key: str | os.PathLike | None = None,
         ingest_retries: int = 5,
+        secure: bool = False,
+        server_name: str | None = None,
     ) -> None:
         self.server = server
         self.collection = collection
@@ -283,7 +286,9 @@ class Client:
             ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
         ]
         target = grpc_target(server)
-        if ca_cert or client_cert:
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if secure or ca_cert or client_cert:
             credentials = grpc.ssl_channel_credentials(
                 root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
                 private_key=Path(client_key).read_bytes() if client_key else None,

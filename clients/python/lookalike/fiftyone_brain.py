@@ -32,7 +32,6 @@ import fiftyone.brain as fb
 import fiftyone.brain.similarity as fbs
 import fiftyone.core.labels as fol
 import fiftyone.core.utils as fou
-import grpc
 import numpy as np
 from bson import ObjectId
 from fiftyone.brain.config import locate_brain_config
@@ -42,7 +41,6 @@ from PIL import Image
 from lookalike.client import (
     DEFAULT_SERVER,
     IMAGE_EXTENSIONS,
-    MAX_MESSAGE_BYTES,
     ById,
     ByIds,
     Client,
@@ -53,7 +51,6 @@ from lookalike.client import (
     MeanOf,
     Text,
 )
-from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
 logger = logging.getLogger(__name__)
 
@@ -884,80 +881,13 @@ def _image_items(
     return sum(len(b) for b in boxes), crops(), failures
 
 
-class _CallDetails(
-    collections.namedtuple(
-        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
-    ),
-    grpc.ClientCallDetails,
-):
-    pass
-
-
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <token>` to every call."""
-
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: grpc.ClientCallDetails) -> _CallDetails:
-        return _CallDetails(
-            details.method, details.timeout, [*(details.metadata or ()), self._header], details.credentials,
-            details.wait_for_ready, details.compression,
-        )
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        return continuation(self._with_token(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation, client_call_details, request):
-        return continuation(self._with_token(client_call_details), request)
-
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        return continuation(self._with_token(client_call_details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return continuation(self._with_token(client_call_details), request_iterator)
-
-
-class _Client(Client):
-    """The package's Client on a channel with TLS and/or a bearer token."""
-
-    def __init__(
-        self, server: str, credentials: grpc.ChannelCredentials | None, token: str | None, server_name: str | None
-    ) -> None:
-        super().__init__(server)
-        self._channel.close()
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ]
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        if credentials is not None:
-            channel = grpc.secure_channel(server, credentials, options)
-        else:
-            channel = grpc.insecure_channel(server, options)
-        if token:
-            channel = grpc.intercept_channel(channel, _BearerToken(token))
-        self._channel = channel
-        self._collections = pb_grpc.CollectionsStub(channel)
-        self._images = pb_grpc.ImagesStub(channel)
-
-
 def _connect(config: LookalikeSimilarityConfig) -> Client:
     """A client for the configured server: plain, or with TLS when asked or when certificates are given."""
-    paths = (config.ca_pem_path, config.client_pem_path, config.client_key_path)
-    credentials = None
-    if config.secure or any(paths):
-        root, chain, key = (Path(p).read_bytes() if p else None for p in paths)
-        credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
-    if credentials is None and not config.token:
-        return Client(config.server)
-    return _Client(config.server, credentials, config.token, config.server_name)
+    return Client(
+        config.server, token=config.token or None, ca_cert=config.ca_pem_path or None,
+        client_cert=config.client_pem_path or None, client_key=config.client_key_path or None,
+        secure=bool(config.secure), server_name=config.server_name or None,
+    )
 
 
 # Registration and server-side embedding in `fob.compute_similarity`
