@@ -556,7 +556,9 @@ class Pipeline:
         return calibration.effort_for(want) if calibration else default_effort(spec, fetch)
 
     def _needs_exact(self, spec: CollectionSpec, want: int, options: SearchOptions) -> bool:
-        calibration = self._calibrations.get((spec.name, round(options.min_recall or spec.min_recall, 4)))
+        key = (spec.name, round(options.min_recall or spec.min_recall, 4))
+        self._maybe_calibrate(spec, key)  # an exact fallback is re-examined as the collection changes
+        calibration = self._calibrations.get(key)
         return calibration is not None and calibration.exact_fallback
 
     def _maybe_calibrate(self, spec: CollectionSpec, key: tuple[str, float]) -> None:
@@ -593,7 +595,10 @@ class Pipeline:
         except Exception:
             log.exception("calibrating %s failed; searches keep the default effort", key[0])
             return
-        if result is not None:
+        if result is None:
+            # Too small to matter, or changing too fast to measure: back to the generous default.
+            self._calibrations.pop(key, None)
+        else:
             self._calibrations[key] = result
 
     def _search_batch(self, jobs: Sequence[_SearchJob]) -> list[list[list[Candidate]]]:

@@ -32,6 +32,13 @@ HNSW_EFFORTS = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 IVF_EFFORTS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Before a collection is calibrated (or below the size worth calibrating): generous settings.
 MIN_ROWS = 1_000
+# Exact scans replace an index that misses the target only up to this size; above it the highest effort
+# serves. Reading rows out of Milvus Lite costs about 0.6 ms each (20,000 x 1280 took 12 s), so a larger
+# exact scan per search would stall every other call.
+EXACT_FALLBACK_MAX_ROWS = 5_000
+# A calibration is thrown away when the collection changed by more than this while it was measured:
+# its reference is then not the truth for the rows being searched.
+STABLE_CHANGE = 0.01
 
 
 @dataclass(frozen=True)
@@ -129,10 +136,15 @@ def calibrate(
                 break
         if recalls[k] < target:
             log.warning("collection %s: recall@%d reaches only %.3f at the highest %s effort %d (target %.2f); "
-                        "its searches fall back to exact scans: rebuild it with a stronger index", spec.name, k,
-                        recalls[k], spec.index_type, chosen[k], target)
+                        "rebuild it with a stronger index (up to %d rows its searches fall back to exact scans)",
+                        spec.name, k, recalls[k], spec.index_type, chosen[k], target, EXACT_FALLBACK_MAX_ROWS)
     log.info("calibrated %s (%d rows, %s reference) in %.1f s: effort %s, recall %s", spec.name, rows,
              "exact" if exact else "highest-effort", time.monotonic() - started, chosen,
              {k: round(r, 3) for k, r in recalls.items()})
-    fallback = any(recall < target for recall in recalls.values())
+    rows_after = store.row_count(spec.name)
+    if abs(rows_after - rows) > STABLE_CHANGE * rows:
+        log.info("calibration of %s discarded: its rows went from %d to %d while it was measured; "
+                 "it is measured again once they settle", spec.name, rows, rows_after)
+        return None
+    fallback = any(recall < target for recall in recalls.values()) and rows <= EXACT_FALLBACK_MAX_ROWS
     return Calibration(target, rows, chosen, recalls, exact, time.time(), fallback)

@@ -386,3 +386,23 @@ def test_recall_guarantee_on_a_poorly_built_hnsw(client):
         assert found / (10 * len(queries)) >= 0.99
     finally:
         client.drop_collection("weak")
+
+
+def test_ingest_keeps_at_most_a_window_of_items_in_flight(server, collection):
+    """The client reads its source only as acknowledgements free room: memory stays bounded."""
+    pulled = 0
+    vectors = unit_rows(200, seed=21)
+
+    def items():
+        nonlocal pulled
+        for i, v in enumerate(vectors):
+            pulled += 1
+            yield (f"w{i}", v)
+
+    most_ahead = 0
+    with Client(server.address, ingest_window=8) as windowed:
+        for acknowledged, result in enumerate(windowed.ingest(items(), collection=collection), 1):
+            assert result.ok
+            most_ahead = max(most_ahead, pulled - acknowledged)
+    assert pulled == 200
+    assert most_ahead <= 8

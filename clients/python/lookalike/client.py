@@ -271,6 +271,7 @@ class Client:
         client_cert: str | os.PathLike | None = None,
         client_key: str | os.PathLike | None = None,
         ingest_retries: int = 5,
+        ingest_window: int = 256,
         secure: bool = False,
         server_name: str | None = None,
     ) -> None:
@@ -278,6 +279,7 @@ class Client:
         self.collection = collection
         self.timeout = timeout
         self.ingest_retries = ingest_retries
+        self.ingest_window = ingest_window
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -406,26 +408,37 @@ class Client:
         source = iter(items)
         # Items sent but not acknowledged (each its requests), oldest first; the server acknowledges in order.
         pending: collections.deque[list[pb.IngestRequest]] = collections.deque()
+        # At most `window` items in flight: gRPC's own flow control lets a fast reader run far ahead.
+        slots = threading.Semaphore(self.ingest_window)
         # A file that cannot be read never reaches the server; its failure is reported here instead.
         unreadable: queue.SimpleQueue[IngestResult] = queue.SimpleQueue()
         lock = threading.Lock()
+        source_lock = threading.Lock()
         attempt = 0
 
         def requests(resend: list[pb.IngestRequest], epoch: int) -> Iterator[pb.IngestRequest]:
             yield from resend
             while True:
-                with lock:
+                while not slots.acquire(timeout=0.5):
                     if epoch != attempt:
                         return  # a newer stream took over
+                # The items' own lock: a slow source never holds up acknowledgements, which take `lock`.
+                with source_lock:
+                    if epoch != attempt:
+                        slots.release()
+                        return
                     try:
                         item = next(source)
                     except StopIteration:
+                        slots.release()
                         return
-                    try:
-                        item_requests = self._ingest_requests(item, collection)
-                    except OSError as e:
-                        unreadable.put(IngestResult(str(item[0]), "INVALID_ARGUMENT", f"cannot read file: {e}"))
-                        continue
+                try:
+                    item_requests = self._ingest_requests(item, collection)
+                except OSError as e:
+                    slots.release()
+                    unreadable.put(IngestResult(str(item[0]), "INVALID_ARGUMENT", f"cannot read file: {e}"))
+                    continue
+                with lock:
                     pending.append(item_requests)
                 yield from item_requests
 
@@ -439,6 +452,7 @@ class Client:
                     with lock:
                         if pending and pending[0][0].id == reply.id:
                             pending.popleft()
+                            slots.release()
                     yield IngestResult(reply.id, pb.StatusCode.Name(reply.code), reply.message)
                 break
             except grpc.RpcError as e:
