@@ -47,6 +47,10 @@ class Embedder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or os.cpu_count() or 1
         options.log_severity_level = 3
+        # Idle ONNX Runtime threads spin by default; on a few cores shared with the image decoders that
+        # spinning steals their CPU (measured: 22 -> 15.5 ms of CPU per image in decode + inference).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if device == "auto":
             # Probing for a GPU must not print ONNX Runtime's error screens on a CPU machine: one line of ours.
             ort.set_default_logger_severity(4)

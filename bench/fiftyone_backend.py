@@ -11,7 +11,7 @@ Both backends talk to the same `milvus-lite server` (lookalike runs with --milvu
    the same ONNX model locally with the server card's preprocessing (what a Milvus user without a GPU
    server does), each twice, alternating.
 
-Run: python bench/fiftyone.py [--samples N] [--queries Q] [--photos M] [--repeats R] [--seed S] [--data DIR]
+Run: python bench/fiftyone_backend.py [--samples N] [--queries Q] [--photos M] [--repeats R] [--seed S] [--data DIR]
 """
 
 from __future__ import annotations

@@ -1,0 +1,708 @@
+"""Embedding throughput: lookalike's Ingest against the hardware limit and against FiftyOne's own path.
+
+Prints one JSON object (images per second unless a field says otherwise); baseline and ours run in the same
+run, on the same photos and the same ONNX network, one phase after another so they never share the cores:
+
+  model_only         the ONNX session alone on ready tensors, each batch size, the best one reported
+  preprocess_only    the server's decode + preprocess (lookalike_server.imaging.image_to_tensor), all cores
+  limit              CPU: 1 / (1/model_only + 1/preprocess_only); GPU: min(model_only, preprocess_only)
+  ingest_e2e         the real server (`lookalike serve`, Milvus Lite) fed by 8 concurrent Ingest streams,
+                     files read from disk by the clients, first send to last acknowledgement
+  fiftyone_baseline  fob.compute_similarity(dataset, model=<ONNX-wrapping model>, backend="milvus") against
+                     `milvus-lite server`, dataset of file paths to ready index (in a child process)
+  embed_latency_ms   single-image Embed calls, idle and while the 8 streams run; server RSS during the streams
+
+Run (after `make setup`; FiftyOne, pymilvus and psutil in the same venv; takes a few minutes on 2 cores):
+    .venv/bin/python bench/embedding.py [--n 2000] [--data /tmp/lookalike-bench-photos] [--write]
+    [--wait-quiet 900]  wait first for other work on the machine to finish (see "contention" in the JSON)
+    [--soak-s 600]      re-ingest the same files for 10 minutes more and report whether the server's RSS stays flat
+--write also saves the JSON to bench/results/embedding.json (embedding-gpu.json when a GPU provider is active).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_BENCH = Path(__file__).resolve().parent
+# Python puts bench/ first on the path, where bench/fiftyone_backend.py would shadow the fiftyone package: move it last.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
+from common import (  # noqa: E402
+    JPEG_QUALITY,
+    PHOTO_SIZE,
+    CpuMeter,
+    ManagedProcess,
+    RssSampler,
+    cores,
+    free_port,
+    machine_info,
+    make_photos,
+    mib,
+    percentiles,
+    stop_processes_under,
+    time_limit,
+    wait_for_port,
+)
+
+RESULTS = _BENCH / "results"
+VENV_BIN = Path(sys.executable).parent
+CPU_TARGETS = {"ingest_over_limit": 0.90, "ingest_over_fiftyone": 1.2}
+GPU_TARGETS = {"ingest_over_limit": 0.80, "ingest_over_fiftyone": 3.0}
+LATENCY_TARGET = 3.0  # p99 under ingest load / idle p99, at most
+RSS_TARGET_MB = 1536  # below, during the 8 streams
+QUIET_SHARE = 0.05  # most of the machine's CPU that other processes may use for a run to count as undisturbed
+WHY_NOT_TORCH = (
+    "FiftyOne's Torch wrappers (fiftyone.utils.torch) need torchvision, and PyPI's torchvision does not import "
+    "beside the CPU torch here ('operator torchvision::nms does not exist'); and where both ran (ENVIRONMENT.md) "
+    "the uncompiled Torch network was about 5x slower than ONNX Runtime (19-41 vs 83-87 img/s end to end). "
+    "So the faster of FiftyOne's two ways is a fiftyone.core.models.Model + EmbeddingsMixin that wraps the same "
+    "ONNX file with the same preprocessing, run on batches with all cores."
+)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# Model and preprocessing alone
+
+
+def bench_model_only(card: Any, tensors: np.ndarray, batch_sizes: list[int], min_s: float) -> dict:
+    """The server's Embedder on ready tensors, every batch size, all cores."""
+    from lookalike_server.embedder import Embedder
+
+    embedder = Embedder(card, device="auto", threads=cores())
+    by_size: dict[str, float] = {}
+    cpu_ms: dict[str, float] = {}
+    with CpuMeter() as meter:
+        for size in batch_sizes:
+            batch = np.ascontiguousarray(np.resize(tensors, (size, *tensors.shape[1:])))
+            embedder.embed(batch)
+            embedder.embed(batch)  # warm-up: memory arenas, kernel choice for this shape
+            images, start, cpu = 0, time.perf_counter(), _own_cpu_s()
+            while (elapsed := time.perf_counter() - start) < min_s or images < 4 * size:
+                embedder.embed(batch)
+                images += size
+            by_size[str(size)] = round(images / elapsed, 1)
+            cpu_ms[str(size)] = round((_own_cpu_s() - cpu) / images * 1e3, 2)
+            log(f"model_only batch {size}: {by_size[str(size)]} img/s")
+    best = max(by_size, key=by_size.__getitem__)
+    return {
+        "images_per_s": by_size[best],
+        "best_batch_size": int(best),
+        "by_batch_size": by_size,
+        "cpu_ms_per_image_by_batch_size": cpu_ms,
+        "provider": embedder.provider,
+        "threads": cores(),
+        "cpu": meter.result,
+    }
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def bench_preprocess_only(card: Any, blobs: list[bytes], max_pixels: int) -> dict:
+    """The server's bytes-to-tensor function over every photo in memory, a thread pool of one worker per core."""
+    from lookalike_server.imaging import image_to_tensor
+
+    def one(data: bytes) -> int:
+        return image_to_tensor(data, card, max_pixels).shape[0]
+
+    with ThreadPoolExecutor(cores()) as pool:
+        list(pool.map(one, blobs[: 4 * cores()]))  # warm-up
+        with CpuMeter() as meter:
+            start = time.perf_counter()
+            list(pool.map(one, blobs))
+            elapsed = time.perf_counter() - start
+    rate = round(len(blobs) / elapsed, 1)
+    log(f"preprocess_only: {rate} img/s")
+    return {
+        "images_per_s": rate,
+        "workers": cores(),
+        "images": len(blobs),
+        "cpu": meter.result,
+        "cpu_ms_per_image": round(meter.result["this_process_s"] / len(blobs) * 1e3, 2),
+        "function": "lookalike_server.imaging.image_to_tensor (decode + preprocess, from bytes in memory)",
+    }
+
+
+# The server
+
+
+def _embed_loop(server: str, jpeg: bytes, stop: threading.Event, out: list[tuple[float, float]]) -> None:
+    """Single-image Embed calls back to back until stop; (start, end) monotonic times of each."""
+    from lookalike import Client
+
+    with Client(server, timeout=60) as client:
+        while not stop.is_set():
+            start = time.monotonic()
+            client.embed([jpeg])
+            out.append((start, time.monotonic()))
+
+
+def _ingest_round(server: str, collection: str, files: list[Path], streams: int, id_prefix: str,
+                  timeout_s: float) -> dict:
+    """streams concurrent Ingest streams over disjoint shares of files; seconds from first send to last ack."""
+    from lookalike import Client
+
+    shares = [files[i::streams] for i in range(streams)]
+    barrier = threading.Barrier(streams + 1)
+    results: list[dict] = [{} for _ in range(streams)]
+
+    def stream(i: int) -> None:
+        sent: set[str] = set()
+
+        def items() -> Iterator[tuple[str, Path]]:
+            for path in shares[i]:  # the client reads each file as gRPC asks for the next request
+                item_id = f"{id_prefix}{path.name}"
+                sent.add(item_id)
+                yield item_id, path
+
+        failed: list[str] = []
+        acked: set[str] = set()
+        last = 0.0
+        try:
+            with Client(server, collection=collection, timeout=timeout_s) as client:
+                barrier.wait(60)
+                for result in client.ingest(items()):
+                    last = time.monotonic()
+                    acked.add(result.id)
+                    if not result.ok:
+                        failed.append(f"{result.id}: {result.code} {result.message}")
+        except Exception as e:  # reported in the JSON and failed on below
+            results[i] = {"error": f"{type(e).__name__}: {e}"}
+            return
+        results[i] = {"last": last, "acked": acked, "sent": sent, "failed": failed}
+
+    threads = [threading.Thread(target=stream, args=(i,), name=f"ingest-{i}", daemon=True) for i in range(streams)]
+    for t in threads:
+        t.start()
+    barrier.wait(60)
+    start = time.monotonic()
+    deadline = start + timeout_s
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise TimeoutError(f"the {streams} Ingest streams did not finish within {timeout_s:.0f} s")
+    errors = [r["error"] for r in results if "error" in r]
+    if errors:
+        raise RuntimeError(f"Ingest streams failed: {errors}")
+    failed = [f for r in results for f in r["failed"]]
+    missing = sum(len(r["sent"] - r["acked"]) for r in results)
+    end = max(r["last"] for r in results)
+    return {
+        "start": start,
+        "end": end,
+        "seconds": end - start,
+        "acknowledged": sum(len(r["acked"]) for r in results),
+        "failed": failed[:10],
+        "failed_count": len(failed),
+        "unacknowledged": missing,
+    }
+
+
+def _wait_rows(client: Any, collection: str, n: int, timeout_s: float) -> tuple[int, float]:
+    """Polls the collection's row count until it reaches n; (rows, seconds waited)."""
+    start = time.monotonic()
+    rows = -1
+    while time.monotonic() - start < timeout_s:
+        rows = client.describe_collection(collection).row_count
+        if rows >= n:
+            break
+        time.sleep(0.5)
+    return rows, round(time.monotonic() - start, 2)
+
+
+def bench_server(files: list[Path], args: argparse.Namespace, work: Path) -> dict:
+    """Starts `lookalike serve`, measures idle Embed latency, then the 8 Ingest streams with latency and RSS."""
+    from lookalike import Client
+
+    port = free_port()
+    server = f"127.0.0.1:{port}"
+    command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data")]
+    jpeg = files[0].read_bytes()
+    out: dict[str, Any] = {}
+    with ManagedProcess(command, work / "server.log") as proc, Client(server, timeout=60) as client:
+        start = time.monotonic()
+        try:
+            client.wait_until_ready(timeout=180)
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}\nserver log:\n{proc.log_tail()}") from None
+        out["startup_s"] = round(time.monotonic() - start, 2)
+        rss = RssSampler(proc.pid).start()
+        try:
+            for _ in range(10):
+                client.embed([jpeg])  # warm-up: first inference, channel
+            idle: list[float] = []
+            for _ in range(args.idle_calls):
+                t = time.perf_counter()
+                client.embed([jpeg])
+                idle.append(time.perf_counter() - t)
+            collection = f"bench_{os.getpid()}_{int(time.time())}"
+            info = client.create_collection(collection)
+            log(f"idle Embed p50/p99: {percentiles(idle)['p50']}/{percentiles(idle)['p99']} ms; "
+                f"ingesting {len(files)} photos over {args.streams} streams into {collection!r}")
+
+            stop = threading.Event()
+            under_load: list[tuple[float, float]] = []
+            prober = threading.Thread(target=_embed_loop, args=(server, jpeg, stop, under_load), daemon=True)
+            prober.start()
+            try:
+                with CpuMeter(proc.pid) as meter:
+                    ingest = _ingest_round(server, collection, files, args.streams, "", args.stage_timeout)
+            finally:
+                stop.set()
+                prober.join(60)
+            rows, waited = _wait_rows(client, collection, len(files), 60)
+            during = rss.window(ingest["start"], ingest["end"]) or [rss.sample() or (0.0, 0, 0)]
+            loaded = [e - s for s, e in under_load if ingest["start"] <= s and e <= ingest["end"]]
+            rate = round(len(files) / ingest["seconds"], 1)
+            log(f"ingest_e2e: {rate} img/s ({ingest['seconds']:.1f} s), rows {rows}, "
+                f"{len(loaded)} Embed calls under load")
+            ok = ingest["acknowledged"] - ingest["failed_count"]
+            out["ingest"] = {
+                "images_per_s": rate,
+                "seconds": round(ingest["seconds"], 2),
+                "streams": args.streams,
+                "images": len(files),
+                "acknowledged_ok": ok,
+                "failed": ingest["failed"],
+                "unacknowledged": ingest["unacknowledged"],
+                "row_count": rows,
+                "row_count_waited_s": waited,
+                "all_ok": ok == len(files) and rows == len(files),
+                "collection": {"metric": info.metric, "index": info.index_type, "provider": info.execution_provider},
+                "client_reads_files": True,
+                # this_process: the 8 client streams and the Embed prober; watched_process: the server
+                "cpu": meter.result,
+            }
+            out["latency"] = {"idle": percentiles(idle), "under_ingest": percentiles(loaded)}
+            out["rss"] = {
+                "peak_mb": mib(max(s[1] for s in during)),
+                "peak_with_children_mb": mib(max(s[2] for s in during)),
+                "at_ingest_start_mb": mib(during[0][1]),
+                "at_ingest_end_mb": mib(during[-1][1]),
+                "after_startup_mb": mib(rss.samples[0][1]) if rss.samples else None,
+            }
+            if args.soak_s > 0:
+                out["soak"] = _soak(server, collection, files, args, rss)
+        finally:
+            rss.stop()
+        code = proc.stop()
+        out["exit_code"] = code
+    return out
+
+
+def _soak(server: str, collection: str, files: list[Path], args: argparse.Namespace, rss: RssSampler) -> dict:
+    """Re-ingests the same ids (replacing rows) until soak_s has passed; the server's RSS after every round."""
+    start = time.monotonic()
+    rounds: list[dict] = []
+    while time.monotonic() - start < args.soak_s:
+        result = _ingest_round(server, collection, files, args.streams, "", args.stage_timeout)
+        point = rss.sample()
+        rounds.append({
+            "t_s": round(time.monotonic() - start, 1),
+            "images_per_s": round(len(files) / result["seconds"], 1),
+            "rss_mb": mib(point[1]) if point else None,
+            "failed": result["failed_count"],
+        })
+        log(f"soak round {len(rounds)}: {rounds[-1]}")
+    rss_values = [r["rss_mb"] for r in rounds if r["rss_mb"] is not None]
+    window = [s[1] for s in rss.window(start, time.monotonic())]
+    half = len(rss_values) // 2
+    growth = (max(rss_values[half:]) - max(rss_values[:half])) if half else 0.0
+    return {
+        "seconds": round(time.monotonic() - start, 1),
+        "rounds": rounds,
+        "peak_mb": mib(max(window)) if window else None,
+        # flat: the second half's peak within 5% of the first half's
+        "second_half_growth_mb": round(growth, 1),
+        "flat": bool(half) and growth <= 0.05 * max(rss_values[:half]),
+    }
+
+
+# FiftyOne's own path (runs in a child process: its own mongod, its own imports)
+
+
+def _fiftyone_model(card: Any, threads: int) -> Any:
+    """A FiftyOne image model that runs the card's ONNX file on batches (all cores) with the card's preprocessing."""
+    import fiftyone.core.models as fom
+    import onnxruntime as ort
+    from PIL import Image
+
+    resample = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}[card.interpolation]
+    mean = np.asarray(card.mean, dtype=np.float32)
+    std = np.asarray(card.std, dtype=np.float32)
+
+    class OnnxEmbeddingModel(fom.Model, fom.EmbeddingsMixin):
+        """What a FiftyOne user writes to embed with an ONNX file: preprocess each array, run the batch."""
+
+        def __init__(self) -> None:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = threads
+            providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
+            self.session = ort.InferenceSession(str(card.model_path), options,
+                                                providers=[*providers, "CPUExecutionProvider"])
+            self._preprocess = True
+            self.preprocess_s = 0.0
+            self.network_s = 0.0
+            self.images = 0
+
+        @property
+        def media_type(self) -> str:
+            return "image"
+
+        @property
+        def ragged_batches(self) -> bool:
+            return False
+
+        @property
+        def transforms(self) -> None:
+            return None
+
+        @property
+        def preprocess(self) -> bool:
+            return self._preprocess
+
+        @preprocess.setter
+        def preprocess(self, value: bool) -> None:
+            self._preprocess = value
+
+        @property
+        def has_embeddings(self) -> bool:
+            return True
+
+        def _tensor(self, arr: np.ndarray) -> np.ndarray:
+            img = Image.fromarray(arr).convert("RGB")
+            if card.resize == "stretch":
+                img = img.resize((card.width, card.height), resample)
+            else:
+                scale = card.resize_to / min(img.width, img.height)
+                size = (max(card.width, round(img.width * scale)), max(card.height, round(img.height * scale)))
+                img = img.resize(size, resample)
+                left, top = (img.width - card.width) // 2, (img.height - card.height) // 2
+                img = img.crop((left, top, left + card.width, top + card.height))
+            pixels = (np.asarray(img, dtype=np.float32) - mean) / std
+            return pixels.transpose(2, 0, 1)
+
+        def embed_all(self, args: Any) -> np.ndarray:
+            t0 = time.perf_counter()
+            batch = np.ascontiguousarray(np.stack([self._tensor(a) for a in args]), dtype=np.float32)
+            t1 = time.perf_counter()
+            (out,) = self.session.run([card.output_name], {card.input_name: batch})
+            self.preprocess_s += t1 - t0
+            self.network_s += time.perf_counter() - t1
+            self.images += len(batch)
+            return np.asarray(out, dtype=np.float32).reshape(len(batch), -1)
+
+        def embed(self, arg: Any) -> np.ndarray:
+            return self.embed_all([arg])[0]
+
+        def predict(self, arg: Any) -> np.ndarray:
+            return self.embed(arg)
+
+        def predict_all(self, args: Any) -> np.ndarray:
+            return self.embed_all(args)
+
+    return OnnxEmbeddingModel()
+
+
+def fiftyone_worker(args: argparse.Namespace) -> None:
+    """In a child process: dataset of file paths, then compute_similarity with the Milvus backend; JSON on stdout."""
+    import fiftyone as fo
+    import fiftyone.brain as fob
+
+    from lookalike_server.model_card import load_model_card
+
+    files = [Path(line) for line in Path(args.files).read_text().splitlines() if line]
+    card = load_model_card()
+    model = _fiftyone_model(card, cores())
+    t0 = time.monotonic()
+    dataset = fo.Dataset()
+    dataset.add_samples([fo.Sample(filepath=str(p)) for p in files])
+    t1 = time.monotonic()
+    with CpuMeter(args.milvus_pid) as meter:
+        results = fob.compute_similarity(
+            dataset, model=model, backend="milvus", uri=args.fiftyone_uri, brain_key="bench",
+            batch_size=args.fiftyone_batch_size, progress=False,
+        )
+    t2 = time.monotonic()
+    rows = results.total_index_size
+    hits = dataset.sort_by_similarity(dataset.first().id, brain_key="bench", k=3)  # the index answers
+    answered = len(hits)
+    results.cleanup()
+    dataset.delete_brain_run("bench")
+    dataset.delete()
+    try:
+        import torchvision  # noqa: F401
+
+        torch_note = "torchvision imports here; the ONNX-wrapping model was still used (see why_onnx)"
+    except Exception as e:  # any import failure is the fact being reported
+        torch_note = f"import torchvision fails here: {type(e).__name__}: {str(e)[:200]}"
+    seconds = t2 - t1
+    network, preprocess = model.network_s, model.preprocess_s
+    print(json.dumps({
+        "images_per_s": round(len(files) / seconds, 1),
+        "seconds": round(seconds, 2),
+        "dataset_creation_s": round(t1 - t0, 2),
+        "index_rows": rows,
+        "query_answered": answered == 3,
+        "model": "fiftyone.core.models.Model + EmbeddingsMixin wrapping the same ONNX file, same preprocessing, "
+                 f"onnxruntime {model.session.get_providers()[0]} with {cores()} threads, batches of "
+                 f"{args.fiftyone_batch_size}",
+        "reader": "FiftyOne's own (fiftyone.utils.image.read, OpenCV), one image at a time in the main thread",
+        "why_onnx": WHY_NOT_TORCH,
+        "torchvision": torch_note,
+        "breakdown_s": {
+            "network": round(network, 2),
+            "preprocess_from_array": round(preprocess, 2),
+            "jpeg_read_mongo_milvus_rest": round(seconds - network - preprocess, 2),
+        },
+        # this_process: FiftyOne's Python process; watched_process: milvus-lite server; other: mongod and the rest
+        "cpu": meter.result,
+        "fiftyone": fo.__version__,
+        "fiftyone_brain": importlib.metadata.version("fiftyone-brain"),
+    }))
+
+
+def bench_fiftyone(files: list[Path], batch_size: int, args: argparse.Namespace, work: Path) -> dict:
+    """Starts `milvus-lite server` and runs fiftyone_worker in a child with a temp database; stops both after."""
+    port = free_port()
+    milvus = [str(VENV_BIN / "milvus-lite"), "server", "--data-dir", str(work / "milvus-lite"),
+              "--host", "127.0.0.1", "--port", str(port)]
+    list_file = work / "files.txt"
+    list_file.write_text("\n".join(str(p) for p in files))
+    db_dir = work / "fiftyone-db"
+    env = {
+        **os.environ,
+        "FIFTYONE_DATABASE_DIR": str(db_dir),
+        "FIFTYONE_DO_NOT_TRACK": "true",
+        "FIFTYONE_SHOW_PROGRESS_BARS": "false",
+        "FIFTYONE_DATASET_ZOO_DIR": str(work / "fiftyone-zoo"),
+        "FIFTYONE_MODEL_ZOO_DIR": str(work / "fiftyone-models"),
+    }
+    worker = [sys.executable, __file__, "--fiftyone-worker", "--files", str(list_file),
+              "--fiftyone-uri", f"http://127.0.0.1:{port}", "--fiftyone-batch-size", str(batch_size)]
+    try:
+        with ManagedProcess(milvus, work / "milvus-lite.log") as server:
+            wait_for_port(port, server, 120)
+            log(f"fiftyone_baseline: milvus-lite server on port {port}, batch size {batch_size}")
+            worker += ["--milvus-pid", str(server.pid)]
+            try:
+                done = subprocess.run(worker, env=env, capture_output=True, text=True, timeout=args.stage_timeout,
+                                      check=False, start_new_session=True)
+            except subprocess.TimeoutExpired as e:
+                raise TimeoutError(f"the FiftyOne baseline did not finish within {args.stage_timeout:.0f} s") from e
+            (work / "fiftyone.log").write_text(done.stderr)
+            if done.returncode != 0:
+                raise RuntimeError(f"the FiftyOne baseline failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        leftovers = stop_processes_under(str(db_dir))  # mongod outliving its Python parent
+        if leftovers:
+            log(f"stopped leftover FiftyOne processes {leftovers}")
+    log(f"fiftyone_baseline: {result['images_per_s']} img/s ({result['seconds']} s)")
+    return result
+
+
+# The whole run
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def run(args: argparse.Namespace) -> dict:
+    from lookalike_server.config import ServerConfig
+    from lookalike_server.model_card import load_model_card
+
+    began = time.monotonic()
+    data = Path(args.data)
+    log(f"photos: {args.n} in {data}")
+    files = make_photos(data, args.n, args.seed)
+    blobs = [p.read_bytes() for p in files]
+    card = load_model_card()
+    max_pixels = ServerConfig().max_image_pixels
+
+    from lookalike_server.imaging import image_to_tensor
+
+    sample = np.stack([image_to_tensor(b, card, max_pixels) for b in blobs[:32]])
+    model_only = bench_model_only(card, sample, args.batch_sizes, args.model_min_s)
+    preprocess_only = bench_preprocess_only(card, blobs, max_pixels)
+    gpu = model_only["provider"] != "CPUExecutionProvider"
+    m, p = model_only["images_per_s"], preprocess_only["images_per_s"]
+    limit = round(min(m, p), 1) if gpu else round(1 / (1 / m + 1 / p), 1)
+
+    with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
+        work = Path(tmp)
+        served = bench_server(files, args, _mkdir(work / "server"))
+        baseline = None if args.skip_fiftyone else bench_fiftyone(
+            files, model_only["best_batch_size"], args, _mkdir(work / "fiftyone"))
+
+    ingest = served["ingest"]["images_per_s"]
+    fiftyone_rate = baseline["images_per_s"] if baseline else None
+    targets = GPU_TARGETS if gpu else CPU_TARGETS
+    idle_p99, load_p99 = served["latency"]["idle"]["p99"], served["latency"]["under_ingest"]["p99"]
+    ratios = {
+        "ingest_over_limit": _ratio(ingest, limit),
+        "ingest_over_fiftyone": _ratio(ingest, fiftyone_rate),
+        "embed_p99_under_ingest_over_idle": _ratio(load_p99, idle_p99),
+    }
+    peak_rss = served["rss"]["peak_mb"]
+    fo_ratio, lat_ratio = ratios["ingest_over_fiftyone"], ratios["embed_p99_under_ingest_over_idle"]
+    soak = served.get("soak")
+    checks = {
+        "ingest_over_limit": _check(ratios["ingest_over_limit"], ">=", targets["ingest_over_limit"]),
+        "ingest_over_fiftyone": _check(fo_ratio, ">=", targets["ingest_over_fiftyone"]),
+        "embed_p99_under_ingest_over_idle": _check(lat_ratio, "<=", LATENCY_TARGET),
+        "server_peak_rss_mb": _check(peak_rss, "<", RSS_TARGET_MB),
+        "server_rss_flat_over_soak": {
+            "value": soak["second_half_growth_mb"] if soak else None,
+            "target": "second half's peak RSS within 5% of the first half's (run with --soak-s 600)",
+            "pass": soak["flat"] if soak else None,
+        },
+        "ingest_all_ok": {"value": served["ingest"]["acknowledged_ok"], "target": f"== {len(files)}, rows too",
+                          "pass": served["ingest"]["all_ok"]},
+    }
+    import lookalike_server
+
+    phases = {"model_only": model_only["cpu"], "preprocess_only": preprocess_only["cpu"],
+              "ingest_e2e": served["ingest"]["cpu"], **({"fiftyone_baseline": baseline["cpu"]} if baseline else {})}
+    shares = {k: round(v["other_processes_s"] / v["cpu_capacity_s"], 3) for k, v in phases.items()}
+    n = len(files)
+    limit_cpu = model_only["cpu_ms_per_image_by_batch_size"][str(model_only["best_batch_size"])] + \
+        preprocess_only["cpu_ms_per_image"]
+    server_cpu = served["ingest"]["cpu"]["watched_process_s"] / n * 1e3
+    fiftyone_cpu = (baseline["cpu"]["this_process_s"] + baseline["cpu"]["watched_process_s"]) / n * 1e3 \
+        if baseline else None
+    cpu_per_image = {
+        "limit": round(limit_cpu, 2),
+        "ingest_server": round(server_cpu, 2),
+        "fiftyone_process_and_milvus": round(fiftyone_cpu, 2) if fiftyone_cpu else None,
+        "limit_over_ingest_server": _ratio(limit_cpu, server_cpu),
+        "fiftyone_over_ingest_server": _ratio(fiftyone_cpu, server_cpu),
+        "note": "CPU milliseconds spent per image (ORT's spinning threads included): a figure other work on the "
+                "machine disturbs far less than images per second; on a CPU, ingest_e2e / limit can reach at most "
+                "about limit / ingest_server",
+    }
+    return {
+        "benchmark": "embedding",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {**machine_info(), "execution_provider": model_only["provider"], "gpu_path": gpu},
+        "lookalike_server": getattr(lookalike_server, "__version__", "unknown"),
+        "model": {"name": card.name, "file": card.model_path.name, "dimension": card.dimension,
+                  "input": f"{card.width}x{card.height}"},
+        "data": {"folder": str(data), "images": len(files), "size": f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}",
+                 "jpeg_quality": JPEG_QUALITY, "mean_kib": round(sum(map(len, blobs)) / len(blobs) / 1024, 1),
+                 "made_from": "crops, flips and rescalings of scikit-image's bundled photos"},
+        "model_only": model_only,
+        "preprocess_only": preprocess_only,
+        "limit": {"images_per_s": limit,
+                  "formula": "min(model_only, preprocess_only)" if gpu
+                  else "1 / (1/model_only + 1/preprocess_only): both share the cores"},
+        "ingest_e2e": ingest,
+        "fiftyone_baseline": fiftyone_rate,
+        "ingest": served["ingest"],
+        "fiftyone": baseline or {"skipped": "--skip-fiftyone"},
+        "embed_latency_ms": served["latency"],
+        "server_peak_rss_mb": peak_rss,
+        "server_rss": served["rss"],
+        "server_soak": served.get("soak"),
+        "server_startup_s": served["startup_s"],
+        "ratios": ratios,
+        "cpu_ms_per_image": cpu_per_image,
+        "targets": checks,
+        "contention": {
+            "other_processes_cpu_share": shares,
+            "quiet": max(shares.values()) <= QUIET_SHARE,
+            "note": "share of the machine's CPU used by processes outside the benchmark during each timed phase "
+                    f"(FiftyOne's own mongod counts as outside); above {QUIET_SHARE} the figures are disturbed",
+        },
+        "wall_s": round(time.monotonic() - began, 1),
+    }
+
+
+def _check(value: float | None, op: str, target: float) -> dict:
+    """A figure beside its target; pass is None when the figure could not be measured."""
+    passed = None if value is None else {">=": value >= target, "<=": value <= target, "<": value < target}[op]
+    return {"value": value, "target": f"{op} {target}", "pass": passed}
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--data", default="/tmp/lookalike-bench-photos", help="photo folder (made once, reused)")
+    parser.add_argument("--n", type=int, default=2000, help="photos (default 2000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--streams", type=int, default=8, help="concurrent Ingest streams (default 8)")
+    parser.add_argument("--batch-sizes", type=lambda s: [int(v) for v in s.split(",")], default=[1, 4, 8, 16, 32])
+    parser.add_argument("--model-min-s", type=float, default=3.0, help="seconds per batch size in model_only")
+    parser.add_argument("--idle-calls", type=int, default=200, help="single-image Embed calls when idle")
+    parser.add_argument("--soak-s", type=float, default=0.0, help="re-ingest this long after, to check RSS is flat")
+    parser.add_argument("--skip-fiftyone", action="store_true", help="leave out the FiftyOne baseline")
+    parser.add_argument("--stage-timeout", type=float, default=900.0, help="longest one ingest or baseline may run")
+    parser.add_argument("--timeout", type=float, default=3600.0, help="longest the whole benchmark may run")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                        help="first wait up to S seconds for the 1-minute load average to drop below 0.5")
+    parser.add_argument("--write", action="store_true", help="also save to bench/results/embedding[-gpu].json")
+    # The FiftyOne baseline's child process.
+    parser.add_argument("--fiftyone-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--files", help=argparse.SUPPRESS)
+    parser.add_argument("--fiftyone-uri", help=argparse.SUPPRESS)
+    parser.add_argument("--fiftyone-batch-size", type=int, default=32, help=argparse.SUPPRESS)
+    parser.add_argument("--milvus-pid", type=int, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def wait_for_quiet(limit_s: float, load: float = 0.5) -> None:
+    """Waits (up to limit_s) until the 1-minute load average drops to load: other work on the machine skews every
+    figure, and the contention block of the JSON only says so after the fact."""
+    deadline = time.monotonic() + limit_s
+    while (current := os.getloadavg()[0]) > load and time.monotonic() < deadline:
+        log(f"waiting for a quiet machine: load average {current:.2f}")
+        time.sleep(min(30.0, max(0.0, deadline - time.monotonic())))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.fiftyone_worker:
+        fiftyone_worker(args)
+        return
+    wait_for_quiet(args.wait_quiet)
+    with time_limit(args.timeout):
+        result = run(args)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.write:
+        RESULTS.mkdir(exist_ok=True)
+        name = "embedding-gpu.json" if result["machine"]["gpu_path"] else "embedding.json"
+        (RESULTS / name).write_text(text + "\n")
+        log(f"wrote {RESULTS / name}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        main()
