@@ -46,7 +46,7 @@ class ServerConfig:
     default_collection: str = "default"
     default_metric: str = "cosine"
     default_index: str = "HNSW"
-    max_batch_size: int = 0  # 0: 8 on a CPU (short batches keep interactive calls fast), 64 on a GPU
+    max_batch_size: int = 0  # 0: 4 on a CPU (short batches keep interactive calls fast), 64 on a GPU
     max_queue_delay_ms: float = 5.0
     decode_workers: int = 0  # 0: one per core
     inference_threads: int = 0  # 0: one per core

@@ -160,7 +160,9 @@ class Pipeline:
         self._decode_pool = ThreadPoolExecutor(config.decode_workers or cores, thread_name_prefix="decode")
         self._interactive_pool = ThreadPoolExecutor(2, thread_name_prefix="decode-interactive")
         self._inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        max_batch = config.max_batch_size or (64 if embedder.on_gpu else 8)
+        # On a CPU, batches of 4 cost the least CPU per image here (10.0 ms vs 11.3 at 8 and 15.6 at 32), and
+        # short batches keep an interactive Embed from waiting long behind bulk ingest.
+        max_batch = config.max_batch_size or (64 if embedder.on_gpu else 4)
         # Decoded ingest tensors waiting for the network, across all streams: memory stays flat.
         self._ingest_slots = asyncio.Semaphore(4 * max_batch)
         # Milvus Lite runs in this process and is not known to be thread-safe: one caller at a time.

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import json_format, message, struct_pb2
 
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
@@ -149,6 +149,20 @@ def _hits_to_wire(hits: list[Hit], options: SearchOptions) -> pb.QueryResult:
     )
 
 
+async def _readable(requests: AsyncIterator[R]) -> AsyncIterator[R]:
+    """The stream's requests; one that protobuf cannot parse (an id that is not UTF-8) ends it clearly."""
+    count = 0
+    try:
+        async for request in requests:
+            count += 1
+            yield request
+    except message.DecodeError as e:
+        raise InvalidArgument(
+            f"request {count + 1} of the stream cannot be read ({e}); strings such as ids must be UTF-8. "
+            f"The {count} requests before it were read"
+        ) from None
+
+
 class _ChunkAssembler:
     """Joins consecutive chunk requests of one id into one image, up to a size limit."""
 
@@ -259,7 +273,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
 
         async def items() -> AsyncIterator[IngestItem]:
             assembler = _ChunkAssembler(pipeline.config.max_image_bytes)
-            async for request in request_iterator:
+            async for request in _readable(request_iterator):
                 kind = request.WhichOneof("content")
                 metadata = json_format.MessageToDict(request.metadata)
                 if kind == "chunk":
@@ -278,8 +292,12 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
             if (unfinished := assembler.abandon()) is not None:
                 yield unfinished
 
-        async for result in pipeline.ingest(items()):
-            yield pb.IngestResponse(id=result.id, code=_status_code(result.code), message=result.message)
+        try:
+            async for result in pipeline.ingest(items()):
+                yield pb.IngestResponse(id=result.id, code=_status_code(result.code), message=result.message)
+        except LookalikeError as e:
+            # The stream itself broke (an unreadable message): what was acknowledged stays stored.
+            await context.abort(getattr(grpc.StatusCode, e.code), e.message)
 
     @_abort_on_error
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:

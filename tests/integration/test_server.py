@@ -406,3 +406,22 @@ def test_ingest_keeps_at_most_a_window_of_items_in_flight(server, collection):
             most_ahead = max(most_ahead, pulled - acknowledged)
     assert pulled == 200
     assert most_ahead <= 8
+
+
+def test_over_long_and_non_utf8_ids(server, client, collection):
+    results = list(client.ingest([("x" * 513, unit_rows(1)[0]), ("é" * 256, unit_rows(1)[0])], collection=collection))
+    assert [r.code for r in results] == ["INVALID_ARGUMENT", "OK"]  # 513 bytes; 256 x 2 bytes = 512
+    assert "513 bytes" in results[0].message
+    # Protobuf strings must be UTF-8: a request with other bytes in its id cannot be read at all, so the
+    # stream ends with a precise status (nothing stored from it is lost) and the server goes on.
+    good = pb.IngestRequest(collection=collection, id="fine", vector=pb.Vector(values=unit_rows(1)[0].tolist()))
+    raw = good.SerializeToString().replace(b"fine", b"f\xffne")
+    with grpc.insecure_channel(server.address) as channel:
+        ingest = channel.stream_stream("/lookalike.v1.Images/Ingest", request_serializer=lambda b: b,
+                                       response_deserializer=pb.IngestResponse.FromString)
+        with pytest.raises(grpc.RpcError) as e:
+            list(ingest(iter([good.SerializeToString(), raw]), timeout=30))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "UTF-8" in e.value.details()
+    assert client.get(["fine"], collection=collection)
+    client.wait_until_ready(5)

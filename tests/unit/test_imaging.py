@@ -90,3 +90,49 @@ def test_preprocess_centre_crops_after_resizing_the_shorter_side():
     row = tensor[0, CARD.height // 2]
     assert row[10] < 0 < row[-10]
     assert abs(int(np.argmax(row > 0)) - CARD.width // 2) <= 2
+
+
+# EXIF orientation -> the transform that makes the stored pixels upright.
+_UPRIGHT = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1, :],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_is_applied(orientation):
+    # Four coloured quadrants in a lossless PNG, so the check is exact.
+    stored = np.zeros((20, 30, 3), dtype=np.uint8)
+    stored[:10, :15] = (255, 0, 0)
+    stored[:10, 15:] = (0, 255, 0)
+    stored[10:, :15] = (0, 0, 255)
+    stored[10:, 15:] = (255, 255, 0)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    decoded = np.asarray(decode_image(encode(Image.fromarray(stored), "PNG", exif=exif)))
+    np.testing.assert_array_equal(decoded, _UPRIGHT[orientation](stored))
+
+
+def test_animated_gif_and_multipage_tiff_use_the_first_frame():
+    frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    gif = io.BytesIO()
+    frames[0].save(gif, "GIF", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    tiff = io.BytesIO()
+    frames[0].save(tiff, "TIFF", save_all=True, append_images=frames[1:])
+    for data in (gif.getvalue(), tiff.getvalue()):
+        first = np.asarray(decode_image(data))[4, 4]
+        assert first[0] > 200 and first[2] < 50  # red, not the blue second frame
+
+
+def test_content_decides_not_the_name():
+    """A 'PNG' that is really a JPEG decodes as the JPEG it is; one that is nothing fails clearly."""
+    jpeg = encode(Image.new("RGB", (16, 16), (0, 128, 255)), "JPEG")
+    assert decode_image(jpeg).size == (16, 16)
+    with pytest.raises(InvalidArgument, match="cannot decode"):
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"not really a png at all")
