@@ -6,6 +6,7 @@ Nothing here measures anything by itself; `bench/embedding.py` and friends impor
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import os
 import platform
@@ -13,6 +14,7 @@ import random
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import Any
 
 import numpy as np
 import psutil
@@ -365,3 +368,23 @@ class CpuMeter:
             **({"watched_process_s": round(watched, 2)} if self.watched_pid is not None else {}),
             "other_processes_s": round(max(0.0, busy - own - watched), 2),
         }
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def installed_server() -> dict[str, Any]:
+    """Which build of the server was measured: the installed package's version, install time and a digest."""
+    import hashlib
+    import importlib.metadata
+
+    import lookalike_server
+
+    folder = Path(lookalike_server.__file__).parent
+    files = sorted(folder.glob("*.py"))
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+    installed = max(f.stat().st_mtime for f in files)
+    return {"version": importlib.metadata.version("lookalike"), "modules": [f.stem for f in files],
+            "installed_at": dt.datetime.fromtimestamp(installed, dt.timezone.utc).isoformat(timespec="seconds"),
+            "sha256_16_of_modules": digest}

@@ -50,6 +50,7 @@ from common import (  # noqa: E402
     RssSampler,
     cores,
     free_port,
+    log,
     machine_info,
     make_photos,
     mib,
@@ -73,10 +74,6 @@ WHY_NOT_TORCH = (
     "So the faster of FiftyOne's two ways is a fiftyone.core.models.Model + EmbeddingsMixin that wraps the same "
     "ONNX file with the same preprocessing, run on batches with all cores."
 )
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # Model and preprocessing alone

@@ -40,7 +40,17 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from common import CpuMeter, ManagedProcess, free_port, machine_info, make_photos, percentiles, time_limit  # noqa: E402
+from common import (  # noqa: E402
+    CpuMeter,
+    ManagedProcess,
+    free_port,
+    installed_server,
+    log,
+    machine_info,
+    make_photos,
+    percentiles,
+    time_limit,
+)
 
 from lookalike import ById, Client, LookalikeClientError  # noqa: E402
 
@@ -52,26 +62,6 @@ SEARCH_DEADLINE_S = 60.0
 RSS_GROWTH_LIMIT_PCT = 10.0
 # The only status a healthy server may answer under load: its own configured overload, with a hint to retry.
 ALLOWED_ERRORS = {"RESOURCE_EXHAUSTED"}
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def installed_server() -> dict[str, Any]:
-    """Which build of the server was measured: the installed package's version, install time and a digest."""
-    import hashlib
-    import importlib.metadata
-
-    import lookalike_server
-
-    folder = Path(lookalike_server.__file__).parent
-    files = sorted(folder.glob("*.py"))
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-    installed = max(f.stat().st_mtime for f in files)
-    return {"version": importlib.metadata.version("lookalike"), "modules": [f.stem for f in files],
-            "installed_at": dt.datetime.fromtimestamp(installed, dt.timezone.utc).isoformat(timespec="seconds"),
-            "sha256_16_of_modules": digest}
 
 
 def vm_rss_mib(pid: int) -> float | None:

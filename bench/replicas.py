@@ -43,7 +43,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import ManagedProcess, cores, free_port, machine_info, percentiles, time_limit  # noqa: E402
+from common import ManagedProcess, cores, free_port, installed_server, log, machine_info, percentiles, time_limit  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server.milvus_standalone import MilvusStandalone, available  # noqa: E402
@@ -58,26 +58,6 @@ SEARCH_COLLECTION = "bench_search"
 # and the ef it uses until its recall calibration has measured the collection (recall.default_effort).
 LOOKALIKE_FETCH = max(2 * K, K + 32)
 LOOKALIKE_DEFAULT_EF = max(512, 4 * LOOKALIKE_FETCH)
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def installed_server() -> dict[str, Any]:
-    """Which build of the server was measured: the installed package's version, install time and a digest."""
-    import hashlib
-    import importlib.metadata
-
-    import lookalike_server
-
-    folder = Path(lookalike_server.__file__).parent
-    files = sorted(folder.glob("*.py"))
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-    installed = max(f.stat().st_mtime for f in files)
-    return {"version": importlib.metadata.version("lookalike"), "modules": [f.stem for f in files],
-            "installed_at": dt.datetime.fromtimestamp(installed, dt.timezone.utc).isoformat(timespec="seconds"),
-            "sha256_16_of_modules": digest}
 
 
 def unit_vectors(n: int, seed: int) -> np.ndarray:

@@ -51,7 +51,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
-from common import CpuMeter, free_port, machine_info, make_photos, percentiles, time_limit  # noqa: E402
+from common import CpuMeter, free_port, log, machine_info, make_photos, percentiles, time_limit  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server import milvus_standalone  # noqa: E402
@@ -67,10 +67,6 @@ QPS_K = 10
 RECALL_TARGET = 0.99
 LOW_TARGET = 0.9
 SUBSPACE_DIM = 16  # clustered data: each cluster spreads along its own 16-d subspace, like real embeddings
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def installed_server() -> dict[str, Any]:
