@@ -83,13 +83,10 @@ def _top(vectors: np.ndarray, rows: np.ndarray, k: int, metric: str) -> np.ndarr
     return top
 
 
-def exact_reference(store: Store, spec: CollectionSpec, queries: np.ndarray, k: int, rows: int) -> list[list[str]]:
+def exact_reference(store: Store, spec: CollectionSpec, queries: np.ndarray, k: int) -> list[list[str]]:
     """The true top k of each query, ranked, from every stored row, in pages through the native core."""
     kept: list[list[tuple[str, np.ndarray]]] = [[] for _ in queries]
-    for offset in range(0, rows, PAGE_ROWS):
-        ids, vectors = store.page(spec.name, offset, PAGE_ROWS)
-        if not ids:
-            break
+    for ids, vectors, _ in store.scan(spec.name, batch_size=PAGE_ROWS):
         top = _top(queries, vectors, min(k, len(ids)), spec.metric)
         for q, row_list in enumerate(top):
             kept[q].extend((ids[r], vectors[r]) for r in row_list if r >= 0)
@@ -123,7 +120,7 @@ def calibrate(
     efforts = tuple(e for e in _efforts(spec) if spec.index_type != "HNSW" or e <= max(rows, HNSW_EFFORTS[0]))
     exact = rows <= EXACT_REFERENCE_MAX_ROWS
     top_k = max(CALIBRATION_KS)
-    reference = exact_reference(store, spec, queries, top_k, rows) if exact else search(queries, top_k, efforts[-1])
+    reference = exact_reference(store, spec, queries, top_k) if exact else search(queries, top_k, efforts[-1])
     chosen: dict[int, int] = {}
     recalls: dict[int, float] = {}
     for k in CALIBRATION_KS:

@@ -66,3 +66,22 @@ def test_serve_manages_an_embedded_milvus_child(mode, tmp_path):
     time.sleep(1)
     for pid in children:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+@pytest.mark.standalone
+def test_calibration_reads_past_a_servers_query_window(standalone_server):
+    """A Milvus server refuses offset + limit above 16,384: the exact reference must read every row anyway."""
+    rows = 17_000
+    data = np.random.default_rng(4).standard_normal((rows, 1280)).astype(np.float32)
+    with Client(standalone_server.address) as client:
+        client.create_collection("wide", "cosine", "HNSW")
+        try:
+            assert all(r.ok for r in client.ingest(((f"w{i}", data[i]) for i in range(rows)), collection="wide"))
+            client.search(data[0], k=10, collection="wide")  # starts the calibration
+            deadline = time.monotonic() + 240
+            while not client.describe_collection("wide").calibrations and time.monotonic() < deadline:
+                time.sleep(2)
+            assert set(client.describe_collection("wide").calibrations) == {10, 100}
+            assert "invalid max query result window" not in standalone_server.log()
+        finally:
+            client.drop_collection("wide")
