@@ -51,7 +51,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
-from common import CpuMeter, free_port, log, machine_info, make_photos, percentiles, time_limit  # noqa: E402
+from common import (  # noqa: E402
+    CpuMeter,
+    free_port,
+    installed_server,
+    log,
+    machine_info,
+    make_photos,
+    percentiles,
+    time_limit,
+)
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server import milvus_standalone  # noqa: E402
@@ -67,20 +76,6 @@ QPS_K = 10
 RECALL_TARGET = 0.99
 LOW_TARGET = 0.9
 SUBSPACE_DIM = 16  # clustered data: each cluster spreads along its own 16-d subspace, like real embeddings
-
-
-def installed_server() -> dict[str, Any]:
-    """Which build of the server was measured (the venv's non-editable install), by a digest of its modules."""
-    import hashlib
-    import importlib.metadata
-
-    import lookalike_server
-
-    files = sorted(Path(lookalike_server.__file__).parent.glob("*.py"))
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
-    installed = max(f.stat().st_mtime for f in files)
-    return {"version": importlib.metadata.version("lookalike"), "sha256_16_of_modules": digest,
-            "installed_at": dt.datetime.fromtimestamp(installed, dt.timezone.utc).isoformat(timespec="seconds")}
 
 
 # Data
@@ -516,20 +511,24 @@ class DataSet:
     description: str
 
 
+def dataset_description(name: str, args: argparse.Namespace, source: str) -> str:
+    if name == "random":
+        return f"{args.rows} random unit {MODEL_DIM}-d vectors (normal, normalised); held-out queries alike"
+    return (f"{args.rows} {MODEL_DIM}-d vectors around {args.clusters} centres ({source}); each row = centre + an "
+            f"offset of norm ~{Clusters.spread} in the cluster's own random {SUBSPACE_DIM}-d subspace + isotropic "
+            f"noise of norm ~{Clusters.jitter}, normalised; cluster sizes ~1/(c+10); queries drawn the same way "
+            "(held out, not stored rows)")
+
+
 def make_datasets(args: argparse.Namespace, clusters: Clusters) -> list[DataSet]:
     top = max(args.ks)
     out = []
     for name in args.datasets:
         if name == "random":
             rows, queries = random_unit(args.rows, MODEL_DIM, 1), random_unit(args.queries, MODEL_DIM, 2)
-            description = f"{args.rows} random unit {MODEL_DIM}-d vectors (normal, normalised); held-out queries alike"
         else:
             rows, queries = clusters.sample(args.rows, 1), clusters.sample(args.queries, 2)
-            description = (f"{args.rows} {MODEL_DIM}-d vectors around {len(clusters.centres)} centres "
-                           f"({clusters.source}); each row = centre + an offset of norm ~{clusters.spread} in the "
-                           f"cluster's own random {SUBSPACE_DIM}-d subspace + isotropic noise of norm "
-                           f"~{clusters.jitter}, normalised; cluster sizes ~1/(c+10); queries drawn the same way "
-                           "(held out, not stored rows)")
+        description = dataset_description(name, args, clusters.source)
         started = time.monotonic()
         truth = exact_top(rows, queries, top)
         log(f"data set {name}: {rows.shape}, brute force top {top} in {time.monotonic() - started:.1f} s")
@@ -912,24 +911,47 @@ def calibration_failures(node: Any, path: str = "") -> dict[str, str]:
     return found
 
 
-def recommend(scaling: dict[str, Any]) -> dict[str, Any]:
-    """The store with the best 32-client QPS at the largest size every store measured (ties: batched QPS)."""
-    sizes = [set(points) for points in scaling.values() if points]
-    common = set.intersection(*sizes) if sizes else set()
-    measured = [s for s in common if all("concurrent_k10" in scaling[store][s] for store in scaling)]
-    if not measured:
-        return {"store": None, "reason": "no size was measured on every store"}
-    largest = max(measured, key=lambda s: int(s.split("x")[0]))
-    table = {store: {"concurrent_qps_32_clients": points[largest]["concurrent_k10"]["qps"],
-                     "batched_qps": points[largest]["batched_k10"]["qps"],
-                     "single_query_p50_ms": points[largest]["single_query_k10"]["p50"],
-                     "ingest_rows_per_s": points[largest]["ingest"].get("rows_per_s")}
-             for store, points in scaling.items()}
-    best = max(table, key=lambda s: (table[s]["concurrent_qps_32_clients"], table[s]["batched_qps"]))
+def recommend(scaling: dict[str, Any], target_rows: int = 1_000_000) -> dict[str, Any]:
+    """Which store should serve a million rows: each store's single-query p50 and batched call time, fitted
+    linearly over its measured sizes (Milvus Lite's per-call cost is a Python loop over every row) and projected
+    to target_rows; the store with the lowest projected single-query latency wins. Measured figures beside it."""
+    table: dict[str, Any] = {}
+    for store, points in scaling.items():
+        done = sorted(((int(label.split("x")[0]), p) for label, p in points.items()
+                       if "single_query_k10" in p and label.endswith(f"x{MODEL_DIM}")), key=lambda x: x[0])
+        if len(done) < 2:
+            continue
+        rows = np.array([r for r, _ in done], dtype=np.float64)
+        p50 = np.array([p["single_query_k10"]["p50"] for _, p in done])
+        call = np.array([p["batched_k10"]["ms_per_call"] for _, p in done])
+        batch = done[-1][1]["batched_k10"]["queries_per_call"]
+        p50_fit, call_fit = np.polyfit(rows, p50, 1), np.polyfit(rows, call, 1)
+        largest = done[-1][1]
+        table[store] = {
+            "measured_rows": [int(r) for r in rows],
+            "single_query_p50_ms": [float(x) for x in p50],
+            "batched_qps": [p["batched_k10"]["qps"] for _, p in done],
+            "concurrent_qps_32_clients": [p["concurrent_k10"]["qps"] for _, p in done],
+            "ingest_rows_per_s": [p["ingest"].get("rows_per_s") for _, p in done],
+            "single_query_p50_growth_smallest_to_largest": round(float(p50[-1] / p50[0]), 2),
+            f"projected_single_query_p50_ms_at_{target_rows}": round(float(np.polyval(p50_fit, target_rows)), 1),
+            f"projected_batched_qps_at_{target_rows}": round(
+                float(batch * 1e3 / max(1e-3, np.polyval(call_fit, target_rows))), 1),
+            "largest_point_calibrated": bool(largest.get("calibration_wait", {}).get("calibrations")),
+        }
+    if not table:
+        return {"store": None, "reason": "fewer than two sizes measured per store"}
+    key = f"projected_single_query_p50_ms_at_{target_rows}"
+    best = min(table, key=lambda store: table[store][key])
     flag = {"lite": "--milvus-embedded lite", "lite-server": "--milvus-embedded lite-server",
             "standalone": "--milvus-embedded standalone"}
-    return {"store": best, "serve_flag": flag.get(best), "at_size": largest, "figures": table,
-            "current_serve_default": "lite (ServerConfig.milvus_embedded)"}
+    caveats = [f"{store}: its largest size ran uncalibrated (the server's calibration failed), at the default "
+               f"ef {default_ef(10)} instead of a calibrated one, so its throughput there is understated"
+               for store, figures in table.items() if not figures["largest_point_calibrated"]]
+    caveats.append("stores were measured one after another on a shared 2-core machine (see each run's load); "
+                   "the projection is a straight line through the measured sizes, not a measurement")
+    return {"store": best, "serve_flag": flag.get(best), "criterion": key, "figures": table,
+            "caveats": caveats, "current_serve_default": "lite (ServerConfig.milvus_embedded)"}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -958,12 +980,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lite-server": lambda: lite_server_block(args, workdir, result, clusters_holder),
             "standalone": lambda: standalone_block(args, workdir, result, clusters_holder),
         }
-        if args.merge:
-            merge_previous(result, json.loads(Path(args.merge).read_text()), [b for b in every if b not in args.blocks],
-                           args.merge)
+        for earlier in args.merge:  # later files win
+            merge_previous(result, json.loads(Path(earlier).read_text()), [b for b in every if b in args.blocks])
         blocks = [(name, every[name]) for name in every if name in args.blocks]
         for name, block in blocks:
             block_started = time.monotonic()
+            build = installed_server()  # the servers this block starts run the build installed now
             log(f"=== {name}")
             try:
                 block()
@@ -973,12 +995,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if isinstance(e, TimeoutError):
                     break
             result.setdefault("phase_seconds", {})[name] = round(time.monotonic() - block_started, 1)
-            result.setdefault("block_dates", {})[name] = result["date"]
+            result.setdefault("provenance", {})[name] = {
+                "run_started": result["date"],
+                "load_average_1m_at_run_start": result["machine"]["load_average_1m_at_start"],
+                "server_build_at_block_start": {k: build[k] for k in ("sha256_16_of_modules", "installed_at")}}
+    for name in args.datasets:  # blocks merged from a run that did not record its data description
+        result.setdefault("data", {}).setdefault(name, dataset_description(
+            name, args, "EfficientNet-Lite0 embeddings of augmented scikit-image photos" if args.centres == "photos"
+            else "random unit vectors"))
     try:
         result["summary"] = summarise(result)
     except Exception as e:  # the figures above are still worth printing
         result["summary"] = {"error": f"{type(e).__name__}: {e}"}
-    result["total_seconds"] = round(time.monotonic() - started, 1)
+    result["total_seconds_this_invocation"] = round(time.monotonic() - started, 1)
+    result["measured_seconds_all_blocks"] = round(sum(result.get("phase_seconds", {}).values()), 1)
     result["notes"] = notes(args, result)
     return result
 
@@ -993,9 +1023,24 @@ BLOCK_KEYS: dict[str, list[tuple[str, ...]]] = {
 }
 
 
-def merge_previous(result: dict[str, Any], previous: dict[str, Any], blocks: list[str], source: str) -> None:
-    """Copies the figures of `blocks` (not run now) from an earlier run's JSON, saying so in the result."""
-    for block in blocks:
+LEGACY_BLOCK_NAMES = {"native_vs_numpy": "native"}
+
+
+def own_blocks(previous: dict[str, Any]) -> list[str]:
+    """The blocks an earlier result measured itself (not ones it had merged from yet another run)."""
+    ran = [LEGACY_BLOCK_NAMES.get(name, name) for name in previous.get("phase_seconds", {})]
+    if "provenance" in previous:
+        return [b for b in ran if "merged" not in previous["provenance"].get(b, {})]
+    merged = previous.get("merged_from_earlier_run", {}).get("blocks", [])
+    return [b for b in ran if b not in merged]
+
+
+def merge_previous(result: dict[str, Any], previous: dict[str, Any], skip: list[str]) -> None:
+    """Copies the figures of the blocks an earlier run measured itself (except `skip`, run now) into result;
+    `provenance` says which invocation measured each block, when, and under what machine load."""
+    for block in own_blocks(previous):
+        if block in skip:
+            continue
         for path in BLOCK_KEYS[block]:
             node: Any = previous
             for key in path:
@@ -1006,49 +1051,70 @@ def merge_previous(result: dict[str, Any], previous: dict[str, Any], blocks: lis
             for key in path[:-1]:
                 target = target.setdefault(key, {})
             target[path[-1]] = node
-        for key in ("phase_seconds", "block_dates", "errors"):
-            if block in previous.get(key, {}):
-                result.setdefault(key, {})[block] = previous[key][block]
-            elif key == "block_dates" and block in previous.get("phase_seconds", {}):
-                result.setdefault(key, {})[block] = previous.get("date")
-    result["merged_from_earlier_run"] = {"file": source, "date": previous.get("date"), "blocks": blocks,
-                                         "machine_load_average_1m_at_its_start":
-                                             previous.get("machine", {}).get("load_average_1m_at_start"),
-                                         "total_seconds": previous.get("total_seconds")}
+        legacy = {v: k for k, v in LEGACY_BLOCK_NAMES.items()}
+        for key in ("phase_seconds", "errors"):
+            for name in (block, legacy.get(block, block)):
+                if name in previous.get(key, {}):
+                    result.setdefault(key, {})[block] = previous[key][name]
+        earlier = previous.get("provenance", {}).get(block, {})
+        build = previous.get("server_package", {})
+        result.setdefault("provenance", {})[block] = {
+            "run_started": previous.get("date"),
+            "load_average_1m_at_run_start": previous.get("machine", {}).get("load_average_1m_at_start"),
+            "server_build_at_block_start": earlier.get("server_build_at_block_start") or {
+                k: build.get(k) for k in ("sha256_16_of_modules", "installed_at")},
+            "merged": "measured by an earlier invocation of this script, copied here with --merge",
+        }
+    for name, value in previous.get("data", {}).items():
+        result.setdefault("data", {}).setdefault(name, value)
 
 
 def notes(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
+    measured_s = sum(result.get("phase_seconds", {}).values())
     out = [
-        f"Sizes: {args.rows} rows of {MODEL_DIM}-d (the model's dimension) for the recall/latency matrix and the QPS "
-        "comparison, not 100,000: on this 2-core machine Milvus Lite stores ~1,800 rows/s at 1280-d and builds HNSW "
-        "for 50,000 rows in ~50 s, and the matrix needs 8 collections (2 data sets x 4 index types), each ingested, "
-        "indexed and calibrated (the server's exact reference reads every row), within a ~35-minute run.",
+        f"Sizes: {args.rows} rows of {MODEL_DIM}-d (the model's dimension) per collection in the recall/latency matrix "
+        "and the QPS comparison, not 100,000: the matrix is 8 collections (2 data sets x 4 index types), each ingested "
+        "through lookalike (about 800-2,000 rows/s here), indexed, and calibrated by the server (which reads every "
+        "row for its exact reference), and 100,000 rows each would have doubled a run that already took "
+        f"{measured_s / 60:.0f} minutes of measuring on this shared 2-core machine. Scaling: 10,000 and 100,000 rows "
+        "on every store.",
         "Index really built before measuring: every lossy collection was measured only after DescribeCollection "
         "reported the server's recall calibration for min_recall 0.99 (calibration_wait.waited_s; the server "
-        "flushes and waits for the index before it calibrates). For Milvus Lite, whose describe_index always says "
-        "Finished, index_files_built_before_measuring checks that an index file stands beside every data segment; "
-        "for the standalone describe_index_before_measuring shows pending_index_rows.",
+        "flushes and waits for the index before it calibrates), or after the server logged that its calibration "
+        "failed (calibration_wait.failed). For Milvus Lite, whose describe_index always says Finished, "
+        "index_files_built_before_measuring checks that an index file stands beside every flushed data segment (it "
+        "cannot see rows still unflushed in the write-ahead log); for the standalone, describe_index_before_measuring "
+        "shows indexed_rows and pending_index_rows.",
         "Recall is against exact numpy brute force over the same rows (inner product of unit vectors = cosine), with "
-        "held-out queries; latency is one client thread, one query per call, the ks interleaved per query.",
+        "held-out queries; latency is one client thread, one query per call, the ks interleaved per query. A "
+        f"collection's queries stop after {args.measure_budget:.0f} s (queries_measured says how many ran).",
         "QPS: 32 threads in this process, one query per call, by vector, k=10, random picks from the same held-out "
         "queries; phases interleaved round by round (gRPC 0.99, direct 0.99, gRPC 0.9, direct 0.9) because other "
-        "benchmarks share this machine; each round's cpu field splits the busy CPU between this process (clients, "
-        "and for direct Lite the Milvus Lite engine itself), the watched process (the lookalike server for Lite, "
-        "the milvus server for standalone) and everything else on the machine.",
-        "The direct clients ask Milvus for k=10 ids only with the ef the server calibrated; lookalike asks for an "
-        "over-fetch (2k, at least k+32) with vectors and re-ranks exactly, so it does more work per query.",
-        "scaling: clustered data (same centres), HNSW cosine, calibrated before measuring; single_query_k10 is one "
-        "thread; batched_k10 is search_many with 32 queries per call from one thread; concurrent_k10 is 32 threads, "
-        "one query per call.",
+        "benchmarks shared this machine; each round's cpu field splits the busy CPU between this process (clients, "
+        "and for direct Lite the Milvus Lite engine itself, opened in this process on a copy of the collection's "
+        "files), the watched process (the lookalike server for Lite, the milvus server for standalone) and "
+        "everything else on the machine (other_processes_s).",
+        "The direct clients ask Milvus for k=10 ids only, with the ef the server calibrated (its default 512 when it "
+        "has no calibration); lookalike asks for an over-fetch (2k, at least k+32) with vectors and re-ranks exactly.",
+        "scaling: clustered data (same centres), HNSW cosine, measured after the calibration wait; single_query_k10 "
+        "is one thread; batched_k10 is search_many with 32 queries per call from one thread; concurrent_k10 is 32 "
+        "threads, one query per call. The lite-server store reuses the in-process store's finished collection files "
+        "(same engine and rows), so it has no ingest figure of its own.",
     ]
     if not any(dim != MODEL_DIM for _, dim in args.scaling):
-        out.append("1,000,000 rows (at 256-d) skipped: Milvus Lite would need minutes to store them and far longer "
-                   "to build HNSW and calibrate on 2 busy cores, for each of 3 stores, beyond this run's budget. Run "
-                   "`--scaling 10000x1280,100000x1280,1000000x256` on a bigger machine (a 256-d scaling point is "
-                   "served through a copy of the model card declaring 256 dimensions).")
+        out.append("1,000,000 rows (at 256-d) skipped: Milvus Lite stored ~1,000 rows/s and needed ~3.7 minutes to "
+                   "index and calibrate 100,000 rows here, so a million on each of 3 stores would take hours. "
+                   "recommended_default projects the measured sizes to a million instead. On a bigger machine run "
+                   "`--scaling 10000x1280,100000x1280,1000000x256` (a 256-d point is served through a copy of the "
+                   "model card declaring 256 dimensions).")
     if args.centres == "photos":
-        out.append("Clustered centres are real EfficientNet-Lite0 embeddings of augmented photos, but the rows "
-                   "around them are synthetic (embedding 50,000 photos would take ~10 minutes of CPU here).")
+        out.append("Clustered centres are real EfficientNet-Lite0 embeddings of augmented photos; the rows around "
+                   "them are synthetic (embedding 50,000 photos would take ~10 minutes of CPU here).")
+    runs = {p.get("run_started") for p in result.get("provenance", {}).values()}
+    if len(runs) > 1:
+        out.append("The blocks come from more than one invocation (provenance: which, when, and the machine load at "
+                   "its start); the data is the same (fixed seeds, the same photos and model; see the centres "
+                   "fingerprint in data).")
     return out
 
 
@@ -1088,9 +1154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ingest the lite-server scaling collections afresh instead of copying the in-process "
                              "Milvus Lite store's finished ones (same engine and rows; saves the ingest and build)")
     parser.add_argument("--blocks", type=lambda v: v.split(","), default=list(BLOCK_KEYS),
-                        help="which parts to run: native,lite,lite-server,standalone (default all)")
-    parser.add_argument("--merge", default="", help="an earlier run's JSON: the blocks not run now are taken from "
-                                                      "it (the result names the file and its date)")
+                        help="which parts to run: native,lite,lite-server,standalone (default all); 'none' with "
+                             "--merge recomputes the summary of an earlier run")
+    parser.add_argument("--merge", action="append", default=[],
+                        help="an earlier run's JSON (repeatable, later files win): the blocks it measured and that "
+                             "are not run now are copied from it (provenance says when each block was measured)")
     parser.add_argument("--timeout", type=float, default=3600.0, help="the whole run stops after this many seconds")
     parser.add_argument("--write", action="store_true", help="also save bench/results/search.json")
     args = parser.parse_args(argv)
