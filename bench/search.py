@@ -18,9 +18,10 @@ Everything runs here on loopback, started and stopped by this script:
   scaling          per store (Milvus Lite in-process, `milvus-lite server` child, Milvus standalone) and size:
                    ingest rate, single-query latency, 32 queries per call (search_many) QPS, 32-client QPS.
 
-Run (about 35 minutes with the defaults on 2 busy cores; the standalone parts need .venv-milvus, made by
-`make test` or `make milvus-standalone`):
+Run (about 40 minutes with the defaults on 2 shared cores: native 0.5, lite 29, lite-server 2, standalone 7; the
+standalone parts need .venv-milvus, made by `make test` or `make milvus-standalone`):
     .venv/bin/python bench/search.py [--rows 50000] [--scaling 10000x1280,100000x1280] [--write]
+    .venv/bin/python bench/search.py --blocks standalone --merge earlier.json --write   # redo one part
 A scaling point of another dimension (e.g. 1000000x256) serves vectors through a copy of the model card
 declaring that dimension. --write also saves bench/results/search.json.
 """
@@ -281,18 +282,20 @@ def calibrations(address: str, collection: str) -> list[dict[str, Any]]:
 
 
 def calibration_failure(log_text: str, collection: str) -> tuple[int, str]:
-    """How often the server logged that calibrating `collection` failed, and the last error's message."""
+    """How often the server logged that calibrating `collection` failed, and the last error's message (its
+    exception line, plus a gRPC error's details line)."""
     marker = f"calibrating {collection} failed"
     count = log_text.count(marker)
     if not count:
         return 0, ""
-    after = log_text[log_text.rindex(marker):].splitlines()[1:]
     lines = []
-    for line in after:
+    for line in log_text[log_text.rindex(marker):].splitlines()[1:]:
         if re.match(r"^\d{4}-\d\d-\d\d ", line):
             break
-        lines.append(line)
-    return count, (lines[-1].strip() if lines else "")
+        lines.append(line.strip())
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    details = [line for line in lines if line.startswith("details = ")]
+    return count, " ".join(errors[-1:] + details[-1:]) or (lines[-1] if lines else "")
 
 
 def wait_calibrated(address: str, collection: str, target: float, probe: np.ndarray,
@@ -1102,8 +1105,12 @@ def notes(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
         "(same engine and rows), so it has no ingest figure of its own.",
     ]
     if not any(dim != MODEL_DIM for _, dim in args.scaling):
-        out.append("1,000,000 rows (at 256-d) skipped: Milvus Lite stored ~1,000 rows/s and needed ~3.7 minutes to "
-                   "index and calibrate 100,000 rows here, so a million on each of 3 stores would take hours. "
+        lite = result.get("scaling", {}).get("lite", {}).get(f"100000x{MODEL_DIM}", {})
+        rate = lite.get("ingest", {}).get("rows_per_s")
+        wait = lite.get("calibration_wait", {}).get("waited_s")
+        seen = (f"Milvus Lite stored {rate:.0f} rows/s and needed {wait / 60:.1f} more minutes to index and "
+                "calibrate 100,000 rows here" if rate and wait else "Milvus Lite stores ~1,000 rows/s here")
+        out.append(f"1,000,000 rows (at 256-d) skipped: {seen}, so a million on each of 3 stores would take hours. "
                    "recommended_default projects the measured sizes to a million instead. On a bigger machine run "
                    "`--scaling 10000x1280,100000x1280,1000000x256` (a 256-d point is served through a copy of the "
                    "model card declaring 256 dimensions).")

@@ -28,6 +28,8 @@ ID_MAX_BYTES = 512
 GET_CHUNK = 1000
 # A Milvus server's largest offset + limit for one query.
 MAX_QUERY_WINDOW = 16_384
+# Floats per reply when scanning a Milvus server: about 16 MB of vectors, well under gRPC's 64 MB.
+REPLY_FLOATS = 4_000_000
 _PROP_MODEL = "lookalike.model"
 _PROP_METRIC = "lookalike.metric"
 _PROP_INDEX = "lookalike.index"
@@ -402,7 +404,10 @@ class Store:
                 for offset in itertools.count(0, batch_size)
             )
         else:
-            pages = self._iterate(name, filter_expr, fields, min(batch_size, MAX_QUERY_WINDOW))
+            # A reply must also fit gRPC's message limit: 10,000 rows of 1280 floats came to 98 MB.
+            dimension = self.describe(name).dimension
+            rows_per_reply = max(64, REPLY_FLOATS // dimension)
+            pages = self._iterate(name, filter_expr, fields, min(batch_size, MAX_QUERY_WINDOW, rows_per_reply))
         for rows in pages:
             if not rows:
                 return
