@@ -3,7 +3,10 @@
 Knobs: the maximum batch size, the longest an item waits for company (max_queue_delay), preferred
 batch sizes (a batch that reaches one with nothing else waiting goes at once), priorities (a lower
 number is served first, so interactive Search/Embed overtake bulk Ingest), and deadlines (an item whose
-deadline has passed is dropped with DeadlineExceeded instead of being computed).
+deadline has passed is dropped with DeadlineExceeded instead of being computed). An optional interactive
+lane is one more worker, on its own executor, that takes only interactive items: they never wait for a
+bulk batch to finish when every other worker is busy. The other workers leave interactive items to the lane
+unless it is busy: on a loaded machine their (lower-priority) threads would run them slowly.
 """
 
 from __future__ import annotations
@@ -51,11 +54,14 @@ class MicroBatcher(Generic[T, R]):
         priorities: int = 2,
         concurrency: int = 1,
         name: str = "batcher",
+        interactive_executor: Executor | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         self._run_batch = run_batch
         self._executor = executor
+        self._interactive_executor = interactive_executor
+        self._lane_busy = False
         self.max_batch_size = max_batch_size
         self.max_queue_delay = max_queue_delay
         self.preferred_batch_sizes = frozenset(preferred_batch_sizes)
@@ -68,9 +74,15 @@ class MicroBatcher(Generic[T, R]):
         self.items = 0
 
     def start(self) -> None:
-        """Starts `concurrency` workers: that many batches may be running at once."""
+        """Starts `concurrency` workers (that many batches may run at once), plus the interactive lane."""
         loop = asyncio.get_running_loop()
-        self._workers = [loop.create_task(self._work(), name=f"{self.name}-{i}") for i in range(self.concurrency)]
+        self._workers = [
+            loop.create_task(self._work(self._executor, lane=False), name=f"{self.name}-{i}")
+            for i in range(self.concurrency)
+        ]
+        if self._interactive_executor is not None:
+            lane = self._work(self._interactive_executor, lane=True)
+            self._workers.append(loop.create_task(lane, name=f"{self.name}-interactive"))
 
     async def close(self) -> None:
         for worker in self._workers:
@@ -92,9 +104,16 @@ class MicroBatcher(Generic[T, R]):
         self._arrived.set()
         return await entry.future
 
-    def _pop_live(self, now: float) -> _Entry[T, R] | None:
-        """The next entry by priority; expired and abandoned ones are failed or dropped on the way."""
-        for queue in self._queues:
+    def _queues_for(self, lane: bool) -> list[deque[_Entry[T, R]]]:
+        if lane:
+            return self._queues[: INTERACTIVE + 1]
+        if self._interactive_executor is not None and not self._lane_busy:
+            return self._queues[INTERACTIVE + 1 :]
+        return self._queues
+
+    def _pop_live(self, now: float, lane: bool) -> _Entry[T, R] | None:
+        """The next entry by priority that this worker serves; expired and abandoned ones are dropped."""
+        for queue in self._queues_for(lane):
             while queue:
                 entry = queue.popleft()
                 if entry.future.done():
@@ -105,11 +124,11 @@ class MicroBatcher(Generic[T, R]):
                 return entry
         return None
 
-    async def _next_batch(self) -> list[_Entry[T, R]]:
+    async def _next_batch(self, lane: bool) -> list[_Entry[T, R]]:
         loop = asyncio.get_running_loop()
         batch: list[_Entry[T, R]] = []
         while not batch:
-            entry = self._pop_live(loop.time())
+            entry = self._pop_live(loop.time(), lane)
             if entry is None:
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -117,7 +136,7 @@ class MicroBatcher(Generic[T, R]):
             batch.append(entry)
         close_at = batch[0].enqueued + self.max_queue_delay
         while len(batch) < self.max_batch_size:
-            entry = self._pop_live(loop.time())
+            entry = self._pop_live(loop.time(), lane)
             if entry is not None:
                 batch.append(entry)
                 continue
@@ -133,38 +152,50 @@ class MicroBatcher(Generic[T, R]):
                 break
         return batch
 
-    async def _run(self, items: list[T]) -> Sequence[R]:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
+    async def _run(self, executor: Executor, items: list[T]) -> Sequence[R]:
+        return await asyncio.get_running_loop().run_in_executor(executor, self._run_batch, items)
 
-    async def _work(self) -> None:
+    async def _work(self, executor: Executor, lane: bool) -> None:
         while True:
-            batch = await self._next_batch()
-            self.batches += 1
-            self.items += len(batch)
-            metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
-            metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
+            batch = await self._next_batch(lane)
+            if lane:
+                self._lane_busy = True
+                if self._queues[INTERACTIVE]:
+                    self._arrived.set()  # the other workers may help with what is left
             try:
-                results = await self._run([e.item for e in batch])
-                outcomes: list[tuple[_Entry[T, R], R | None, BaseException | None]] = [
-                    (e, r, None) for e, r in zip(batch, results, strict=True)
-                ]
-            except Exception as e:
-                if len(batch) == 1:
-                    outcomes = [(batch[0], None, e)]
-                else:
-                    # One bad item must not fail its batch-mates: run each alone to find it.
-                    log.warning("%s: a batch of %d failed (%s); retrying its items one by one", self.name,
-                                len(batch), e)
-                    outcomes = []
-                    for entry in batch:
-                        try:
-                            outcomes.append((entry, (await self._run([entry.item]))[0], None))
-                        except Exception as alone:
-                            outcomes.append((entry, None, alone))
-            for entry, result, error in outcomes:
-                if entry.future.done():
-                    continue
-                if error is not None:
-                    entry.future.set_exception(error)
-                else:
-                    entry.future.set_result(result)  # type: ignore[arg-type]
+                await self._finish(executor, batch)
+            finally:
+                if lane:
+                    self._lane_busy = False
+
+    async def _finish(self, executor: Executor, batch: list[_Entry[T, R]]) -> None:
+        """Runs the batch and settles every caller's future with its own result or error."""
+        self.batches += 1
+        self.items += len(batch)
+        metrics.BATCH_SIZE.labels(self.name).observe(len(batch))
+        metrics.QUEUE_DEPTH.labels(self.name).set(self.queue_depth())
+        try:
+            results = await self._run(executor, [e.item for e in batch])
+            outcomes: list[tuple[_Entry[T, R], R | None, BaseException | None]] = [
+                (e, r, None) for e, r in zip(batch, results, strict=True)
+            ]
+        except Exception as e:
+            if len(batch) == 1:
+                outcomes = [(batch[0], None, e)]
+            else:
+                # One bad item must not fail its batch-mates: run each alone to find it.
+                log.warning("%s: a batch of %d failed (%s); retrying its items one by one", self.name,
+                            len(batch), e)
+                outcomes = []
+                for entry in batch:
+                    try:
+                        outcomes.append((entry, (await self._run(executor, [entry.item]))[0], None))
+                    except Exception as alone:
+                        outcomes.append((entry, None, alone))
+        for entry, result, error in outcomes:
+            if entry.future.done():
+                continue
+            if error is not None:
+                entry.future.set_exception(error)
+            else:
+                entry.future.set_result(result)  # type: ignore[arg-type]

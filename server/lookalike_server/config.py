@@ -49,7 +49,8 @@ class ServerConfig:
     max_batch_size: int = 0  # 0: 4 on a CPU (short batches keep interactive calls fast), 64 on a GPU
     max_queue_delay_ms: float = 5.0
     decode_workers: int = 0  # 0: one per core
-    inference_threads: int = 0  # 0: one per core
+    # ONNX Runtime threads per run; 0: one on a CPU (with a run per core side by side), every core on a GPU
+    inference_threads: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
     # Close client connections after this long (0: never), so balanced clients find new replicas.
     max_connection_age_s: float = 0.0

@@ -25,6 +25,7 @@ from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, Lookalik
 from .imaging import image_to_tensor
 from .recall import Calibration, calibrate, default_effort
 from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
+from .thread_priority import BULK_NICE, thread_pool
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +156,13 @@ class Pipeline:
         self.embedder = embedder
         self.store = store
         cores = os.cpu_count() or 1
-        # Bulk decoding gets every core; interactive calls (Search, Embed) have their own small pool so
-        # they never queue behind an ingest's backlog of JPEGs.
-        self._decode_pool = ThreadPoolExecutor(config.decode_workers or cores, thread_name_prefix="decode")
-        self._interactive_pool = ThreadPoolExecutor(2, thread_name_prefix="decode-interactive")
-        self._inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        # Bulk decoding and inference get every core at a lower priority; interactive calls (Search, Embed)
+        # have their own threads at normal priority, so they never queue behind an ingest's backlog of
+        # JPEGs nor share the cores with it evenly.
+        self._decode_pool = thread_pool(config.decode_workers or cores, "decode", BULK_NICE)
+        self._interactive_pool = thread_pool(2, "decode-interactive")
+        self._inference_pool = thread_pool(embedder.concurrent_runs, "inference", BULK_NICE)
+        self._interactive_inference_pool = thread_pool(1, "inference-interactive")
         # On a CPU, batches of 4 cost the least CPU per image here (10.0 ms vs 11.3 at 8 and 15.6 at 32), and
         # short batches keep an interactive Embed from waiting long behind bulk ingest.
         max_batch = config.max_batch_size or (64 if embedder.on_gpu else 4)
@@ -173,7 +176,9 @@ class Pipeline:
             max_batch_size=max_batch,
             max_queue_delay=config.max_queue_delay_ms / 1000.0,
             preferred_batch_sizes=[b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch],
+            concurrency=embedder.concurrent_runs,
             name="embed-batcher",
+            interactive_executor=self._interactive_inference_pool,
         )
         self._specs: dict[str, tuple[CollectionSpec, float]] = {}
         # Recall calibration per (collection, target), measured in the background.
@@ -204,8 +209,8 @@ class Pipeline:
     async def close(self) -> None:
         await self._embed_batcher.close()
         await self._search_batcher.close()
-        for pool in (self._decode_pool, self._interactive_pool, self._inference_pool, self._store_pool,
-                     self._calibration_pool):
+        for pool in (self._decode_pool, self._interactive_pool, self._inference_pool,
+                     self._interactive_inference_pool, self._store_pool, self._calibration_pool):
             pool.shutdown(wait=True, cancel_futures=True)
 
     async def _in_store(self, fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -133,7 +133,8 @@ class LookalikeServer:
             None,
             lambda: Embedder(card, self.config.device, self.config.inference_threads, self.config.require_gpu),
         )
-        log.info("model %s (%d-d) runs on ONNX Runtime %s", card.name, card.dimension, embedder.provider)
+        log.info("model %s (%d-d) runs on ONNX Runtime %s (%d run(s) at once, %d thread(s) each)", card.name,
+                 card.dimension, embedder.provider, embedder.concurrent_runs, embedder.intra_op_threads)
         store_config = self.config
         if not self.config.milvus_uri and self.config.milvus_embedded != "lite":
             self.embedded_milvus = start_embedded_milvus(self.config)

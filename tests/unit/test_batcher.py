@@ -145,3 +145,66 @@ def test_one_bad_item_does_not_fail_its_batch_mates():
     a, bad, c = run(main())
     assert (a, c) == ("A", "C")
     assert isinstance(bad, ValueError)
+
+
+def test_interactive_lane_serves_interactive_items_while_bulk_workers_are_busy():
+    """With the only bulk worker stuck on a batch, an interactive item still runs, on the lane's executor."""
+    release = threading.Event()
+    threads: dict[str, str] = {}
+
+    def work(items):
+        for item in items:
+            threads[item] = threading.current_thread().name
+        if "slow-bulk" in items:
+            release.wait(10)
+        return items
+
+    async def main():
+        bulk = ThreadPoolExecutor(1, thread_name_prefix="bulk")
+        lane = ThreadPoolExecutor(1, thread_name_prefix="lane")
+        batcher = MicroBatcher(work, bulk, max_batch_size=1, max_queue_delay=0, interactive_executor=lane)
+        batcher.start()
+        stuck = asyncio.ensure_future(batcher.submit("slow-bulk", BULK))
+        await asyncio.sleep(0.05)
+        queued_bulk = asyncio.ensure_future(batcher.submit("queued-bulk", BULK))
+        answer = await asyncio.wait_for(batcher.submit("query", INTERACTIVE), 5)
+        assert not stuck.done() and not queued_bulk.done(), "bulk items wait for the bulk worker"
+        release.set()
+        await asyncio.gather(stuck, queued_bulk)
+        await batcher.close()
+        return answer
+
+    assert run(main()) == "query"
+    assert threads["query"].startswith("lane")
+    assert threads["slow-bulk"].startswith("bulk") and threads["queued-bulk"].startswith("bulk")
+
+
+def test_free_bulk_workers_leave_interactive_items_to_the_lane_unless_it_is_busy():
+    release = threading.Event()
+    threads: dict[str, str] = {}
+
+    def work(items):
+        for item in items:
+            threads[item] = threading.current_thread().name
+        if "slow-query" in items:
+            release.wait(10)
+        return items
+
+    async def main():
+        bulk = ThreadPoolExecutor(1, thread_name_prefix="bulk")
+        lane = ThreadPoolExecutor(1, thread_name_prefix="lane")
+        batcher = MicroBatcher(work, bulk, max_batch_size=1, max_queue_delay=0, interactive_executor=lane)
+        batcher.start()
+        assert await batcher.submit("idle-query", INTERACTIVE) == "idle-query"
+        stuck = asyncio.ensure_future(batcher.submit("slow-query", INTERACTIVE))
+        await asyncio.sleep(0.05)
+        helped = await asyncio.wait_for(batcher.submit("second-query", INTERACTIVE), 5)
+        release.set()
+        await stuck
+        await batcher.close()
+        return helped
+
+    assert run(main()) == "second-query"
+    assert threads["idle-query"].startswith("lane"), "a free lane takes interactive items, not the bulk worker"
+    assert threads["slow-query"].startswith("lane")
+    assert threads["second-query"].startswith("bulk"), "with the lane busy, a free bulk worker helps"

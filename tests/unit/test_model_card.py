@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,13 @@ def test_embeddings_do_not_depend_on_batch_size_or_io_binding(photos_dir):
     one_by_one = np.concatenate([plain.embed(batch[i : i + 1]) for i in range(len(names))])
     np.testing.assert_allclose(together, one_by_one, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(bound.embed(batch), together, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_runs_single_threaded_sessions_side_by_side():
+    """On a CPU each run takes one thread, and as many runs as cores go at once; a thread count is kept."""
+    card = load_model_card()
+    automatic = Embedder(card, device="auto")  # a GPU build without a GPU falls back to this layout too
+    assert (automatic.intra_op_threads, automatic.concurrent_runs) == (1, os.cpu_count())
+    pinned = Embedder(card, device="cpu", threads=2)
+    assert pinned.intra_op_threads == 2
+    assert pinned.concurrent_runs == max(1, (os.cpu_count() or 1) // 2)
