@@ -21,7 +21,8 @@ $(VENV)/.installed: $(SOURCES)
 milvus-standalone:
 	bash .ci/install-milvus-standalone.sh
 
-serve: setup
+# The embedded default is the Milvus standalone server (see README), so serve installs it too.
+serve: setup milvus-standalone
 	$(BIN)/lookalike serve
 
 test: setup milvus-standalone

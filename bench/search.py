@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -77,6 +78,7 @@ QPS_K = 10
 RECALL_TARGET = 0.99
 LOW_TARGET = 0.9
 SUBSPACE_DIM = 16  # clustered data: each cluster spreads along its own 16-d subspace, like real embeddings
+MIN_AVAILABLE_GIB = 2.0  # a capped scaling point stops the phase that leaves less memory available (no swap here)
 
 
 # Data
@@ -231,24 +233,90 @@ def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str,
                        "Milvus (gRPC decoding, validation, batching, exact re-rank, encoding) bounds the re-rank"}
 
 
+# Caps
+
+
+def available_gib() -> float:
+    return psutil.virtual_memory().available / 2**30
+
+
+class CapReached(Exception):
+    """A capped scaling point ran out of time (or memory) in a phase it cannot do without."""
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        super().__init__(f"{record['phase']}: {record['reason']} after {record['after_s']} s")
+        self.record = record
+
+
+class Cap:
+    """One scaling point's limit: `seconds` from its start (0: none) and a floor of available memory. Phases
+    check it; cut() notes a phase it ended (which, why, after how long, how many rows were in)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.lowest_available_gib = round(available_gib(), 1)
+        self.cuts: list[dict[str, Any]] = []
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def left(self) -> float:
+        return self.seconds - self.elapsed() if self.seconds else float("inf")
+
+    def exceeded(self) -> str:
+        """'' while within the cap, else 'time' or 'memory'."""
+        gib = available_gib()
+        self.lowest_available_gib = min(self.lowest_available_gib, round(gib, 1))
+        if self.left() <= 0:
+            return "time"
+        return "memory" if gib < MIN_AVAILABLE_GIB else ""
+
+    def cut(self, phase: str, reason: str, **details: Any) -> dict[str, Any]:
+        why = (f"past the cap of {self.seconds:.0f} s" if reason == "time" else
+               f"less than {MIN_AVAILABLE_GIB} GiB of memory available" if reason == "memory" else reason)
+        record = {"phase": phase, "reason": why, "after_s": round(self.elapsed(), 1), **details}
+        self.cuts.append(record)
+        log(f"  cap: {record}")
+        return record
+
+    def summary(self) -> dict[str, Any]:
+        return {"cap_s": self.seconds or None, "seconds": round(self.elapsed(), 1),
+                "lowest_memory_available_gib": self.lowest_available_gib, "phases_cut": self.cuts,
+                "finished_within_cap": not self.cuts}
+
+
 # Collections
 
 
-def ingest(address: str, collection: str, vectors: np.ndarray, streams: int = 4) -> dict[str, Any]:
-    """Stores every vector (ids v0, v1, ...) over `streams` Ingest streams; fails loudly on any error."""
+def ingest(address: str, collection: str, vectors: np.ndarray, streams: int = 4,
+           cap: Cap | None = None) -> dict[str, Any]:
+    """Stores every vector (ids v0, v1, ...) over `streams` Ingest streams; fails loudly on any error. With a
+    cap, the streams stop sending once it is reached: `stopped` says why and `rows_in` how many were stored."""
     parts = np.array_split(np.arange(len(vectors)), streams)
     failures: Counter[str] = Counter()
     samples: list[str] = []
+    stored = [0] * streams
+    stopped: list[str] = []
     lock = threading.Lock()
+
+    def items(i: int) -> Iterator[tuple[str, np.ndarray]]:
+        for n, j in enumerate(parts[i]):
+            if cap is not None and n % 1000 == 0 and (why := stopped[0] if stopped else cap.exceeded()):
+                stopped.append(why)
+                return
+            yield row_id(j), vectors[j]
 
     def body(i: int) -> None:
         try:
-            with Client(address, timeout=1800) as client:
-                for result in client.ingest(((row_id(j), vectors[j]) for j in parts[i]), collection=collection):
-                    if not result.ok:
-                        with lock:
-                            failures[result.code] += 1
-                            samples.append(result.message)
+            with Client(address, timeout=max(1800.0, cap.seconds if cap else 0.0)) as client:
+                for result in client.ingest(items(i), collection=collection):
+                    if result.ok:
+                        stored[i] += 1
+                        continue
+                    with lock:
+                        failures[result.code] += 1
+                        samples.append(result.message)
         except LookalikeClientError as e:
             with lock:
                 failures[f"stream:{e.code}"] += 1
@@ -263,7 +331,10 @@ def ingest(address: str, collection: str, vectors: np.ndarray, streams: int = 4)
     seconds = time.monotonic() - started
     if failures:
         raise RuntimeError(f"ingest into {collection} failed: {dict(failures)} {samples[:3]}")
-    return {"rows": len(vectors), "seconds": round(seconds, 1), "rows_per_s": round(len(vectors) / seconds, 1)}
+    out = {"rows": len(vectors), "seconds": round(seconds, 1), "rows_per_s": round(sum(stored) / seconds, 1)}
+    if stopped:
+        out.update(rows_in=sum(stored), stopped=stopped[0])
+    return out
 
 
 def calibrations(address: str, collection: str) -> list[dict[str, Any]]:
@@ -544,16 +615,27 @@ def lossy(index_type: str) -> bool:
 
 
 def prepare_collection(address: str, name: str, index_type: str, data: np.ndarray, probe: np.ndarray,
-                       args: argparse.Namespace) -> dict[str, Any]:
+                       args: argparse.Namespace, cap: Cap | None = None) -> dict[str, Any]:
+    """Creates, fills and calibrates a collection. With a cap: an ingest it stops raises CapReached; the
+    calibration wait ends in time to leave --scaling-reserve seconds for the queries (uncalibrated then)."""
     with Client(address, timeout=120) as client:
         with contextlib.suppress(LookalikeClientError):
             client.drop_collection(name)
         client.create_collection(name, "cosine", index_type, min_recall=RECALL_TARGET)
     log(f"  ingesting {len(data)} rows into {name}")
-    out: dict[str, Any] = {"ingest": ingest(address, name, data)}
+    out: dict[str, Any] = {"ingest": ingest(address, name, data, cap=cap)}
     log(f"  ingested: {out['ingest']}")
+    if cap is not None and "stopped" in out["ingest"]:
+        with Client(address, timeout=120) as client:
+            row_count = client.describe_collection(name).row_count
+        raise CapReached(cap.cut("ingest", out["ingest"]["stopped"], rows_in=out["ingest"]["rows_in"],
+                                 rows_wanted=len(data), server_row_count=row_count,
+                                 ingest_s=out["ingest"]["seconds"]))
     if lossy(index_type):
-        out["calibration_wait"] = wait_calibrated(address, name, RECALL_TARGET, probe, args.calibration_timeout)
+        wait_s = args.calibration_timeout
+        if cap is not None:
+            wait_s = max(0.0, min(wait_s, cap.left() - args.scaling_reserve))
+        out["calibration_wait"] = wait_calibrated(address, name, RECALL_TARGET, probe, wait_s)
         log(f"  calibrated after {out['calibration_wait']['waited_s']} s: {out['calibration_wait']['calibrations']}")
     with Client(address, timeout=120) as client:
         info = client.describe_collection(name)
@@ -664,8 +746,10 @@ def lite_qps(args: argparse.Namespace, address: str, server_pid: int, db: Path, 
 
 def scaling_points(args: argparse.Namespace, address: str, clusters: Clusters, store: str, db: Path | None = None,
                    uri: str = "", serve_for_dim: Callable[[int], contextlib.AbstractContextManager[str]] | None = None,
-                   seed_dir: Path | None = None, reuse_dir: Path | None = None) -> dict[str, Any]:
-    """Ingest rate, single-query latency, batched and concurrent QPS at every size in --scaling."""
+                   seed_dir: Path | None = None, reuse_dir: Path | None = None,
+                   db_for_dim: Callable[[int], Path] | None = None) -> dict[str, Any]:
+    """Ingest rate, single-query latency, batched and concurrent QPS at every size in --scaling. A point of
+    another dimension is served by its own `lookalike serve` (db_for_dim: where its Milvus Lite data lies)."""
     out: dict[str, Any] = {}
     for rows, dim in args.scaling:
         label = f"{rows}x{dim}"
@@ -675,7 +759,9 @@ def scaling_points(args: argparse.Namespace, address: str, clusters: Clusters, s
                 out[label] = scaling_point(args, address, clusters, rows, dim, store, db, uri, seed_dir, reuse_dir)
             elif serve_for_dim is not None:
                 with serve_for_dim(dim) as other:
-                    out[label] = scaling_point(args, other, clusters, rows, dim, store, None, uri, None, None)
+                    out[label] = scaling_point(args, other, clusters, rows, dim, store,
+                                               db_for_dim(dim) if db_for_dim else None, uri, seed_dir, reuse_dir)
+                    out[label]["server_log"] = log_findings(SERVERS[other])
             else:
                 out[label] = {"skipped": "no server for this dimension"}
         except Exception as e:  # one point failing must not lose the rest of the run

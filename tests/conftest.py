@@ -42,7 +42,8 @@ class ServerProcess:
             cwd=workdir,
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
+            # Milvus Lite unless a test names another store: the default ("auto") depends on what is installed.
+            env={**os.environ, "LOOKALIKE_MILVUS_EMBEDDED": "lite", **(env or {})},
         )
 
     def log(self) -> str:

@@ -14,7 +14,7 @@ import tomllib
 
 ENV_PREFIX = "LOOKALIKE_"
 METRICS = ("cosine", "ip", "l2")
-EMBEDDED_MILVUS = ("lite", "lite-server", "standalone")
+EMBEDDED_MILVUS = ("auto", "lite", "lite-server", "standalone")
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
 # Milvus' own ceiling on topk for one search.
 MAX_K = 16384
@@ -29,7 +29,9 @@ class ServerConfig:
     # The embedded Milvus when no URI is given: "lite" (Milvus Lite in this process), "lite-server" (Milvus
     # Lite as a child `milvus-lite server`), or "standalone" (the real Milvus standalone server of the PyPI
     # package `milvus`, from milvus_standalone_venv, as a child process started and stopped by serve).
-    milvus_embedded: str = "lite"
+    # "auto": the store already holding data in data_dir; in a new data_dir, standalone when it is installed
+    # (it serves large collections best: bench/results/search.json), Milvus Lite otherwise.
+    milvus_embedded: str = "auto"
     milvus_standalone_venv: str = ".venv-milvus"
     milvus_user: str = ""
     milvus_password: str = ""

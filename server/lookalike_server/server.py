@@ -44,16 +44,35 @@ class EmbeddedMilvus(Protocol):
     def stop(self) -> None: ...
 
 
+# Where each embedded store keeps its data inside data_dir.
+EMBEDDED_DATA = {"lite": "milvus.db", "lite-server": "milvus-lite-server", "standalone": "milvus-standalone"}
+
+
+def choose_embedded_milvus(config: ServerConfig) -> tuple[str, str]:
+    """The embedded store `--milvus-embedded` names, resolving "auto"; and why, for the log."""
+    if config.milvus_embedded != "auto":
+        return config.milvus_embedded, "as configured"
+    # Data already in the data directory decides: switching stores would hide it.
+    for mode, name in EMBEDDED_DATA.items():
+        if (Path(config.data_dir) / name).exists():
+            return mode, f"auto: {Path(config.data_dir) / name} holds this data directory's collections"
+    venv = Path(config.milvus_standalone_venv).resolve()
+    if milvus_standalone.available(venv):
+        return "standalone", f"auto: a new data directory, and Milvus standalone is installed in {venv}"
+    return "lite", (f"auto: Milvus standalone is not installed in {venv} (`make milvus-standalone` installs it; "
+                    "it serves large collections faster)")
+
+
 def start_embedded_milvus(config: ServerConfig) -> EmbeddedMilvus:
     """The child-process Milvus that `--milvus-embedded` names, keeping its data under the data directory."""
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     if config.milvus_embedded == "lite-server":
-        return MilvusLiteServer(Path(config.data_dir) / "milvus-lite-server")
+        return MilvusLiteServer(Path(config.data_dir) / EMBEDDED_DATA["lite-server"])
     venv = Path(config.milvus_standalone_venv).resolve()
     if not milvus_standalone.available(venv):
         raise StartupError(f"--milvus-embedded standalone needs the PyPI package `milvus` in {venv}: "
                            f"run .ci/install-milvus-standalone.sh or pass --milvus-standalone-venv")
-    return milvus_standalone.MilvusStandalone(Path(config.data_dir).resolve() / "milvus-standalone", venv)
+    return milvus_standalone.MilvusStandalone(Path(config.data_dir).resolve() / EMBEDDED_DATA["standalone"], venv)
 
 
 class StartupError(Exception):
@@ -136,11 +155,15 @@ class LookalikeServer:
         log.info("model %s (%d-d) runs on ONNX Runtime %s (%d run(s) at once, %d thread(s) each)", card.name,
                  card.dimension, embedder.provider, embedder.concurrent_runs, embedder.intra_op_threads)
         store_config = self.config
-        if not self.config.milvus_uri and self.config.milvus_embedded != "lite":
-            self.embedded_milvus = start_embedded_milvus(self.config)
+        if not self.config.milvus_uri:
+            embedded, why = choose_embedded_milvus(self.config)
+            log.info("embedded Milvus: %s (%s)", embedded, why)
+            store_config = dataclasses.replace(self.config, milvus_embedded=embedded)
+        if not store_config.milvus_uri and store_config.milvus_embedded != "lite":
+            self.embedded_milvus = start_embedded_milvus(store_config)
             uri = await loop.run_in_executor(None, self.embedded_milvus.start)
-            log.info("started embedded Milvus (%s) at %s", self.config.milvus_embedded, uri)
-            store_config = dataclasses.replace(self.config, milvus_uri=uri)
+            log.info("started embedded Milvus (%s) at %s", store_config.milvus_embedded, uri)
+            store_config = dataclasses.replace(store_config, milvus_uri=uri)
         store = await loop.run_in_executor(None, Store, store_config)
         log.info("Milvus: %s", "Milvus Lite at " + store.uri if store.is_lite else store.uri)
         self.pipeline = Pipeline(self.config, embedder, store)

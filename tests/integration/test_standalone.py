@@ -47,11 +47,14 @@ def test_serve_over_a_real_milvus_server(standalone_server, photos_dir, milvus_s
         client.drop_collection("photos")
 
 
-@pytest.mark.parametrize("mode", ["lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])
+@pytest.mark.parametrize("mode", ["lite-server", pytest.param("standalone", marks=pytest.mark.standalone),
+                                  pytest.param("auto", marks=pytest.mark.standalone)])
 def test_serve_manages_an_embedded_milvus_child(mode, tmp_path):
-    """`--milvus-embedded` starts the child Milvus in the data directory, and SIGTERM stops it too."""
+    """`--milvus-embedded` starts the child Milvus in the data directory, and SIGTERM stops it too; the
+    default, auto, starts the standalone server in a new data directory when it is installed."""
     venv = str(Path(".venv-milvus").resolve())
     proc = ServerProcess(tmp_path, "--milvus-embedded", mode, "--milvus-standalone-venv", venv)
+    mode = "standalone" if mode == "auto" else mode
     try:
         proc.wait_ready(timeout=180)
         with Client(proc.address) as client:

@@ -42,9 +42,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", help="listen address (default localhost:50051)")
     p.add_argument("--data-dir", help="where Milvus Lite keeps its data (default ./lookalike-data)")
     p.add_argument("--milvus-uri", help="use this Milvus instead of an embedded one, e.g. http://host:19530")
-    p.add_argument("--milvus-embedded", choices=["lite", "lite-server", "standalone"],
-                   help="embedded Milvus without --milvus-uri: Milvus Lite in-process (default), Milvus Lite as a "
-                        "child server, or the real Milvus standalone server as a managed child process")
+    p.add_argument("--milvus-embedded", choices=["auto", "lite", "lite-server", "standalone"],
+                   help="embedded Milvus without --milvus-uri: Milvus Lite in-process, Milvus Lite as a child "
+                        "server, or the real Milvus standalone server as a managed child process; auto (default): "
+                        "the one already holding the data directory's data, else standalone when installed, else lite")
     p.add_argument("--milvus-standalone-venv", help="venv with the PyPI package `milvus` (default .venv-milvus)")
     p.add_argument("--milvus-user")
     p.add_argument("--milvus-password")
