@@ -256,7 +256,8 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path) -> dic
 
     port = free_port()
     server = f"127.0.0.1:{port}"
-    command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data")]
+    command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
+               "--milvus-embedded", "lite"]
     jpeg = files[0].read_bytes()
     out: dict[str, Any] = {}
     with ManagedProcess(command, work / "server.log") as proc, Client(server, timeout=60) as client:

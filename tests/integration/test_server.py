@@ -16,6 +16,8 @@ from lookalike import ById, ByIds, Client, LookalikeClientError, MeanOf, Text
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
+MAX_K = 16_384  # Milvus' top-k limit
+
 DIM = 1280
 
 
@@ -273,6 +275,11 @@ def test_reverse_offset_and_mean_aggregation(client, vectors_collection):
     page = client.search(ById(ids[3]), k=5, offset=5, collection=name)
     full = client.search(ById(ids[3]), k=10, collection=name)
     assert [h.id for h in page] == [h.id for h in full[5:]]
+    # Past Milvus' top-k limit (16,384) pages come from an exact scan: the last rows, then nothing.
+    order, _ = exact(data, data[3], len(data))
+    assert [h.id for h in client.search(ById(ids[3]), k=MAX_K, offset=len(data) - 4, collection=name)] == \
+        [ids[i] for i in order[-4:]]
+    assert client.search(ById(ids[3]), k=10, offset=MAX_K, collection=name) == []
     mean = data[[1, 2, 3]].mean(axis=0)
     mean /= np.linalg.norm(mean)
     order, scores = exact(data, mean, 10)
@@ -371,7 +378,7 @@ def test_recall_guarantee_on_a_poorly_built_hnsw(client):
         data = unit_rows(2000, seed=11)
         ids = [f"w{i}" for i in range(len(data))]
         assert all(r.ok for r in client.ingest(zip(ids, data, strict=True), collection="weak"))
-        client.search(data[0], k=10, collection="weak")  # the first search starts the calibration
+        # No search yet: the end of the ingest starts the calibration, so the first searches do not wait on it.
         deadline = time.monotonic() + 180
         while not client.describe_collection("weak").calibrations and time.monotonic() < deadline:
             time.sleep(1)
