@@ -40,6 +40,8 @@ RESTRICT_FILTER_MAX_IDS = 1000
 # Indexes whose distances are approximate (quantized codes): their candidates are re-scored exactly from
 # the stored vectors in the native core. Float indexes' distances are exact already.
 QUANTIZED_INDEXES = frozenset({"IVF_SQ8"})
+# Milvus' largest vector dimension.
+MAX_DIMENSION = 32_768
 # Offset + k beyond Milvus' top-k limit pages through an exact scan, which keeps (offset + k) candidates per
 # query in memory: at most this many in all.
 MAX_PAGED_RESULTS = 1_000_000
@@ -266,7 +268,9 @@ class Pipeline:
         model: str,
         index_params: dict[str, int] | None = None,
         min_recall: float = 0.0,
+        dimension: int = 0,
     ) -> CollectionInfo:
+        """A collection of the server's model; with another `dimension`, a vectors-only one (model "")."""
         if not name:
             raise InvalidArgument("a collection needs a name")
         metric = metric or self.config.default_metric
@@ -279,8 +283,14 @@ class Pipeline:
             raise FailedPrecondition(f"this server serves model {self.model_name!r}, not {model!r}")
         if not 0.0 <= min_recall <= 1.0:
             raise InvalidArgument(f"min_recall must be between 0 and 1, got {min_recall}")
+        if not 0 <= dimension <= MAX_DIMENSION:
+            raise InvalidArgument(f"dimension must be between 1 and {MAX_DIMENSION} (0: the model's), got {dimension}")
+        dimension = dimension or self.embedder.dimension
+        if dimension != self.embedder.dimension and model:
+            raise InvalidArgument(f"model {model!r} embeds {self.embedder.dimension}-d vectors, not {dimension}-d; "
+                                  "leave the model empty for a vectors-only collection")
         spec = CollectionSpec(
-            name, metric, index_type, self.model_name, self.embedder.dimension,
+            name, metric, index_type, self.model_name if dimension == self.embedder.dimension else "", dimension,
             dict(index_params or {}), min_recall or 0.99,
         )
         await self._in_store(self.store.create, spec)
@@ -349,6 +359,11 @@ class Pipeline:
     async def _image_vector(
         self, data: bytes, spec: CollectionSpec, priority: int = INTERACTIVE, deadline: float | None = None
     ) -> np.ndarray:
+        if not spec.model:
+            raise FailedPrecondition(
+                f"collection {spec.name!r} holds {spec.dimension}-d vectors computed elsewhere (no model): "
+                "send vectors or stored ids, not images"
+            )
         if spec.model != self.model_name:
             raise FailedPrecondition(
                 f"collection {spec.name!r} holds embeddings of model {spec.model!r}; "

@@ -244,6 +244,7 @@ class CollectionsService(pb_grpc.CollectionsServicer, _PipelineUser):
             request.model,
             dict(request.index_params),
             request.min_recall,
+            request.dimension,
         )
         return _collection_to_wire(info)
 

@@ -32,6 +32,8 @@ MAX_QUERY_WINDOW = 16_384
 REPLY_FLOATS = 4_000_000
 _PROP_MODEL = "lookalike.model"
 _PROP_METRIC = "lookalike.metric"
+# The model property of a vectors-only collection (an empty property value might not survive every Milvus).
+_VECTORS_ONLY = "(vectors only)"
 _PROP_INDEX = "lookalike.index"
 _PROP_INDEX_PARAMS = "lookalike.index_params"
 _PROP_MIN_RECALL = "lookalike.min_recall"
@@ -179,7 +181,7 @@ class Store:
         if self._call(self.client.has_collection, spec.name):
             raise AlreadyExists(f"collection {spec.name!r} already exists")
         properties = {
-            _PROP_MODEL: spec.model,
+            _PROP_MODEL: spec.model or _VECTORS_ONLY,
             _PROP_METRIC: spec.metric,
             _PROP_INDEX: spec.index_type,
             _PROP_INDEX_PARAMS: json.dumps({**DEFAULT_BUILD_PARAMS[spec.index_type], **spec.index_params}),
@@ -217,7 +219,7 @@ class Store:
             name=name,
             metric=props.get(_PROP_METRIC, "cosine"),
             index_type=props.get(_PROP_INDEX, "HNSW"),
-            model=props[_PROP_MODEL],
+            model="" if props[_PROP_MODEL] == _VECTORS_ONLY else props[_PROP_MODEL],
             dimension=int(vector_field["params"]["dim"]),
             index_params=json.loads(props.get(_PROP_INDEX_PARAMS, "{}")),
             min_recall=float(props.get(_PROP_MIN_RECALL, 0.99)),

@@ -252,14 +252,30 @@ def test_views_restrict_the_candidates(ip_data: tuple[fo.Dataset, np.ndarray, Lo
         index.sort_by_similarity(ids[0], k=20000)
 
 
-def test_wrong_dimension_is_refused(vectors_dataset: fo.Dataset, server: ServerProcess) -> None:
-    with pytest.raises(ValueError, match=r"64 dimensions.*1280-d"):
-        fob.compute_similarity(
-            vectors_dataset, embeddings=np.ones((300, 64), np.float32), backend="lookalike", server=server.address,
-            collection_name="t_fiftyone_wrong_dimension",
-        )
-    with Client(server.address) as client:
-        client.drop_collection("t_fiftyone_wrong_dimension")
+def test_embeddings_of_another_dimension_get_a_vectors_only_collection(
+    vectors_dataset: fo.Dataset, server: ServerProcess
+) -> None:
+    """BYO embeddings of any size (here 64-d, not the server model's 1280): stored and searched exactly; the
+    server cannot embed images for them, and says so; vectors of a third size are refused."""
+    ids = vectors_dataset.values("id")
+    embeddings = unit(np.random.default_rng(8).standard_normal((300, 64))).astype(np.float32)
+    index = fob.compute_similarity(
+        vectors_dataset, embeddings=embeddings, backend="lookalike", server=server.address,
+        collection_name="t_fiftyone_64d", brain_key="b64", metric="dotproduct",
+    )
+    try:
+        with Client(server.address) as client:
+            info = client.describe_collection("t_fiftyone_64d")
+        assert (info.dimension, info.model, info.row_count) == (64, "", 300)
+        ranked = vectors_dataset.sort_by_similarity(ids[9], brain_key="b64", k=10).values("id")
+        assert ranked == exact_top(embeddings, ids, embeddings[9], 10)
+        with pytest.raises(ValueError, match="computed outside the lookalike server"):
+            vectors_dataset.sort_by_similarity("a photo of a cat", brain_key="b64", k=5)
+        with pytest.raises(ValueError, match=r"32 dimensions.*64-d vectors computed elsewhere"):
+            index.add_to_index(np.ones((1, 32), np.float32), ids[:1])
+    finally:
+        index.cleanup()
+        vectors_dataset.delete_brain_run("b64")
 
 
 def test_add_remove_get_and_cleanup(

@@ -71,6 +71,29 @@ def test_create_collection_for_another_model_is_refused(server):
     assert "efficientnet-lite0" in e.value.details()
 
 
+def test_vectors_only_collection_of_another_dimension(client, photos_dir):
+    """Embeddings computed elsewhere, of any dimension: stored and searched exactly, but images are refused."""
+    info = client.create_collection("byo64", "ip", "HNSW", dimension=64)
+    try:
+        assert (info.dimension, info.model) == (64, "")
+        assert client.describe_collection("byo64").model == ""  # read back from Milvus, not echoed
+        data = np.random.default_rng(5).standard_normal((300, 64)).astype(np.float32)
+        results = list(client.ingest(
+            [*((f"v{i}", data[i]) for i in range(300)), ("photo", jpeg_bytes(photos_dir))], collection="byo64"))
+        assert all(r.ok for r in results[:300])
+        assert results[300].code == "FAILED_PRECONDITION" and "64-d vectors computed elsewhere" in results[300].message
+        hits = client.search(data[7], k=5, collection="byo64")
+        assert [h.id for h in hits] == [f"v{i}" for i in np.argsort(-(data @ data[7]))[:5]]
+        with pytest.raises(LookalikeClientError) as e:
+            client.search(jpeg_bytes(photos_dir), k=5, collection="byo64")
+        assert e.value.code == "FAILED_PRECONDITION"
+    finally:
+        client.drop_collection("byo64")
+    with pytest.raises(LookalikeClientError) as e:
+        client.create_collection("too-wide", dimension=40_000)
+    assert e.value.code == "INVALID_ARGUMENT" and "32768" in e.value.details
+
+
 def test_ingest_images_with_bad_items_in_the_stream(client, collection, photos_dir):
     good = jpeg_bytes(photos_dir)
     items = [

@@ -159,7 +159,7 @@ def _collections(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
             if args.action == "create":
-                infos = [client.create_collection(args.name, args.metric, args.index)]
+                infos = [client.create_collection(args.name, args.metric, args.index, dimension=args.dimension)]
             elif args.action == "drop":
                 client.drop_collection(args.name)
                 print(f"dropped {args.name}")
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", default="")
     p.add_argument("--metric", default="", choices=["", "cosine", "ip", "l2"])
     p.add_argument("--index", default="", choices=["", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"])
+    p.add_argument("--dimension", type=int, default=0,
+                   help="create: vectors-only collection of this dimension (default: the server model's)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     _add_connection_flags(p)
 

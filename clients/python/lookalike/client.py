@@ -338,14 +338,19 @@ class Client:
         index_type: str = "",
         index_params: Mapping[str, int] | None = None,
         min_recall: float = 0.0,
+        dimension: int = 0,
     ) -> CollectionInfo:
-        """Creates a collection of the server's model; metric cosine|ip|l2, index FLAT|HNSW|IVF_FLAT|IVF_SQ8."""
+        """Creates a collection of the server's model; metric cosine|ip|l2, index FLAT|HNSW|IVF_FLAT|IVF_SQ8.
+
+        A `dimension` other than the model's makes a vectors-only collection, for embeddings computed elsewhere.
+        """
         request = pb.CreateCollectionRequest(
             name=name,
             metric=_METRICS[metric],
             index_type=_INDEXES[index_type],
             index_params=dict(index_params or {}),
             min_recall=min_recall,
+            dimension=dimension,
         )
         try:
             return _collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))

@@ -309,7 +309,8 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             with self._errors():
                 raise
 
-    def _ensure_collection(self) -> CollectionInfo:
+    def _ensure_collection(self, dimension: int = 0) -> CollectionInfo:
+        """The index's collection, created on first use; `dimension` for embeddings computed elsewhere."""
         info = self._describe()
         if info is None:
             with self._errors():
@@ -319,6 +320,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
                     self.config.index_type or "",
                     self.config.index_params,
                     self.config.min_recall or 0.0,
+                    dimension,
                 )
             logger.info("Created lookalike collection '%s' on %s", info.name, self.config.server)
         elif info.metric != METRICS[self.config.metric]:
@@ -356,18 +358,20 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         reload: bool = True,
         batch_size: int | None = None,
     ) -> None:
-        """Stores the given vectors (of the server model's dimension) under the sample or label ids."""
+        """Stores the given vectors under the sample or label ids. The first vectors decide the collection's
+        dimension: the server model's, or any other for embeddings computed elsewhere (a vectors-only collection)."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         sample_ids = [str(i) for i in sample_ids]
         label_ids = None if label_ids is None else [str(i) for i in label_ids]
         ids = label_ids if label_ids is not None else sample_ids
         if embeddings.ndim != 2 or len(embeddings) != len(ids):
             raise ValueError(f"expected {len(ids)} embeddings as a 2-D array, got shape {embeddings.shape}")
-        info = self._ensure_collection()
+        info = self._ensure_collection(embeddings.shape[1])
         if embeddings.shape[1] != info.dimension:
+            holds = f"of model {info.model!r}" if info.model else "computed elsewhere"
             raise ValueError(
                 f"embeddings have {embeddings.shape[1]} dimensions, but lookalike collection {info.name!r} holds "
-                f"{info.dimension}-d vectors of model {info.model!r}"
+                f"{info.dimension}-d vectors {holds}"
             )
         keep = self._keep_existing(ids, overwrite, allow_existing, warn_existing)
         items = (
