@@ -54,6 +54,10 @@ class MilvusLiteServer:
         self.stop()
         raise RuntimeError(f"milvus-lite server did not answer in {timeout:.0f} s")
 
+    def exited(self) -> bool:
+        """True once a started server has gone away (crashed or killed), until start() runs again."""
+        return self.proc is not None and self.proc.poll() is not None
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)

@@ -63,6 +63,8 @@ DEFAULT_VENV = Path(".venv-milvus").resolve()
 BIN_CACHE_SUBDIR = "milvus-home"
 
 STATE_FILE = "milvus-standalone.json"
+# The ports of the last run, reused when free so that a restarted server keeps its URI.
+PORTS_FILE = "milvus-ports.json"
 LAUNCHER_LOG = "launcher.log"
 
 _LIVE: set[MilvusStandalone] = set()
@@ -259,6 +261,10 @@ class MilvusStandalone:
             raise _PortClash()
         raise RuntimeError(f"Milvus standalone exited during start-up (launcher rc={rc})")
 
+    def exited(self) -> bool:
+        """True once a started server has gone away (crashed or killed), until stop() and start() run again."""
+        return self._proc is not None and (self._proc.poll() is not None or not self._server_alive())
+
     # -- stop ----------------------------------------------------------------------
     def stop(self) -> None:
         """Stop the server: SIGTERM, a few seconds' grace, then SIGKILL everything."""
@@ -381,6 +387,39 @@ def _pick_ports(names: list) -> dict:
     return ports
 
 
+def _probe_port(port: int):
+    """A listening socket on 127.0.0.1:port, or None if the port is taken (TIME_WAIT does not count)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+        return sock
+    except (OSError, OverflowError, ValueError):
+        sock.close()
+        return None
+
+
+def _reuse_ports(path: Path, names: list) -> dict | None:
+    """The ports of this data folder's previous run, if they are all still free: a restarted server keeps
+    its address, so clients (lookalike's own store among them) reconnect to the same URI."""
+    try:
+        ports = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(ports, dict) or set(ports) != set(names):
+        return None
+    for port in ports.values():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # As Milvus' own listeners do: the last run's connections may linger in TIME_WAIT.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", int(port)))
+            except (OSError, ValueError, TypeError):
+                return None
+    return {name: int(port) for name, port in ports.items()}
+
+
 def _launch(argv: list) -> int:
     import argparse
 
@@ -405,9 +444,13 @@ def _launch(argv: list) -> int:
         bin_dir.symlink_to(cache, target_is_directory=True)
 
     server = MilvusServer(MilvusServerConfig(), wait_for_started=False)
+    # The package probes each port without SO_REUSEADDR, which Milvus' own listeners set: a restart on the
+    # last run's ports would fail for a minute while its connections linger in TIME_WAIT.
+    server.config.try_bind_port = _probe_port
     server.set_base_dir(str(base))
     port_keys = [k for k in server.config.configurable_items if k.endswith("_port")]
-    ports = _pick_ports([*port_keys, "metrics_port", "etcd_peer_port"])
+    names = [*port_keys, "metrics_port", "etcd_peer_port"]
+    ports = _reuse_ports(base / PORTS_FILE, names) or _pick_ports(names)
 
     # The embedded etcd ignores `etcd_port` for its own listeners (always
     # localhost:2379/2380) unless given an etcd config file via etcd.config.path.
@@ -450,6 +493,7 @@ def _launch(argv: list) -> int:
     server.start()
     proc = server.server_proc
     ports["metrics_port"] = server.webservice_port  # moves up if it was taken meanwhile
+    (base / PORTS_FILE).write_text(json.dumps(ports))
     state = {"server_pid": proc.pid, "launcher_pid": os.getpid(), "ports": ports}
     tmp = base / (STATE_FILE + ".tmp")
     tmp.write_text(json.dumps(state))

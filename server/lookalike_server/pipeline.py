@@ -21,7 +21,7 @@ from . import _native, metrics
 from .batcher import BULK, INTERACTIVE, MicroBatcher
 from .config import INDEX_TYPES, MAX_K, METRICS, ServerConfig
 from .embedder import Embedder
-from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
 from .imaging import image_to_tensor
 from .recall import Calibration, calibrate, default_effort
 from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
@@ -186,6 +186,8 @@ class Pipeline:
             interactive_executor=self._interactive_inference_pool,
         )
         self._specs: dict[str, tuple[CollectionSpec, float]] = {}
+        # Why Milvus is unavailable, while the server's health watchdog finds it so ("" when it answers).
+        self.milvus_down = ""
         # Recall calibration per (collection, target), measured in the background.
         self._calibrations: dict[tuple[str, float], Calibration] = {}
         self._calibration_checked: dict[tuple[str, float], float] = {}
@@ -219,8 +221,18 @@ class Pipeline:
             pool.shutdown(wait=True, cancel_futures=True)
 
     async def _in_store(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        self._check_milvus()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._store_pool, lambda: fn(*args, **kwargs))
+
+    def _check_milvus(self) -> None:
+        # While Milvus is known to be down, calls fail at once instead of waiting on a half-started server.
+        if self.milvus_down:
+            raise Unavailable(self.milvus_down)
+
+    async def ping(self) -> None:
+        """Raises a LookalikeError unless Milvus answers; the health watchdog's probe, never gated."""
+        await asyncio.get_running_loop().run_in_executor(self._store_pool, self.store.ping)
 
     # Collections
 
@@ -545,6 +557,7 @@ class Pipeline:
             raise InvalidArgument(f"min_recall must be between 0 and 1, got {options.min_recall}")
         spec = await self.spec(collection)
         vectors = await self._query_vectors(spec, queries, deadline)
+        self._check_milvus()
         want = options.k + options.offset
         filter_expr = options.filter_expr
         if options.restrict_ids and len(options.restrict_ids) <= RESTRICT_FILTER_MAX_IDS:

@@ -42,6 +42,7 @@ HEALTH_CHECK_SECONDS = 5.0
 class EmbeddedMilvus(Protocol):
     def start(self) -> str: ...
     def stop(self) -> None: ...
+    def exited(self) -> bool: ...
 
 
 # Where each embedded store keeps its data inside data_dir.
@@ -180,17 +181,40 @@ class LookalikeServer:
         serving = True
         while True:
             await asyncio.sleep(HEALTH_CHECK_SECONDS)
+            if self.embedded_milvus is not None and self.embedded_milvus.exited():
+                await self._restart_embedded_milvus()
             try:
-                await self.pipeline._in_store(self.pipeline.store.ping)
+                await self.pipeline.ping()
                 ok = True
+                self.pipeline.milvus_down = ""
             except LookalikeError as e:
                 ok = False
+                self.pipeline.milvus_down = f"{e.message} (health checks every {HEALTH_CHECK_SECONDS:.0f} s)"
                 if serving:
                     log.warning("Milvus does not answer: %s", e.message)
             if ok != serving:
                 serving = ok
                 await self._set_health(ok)
                 log.info("health: %s", "SERVING" if ok else "NOT_SERVING")
+
+    async def _restart_embedded_milvus(self) -> None:
+        """serve supervises the Milvus it started: a crashed child is started again on its data and address."""
+        assert self.embedded_milvus is not None and self.pipeline is not None
+        log.warning("the embedded Milvus exited; starting it again on the same data")
+        self.pipeline.milvus_down = "the embedded Milvus crashed and is starting again: retry in a few seconds"
+        await self._set_health(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(None, self.embedded_milvus.stop)  # reaps what is left of it
+            uri = await loop.run_in_executor(None, self.embedded_milvus.start)
+        except (RuntimeError, OSError) as e:
+            log.error("restarting the embedded Milvus failed (tried again in %.0f s): %s", HEALTH_CHECK_SECONDS, e)
+            return
+        if uri != self.pipeline.store.uri:
+            log.error("the embedded Milvus came back at %s, not %s: restart lookalike to use it", uri,
+                      self.pipeline.store.uri)
+        else:
+            log.info("the embedded Milvus is back at %s", uri)
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()

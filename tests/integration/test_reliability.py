@@ -17,6 +17,7 @@ from lookalike import Client, LookalikeClientError
 from lookalike.client import CHUNK_BYTES
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
+from lookalike_server import milvus_standalone
 from lookalike_server.milvus_lite_server import MilvusLiteServer
 from tests.conftest import ServerProcess
 
@@ -175,10 +176,17 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(tmp_path):
         again.stop()
 
 
-def test_milvus_outage_fails_fast_turns_not_serving_and_recovers(tmp_path):
-    milvus = MilvusLiteServer(tmp_path / "milvus")
+@pytest.mark.parametrize("engine", ["milvus-lite server", pytest.param("standalone", marks=pytest.mark.standalone)])
+def test_milvus_outage_fails_fast_turns_not_serving_and_recovers(engine, tmp_path):
+    """Milvus stops (the `milvus-lite server`, or the real standalone server) and comes back on the same
+    address with the same data: lookalike fails fast meanwhile and recovers without a restart."""
+    if engine == "standalone" and not milvus_standalone.available():
+        pytest.skip("the Milvus standalone venv is missing: run `make milvus-standalone` (make test does)")
+    milvus = (MilvusLiteServer(tmp_path / "milvus") if engine == "milvus-lite server"
+              else milvus_standalone.MilvusStandalone(tmp_path / "milvus"))
     milvus.start()
-    proc = ServerProcess(tmp_path / "serve", "--milvus-uri", milvus.uri)
+    uri = milvus.uri
+    proc = ServerProcess(tmp_path / "serve", "--milvus-uri", uri)
     try:
         proc.wait_ready()
         with Client(proc.address, timeout=60) as client:
@@ -204,7 +212,8 @@ def test_milvus_outage_fails_fast_turns_not_serving_and_recovers(tmp_path):
                 liveness = health.Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5).status
                 assert liveness == health_pb2.HealthCheckResponse.SERVING
                 milvus.start()  # same port, same data
-                client.wait_until_ready(60)
+                assert milvus.uri == uri
+                client.wait_until_ready(120)
             assert client.search([0.3] * DIM, k=1)[0].id == "before"
         assert proc.proc.poll() is None
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lookalike import ById, Client
+from lookalike import ById, Client, LookalikeClientError
 from tests.conftest import ServerProcess
 
 
@@ -88,3 +90,38 @@ def test_calibration_reads_past_a_servers_query_window(standalone_server):
             assert "invalid max query result window" not in standalone_server.log()
         finally:
             client.drop_collection("wide")
+
+
+def _descendants(pid: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [d for c in children for d in (int(c), *_descendants(int(c)))]
+
+
+@pytest.mark.parametrize("mode", ["lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])
+def test_serve_restarts_a_crashed_embedded_milvus(mode, tmp_path):
+    """kill -9 of the embedded Milvus: serve starts it again on the same data and address, and recovers."""
+    venv = str(Path(".venv-milvus").resolve())
+    proc = ServerProcess(tmp_path, "--milvus-embedded", mode, "--milvus-standalone-venv", venv)
+    try:
+        proc.wait_ready(timeout=180)
+        vector = np.random.default_rng(1).standard_normal(1280).astype(np.float32)
+        with Client(proc.address, timeout=30) as client:
+            assert next(client.ingest([("kept", vector)])).ok
+            time.sleep(2)  # the stream's end flushes the row
+            for pid in _descendants(proc.proc.pid):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 180
+            hits, codes = None, set()
+            while hits is None and time.monotonic() < deadline:
+                try:
+                    hits = client.search(vector, k=1)
+                except LookalikeClientError as e:
+                    codes.add(e.code)
+                    time.sleep(1)
+            assert hits is not None, proc.log()[-3000:]
+            assert codes <= {"UNAVAILABLE"}, "meanwhile calls fail fast as UNAVAILABLE"
+            assert hits[0].id == "kept"
+        assert "the embedded Milvus exited; starting it again" in proc.log()
+        assert proc.proc.poll() is None
+    finally:
+        assert proc.stop() == 0
