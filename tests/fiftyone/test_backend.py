@@ -241,7 +241,7 @@ def test_sort_by_ids_vectors_mean_reverse_and_dist_field(
 def test_views_restrict_the_candidates(ip_data: tuple[fo.Dataset, np.ndarray, LookalikeSimilarityIndex]) -> None:
     ds, embeddings, index = ip_data
     ids = ds.values("id")
-    for view in (ds.match(F("n") % 7 == 0), ds.match(F("n") >= 100)):  # 172 and 1,100 ids: both server paths
+    for view in (ds.match(F("n") % 7 == 0), ds.match(F("n") >= 100)):  # 172 and 1,100 ids
         inside = np.array(view.values("n"))
         ranked = view.sort_by_similarity(ids[3], brain_key="ip", k=25).values("id")
         assert ranked == exact_top(embeddings[inside], [ids[n] for n in inside], embeddings[3], 25)

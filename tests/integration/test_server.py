@@ -314,15 +314,18 @@ def test_reverse_offset_and_mean_aggregation(client, vectors_collection):
 
 def test_restrict_ids_small_and_large_sets(client, vectors_collection):
     name, ids, data = vectors_collection
-    for size in (50, 1200):  # a filter below the limit, an exact read of the set above it
+    # A filter on the index search up to 100,000 ids; past that, an exact read of the set (here padded with
+    # ids that are not stored, which must not matter).
+    for size, padding in ((50, 0), (1200, 0), (300, 100_000)):
         allowed = sorted(np.random.default_rng(size).choice(len(ids), size, replace=False))
         order, _ = exact(data[allowed], data[0], 10)
-        hits = client.search(data[0], k=10, collection=name, restrict_ids=[ids[i] for i in allowed],
+        restrict = [ids[i] for i in allowed] + [f"absent-{n}" for n in range(padding)]
+        hits = client.search(data[0], k=10, collection=name, restrict_ids=restrict,
                              include_metadata=True, include_vectors=True)
         assert [h.id for h in hits] == [ids[allowed[i]] for i in order]
         np.testing.assert_allclose(hits[0].vector, data[allowed[order[0]]], atol=1e-6)
         assert hits[0].metadata == {"parity": allowed[order[0]] % 2}
-        even = client.search(data[0], k=10, collection=name, restrict_ids=[ids[i] for i in allowed],
+        even = client.search(data[0], k=10, collection=name, restrict_ids=restrict,
                              filter='metadata["parity"] == 0')
         assert all(int(h.id[1:]) % 2 == 0 for h in even)
         assert {h.id for h in even} <= {ids[i] for i in allowed}
@@ -401,9 +404,10 @@ def test_recall_guarantee_on_a_poorly_built_hnsw(client):
         data = unit_rows(2000, seed=11)
         ids = [f"w{i}" for i in range(len(data))]
         assert all(r.ok for r in client.ingest(zip(ids, data, strict=True), collection="weak"))
-        # No search yet: the end of the ingest starts the calibration, so the first searches do not wait on it.
+        # The end of the ingest starts the calibration; searches meanwhile re-check it (every 30 s at most).
         deadline = time.monotonic() + 180
         while not client.describe_collection("weak").calibrations and time.monotonic() < deadline:
+            client.search(data[1], k=10, collection="weak")
             time.sleep(1)
         calibrations = client.describe_collection("weak").calibrations
         assert set(calibrations) == {10, 100}
