@@ -219,3 +219,34 @@ def test_milvus_outage_fails_fast_turns_not_serving_and_recovers(engine, tmp_pat
     finally:
         proc.stop()
         milvus.stop()
+
+
+def test_calls_past_the_in_flight_limit_get_resource_exhausted_then_recover(tmp_path):
+    """Overload: with --max-inflight-requests 2 and two streams open, a third call is refused at once with a
+    retry hint; once the streams close, calls go through again."""
+    proc = ServerProcess(tmp_path, "--max-inflight-requests", "2")
+    release = threading.Event()
+
+    def idle_requests():
+        release.wait(30)
+        return
+        yield  # pragma: no cover
+
+    try:
+        proc.wait_ready()
+        with grpc.insecure_channel(proc.address) as channel:
+            stub = pb_grpc.ImagesStub(channel)
+            opened = [stub.Ingest(idle_requests()) for _ in range(2)]
+            time.sleep(1.0)
+            query = pb.SearchRequest(queries=[pb.Query(vector=pb.Vector(values=[0.1] * DIM))], k=1)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Search(query, timeout=10)
+            release.set()
+            for call in opened:
+                list(call)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "calls in flight, the limit is 2" in e.value.details() and "retry" in e.value.details()
+            assert len(stub.Search(query, timeout=30).results) == 1
+    finally:
+        release.set()
+        proc.stop()
