@@ -23,7 +23,9 @@ standalone parts need .venv-milvus, made by `make test` or `make milvus-standalo
     .venv/bin/python bench/search.py [--rows 50000] [--scaling 10000x1280,100000x1280] [--write]
     .venv/bin/python bench/search.py --blocks standalone --merge earlier.json --write   # redo one part
 A scaling point of another dimension (e.g. 1000000x256) serves vectors through a copy of the model card
-declaring that dimension. --write also saves bench/results/search.json.
+declaring that dimension. --write also saves bench/results/search.json. Add scaling points alone, each capped:
+    .venv/bin/python bench/search.py --blocks lite,lite-server,standalone --scaling-only --scaling 1000000x256 \
+        --scaling-cap 1500 --merge bench/results/search.json --write
 """
 
 from __future__ import annotations
@@ -120,7 +122,8 @@ class Clusters:
             z = rng.standard_normal((len(rows), SUBSPACE_DIM), dtype=np.float32) * (self.spread / np.sqrt(SUBSPACE_DIM))
             noise = rng.standard_normal((len(rows), dim), dtype=np.float32) * (self.jitter / np.sqrt(dim))
             out[rows] = self.centres[c] + z @ self.bases[c].T + noise
-        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        for start in range(0, n, 65_536):  # in slices: a million 1280-d rows are 5 GB, their squares 5 more
+            out[start : start + 65_536] /= np.linalg.norm(out[start : start + 65_536], axis=1, keepdims=True)
         return out
 
 
@@ -421,6 +424,34 @@ def lite_index_built(db: Path, collection: str) -> bool:
     return bool(segments) and segments <= indexed
 
 
+def wait_index(name: str, db: Path | None, uri: str, cap: Cap, reserve_s: float) -> dict[str, Any]:
+    """Waits until Milvus has indexed every row (Milvus Lite: an index file beside every flushed data segment; a
+    server, flushed first: indexed_rows reaches total_rows; its pending_index_rows is not waited for, as the
+    compactions that follow a million-row ingest keep re-indexing merged segments while the indexed ones serve),
+    leaving reserve_s of the cap for the queries; a wait that runs out is cut."""
+    started, why = time.monotonic(), ""
+    if db is None:
+        from pymilvus import MilvusClient
+
+        client = MilvusClient(uri)
+        try:
+            client.flush(name)
+        finally:
+            client.close()
+    while True:
+        state: Any = lite_index_built(db, name) if db is not None else server_index_state(uri, name)
+        built = state if db is not None else 0 < int(state.get("total_rows", 0)) <= int(state["indexed_rows"])
+        if built or cap.left() <= reserve_s or (why := cap.exceeded()) == "memory":
+            break
+        time.sleep(5.0)
+    out = {"waited_s": round(time.monotonic() - started, 1), "built": built, "state": state}
+    log(f"  index wait: {out}")
+    if not built:
+        cap.cut("index_build", "memory" if why == "memory" else "time", waited_s=out["waited_s"], state=state,
+                consequence="calibrated and measured while Milvus was still indexing")
+    return out
+
+
 def server_index_state(uri: str, collection: str) -> dict[str, Any]:
     from pymilvus import MilvusClient
 
@@ -615,9 +646,11 @@ def lossy(index_type: str) -> bool:
 
 
 def prepare_collection(address: str, name: str, index_type: str, data: np.ndarray, probe: np.ndarray,
-                       args: argparse.Namespace, cap: Cap | None = None) -> dict[str, Any]:
-    """Creates, fills and calibrates a collection. With a cap: an ingest it stops raises CapReached; the
-    calibration wait ends in time to leave --scaling-reserve seconds for the queries (uncalibrated then)."""
+                       args: argparse.Namespace, cap: Cap | None = None,
+                       index_wait: Callable[[], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Creates, fills and calibrates a collection. With a cap: an ingest it stops raises CapReached; index_wait
+    (if any) runs before the calibration; the calibration wait ends in time to leave --scaling-reserve seconds
+    for the queries (uncalibrated then)."""
     with Client(address, timeout=120) as client:
         with contextlib.suppress(LookalikeClientError):
             client.drop_collection(name)
@@ -630,7 +663,9 @@ def prepare_collection(address: str, name: str, index_type: str, data: np.ndarra
             row_count = client.describe_collection(name).row_count
         raise CapReached(cap.cut("ingest", out["ingest"]["stopped"], rows_in=out["ingest"]["rows_in"],
                                  rows_wanted=len(data), server_row_count=row_count,
-                                 ingest_s=out["ingest"]["seconds"]))
+                                 ingest_s=out["ingest"]["seconds"], rows_per_s=out["ingest"]["rows_per_s"]))
+    if index_wait is not None:
+        out["index_wait"] = index_wait()
     if lossy(index_type):
         wait_s = args.calibration_timeout
         if cap is not None:
@@ -662,13 +697,15 @@ def ensure_clusters(args: argparse.Namespace, address: str, workdir: Path, holde
 
 def lite_block(args: argparse.Namespace, workdir: Path, result: dict[str, Any],
                clusters_holder: list[Clusters]) -> None:
-    """Milvus Lite in-process: the recall/latency matrix, the Lite QPS comparison, and its scaling points."""
+    """Milvus Lite in-process: the recall/latency matrix, the Lite QPS comparison, and its scaling points
+    (--scaling-only: those alone)."""
     data_dir = workdir / "lite-data"
     db = data_dir / "milvus.db"
-    with lookalike_serve(workdir / "serve-lite", "--data-dir", str(data_dir)) as (server, metrics_port):
+    lite = ("--milvus-embedded", "lite")
+    with lookalike_serve(workdir / "serve-lite", *lite, "--data-dir", str(data_dir)) as (server, metrics_port):
         address = server.address
         clusters = ensure_clusters(args, address, workdir, clusters_holder)
-        datasets = make_datasets(args, clusters)
+        datasets = [] if args.scaling_only else make_datasets(args, clusters)
         result.setdefault("data", {}).update({ds.name: ds.description for ds in datasets})
         matrix: dict[str, Any] = result.setdefault("recall_latency", {})
         for ds in datasets:
@@ -689,11 +726,13 @@ def lite_block(args: argparse.Namespace, workdir: Path, result: dict[str, Any],
                         log(f"[lite] QPS failed: {e}")
                 with Client(address) as client:
                     client.drop_collection(name)
-        result.setdefault("scaling", {})["lite"] = scaling_points(
+        result.setdefault("scaling", {}).setdefault("lite", {}).update(scaling_points(
             args, address, clusters, "lite", db,
-            serve_for_dim=lambda dim: serve_dim(workdir, dim, "--data-dir", str(workdir / f"lite-data-{dim}d")),
-            seed_dir=workdir / "lite-server-data" if args.reuse_lite_files else None)
-        result.setdefault("server_logs", {})["lite"] = log_findings(server)
+            serve_for_dim=lambda dim: serve_dim(workdir, dim, *lite, "--data-dir", str(workdir / f"lite-data-{dim}d")),
+            seed_dir=workdir / "lite-server-data" if args.reuse_lite_files else None,
+            db_for_dim=lambda dim: workdir / f"lite-data-{dim}d" / "milvus.db"))
+        if not args.scaling_only:  # else the earlier run's log of the matrix stays; each point keeps its own
+            result.setdefault("server_logs", {})["lite"] = log_findings(server)
 
 
 def lite_qps(args: argparse.Namespace, address: str, server_pid: int, db: Path, name: str, ds: DataSet,
@@ -788,49 +827,87 @@ def scaling_name(rows: int, dim: int) -> str:
 def scaling_point(args: argparse.Namespace, address: str, clusters: Clusters, rows: int, dim: int, store: str,
                   db: Path | None, uri: str, seed_dir: Path | None, reuse_dir: Path | None) -> dict[str, Any]:
     """One size on one store. seed_dir: copy the finished Milvus Lite collection there (for the lite-server
-    store, the same engine); reuse_dir: that copy is already in this store's data, so skip the ingest."""
+    store, the same engine); reuse_dir: that copy is already in this store's data, so skip the ingest.
+
+    --scaling-cap counts from the end of making the data: an ingest past it ends the point (`stopped`, with
+    the rows that were in), a calibration wait past it leaves the point uncalibrated (--scaling-reserve seconds
+    stay for the queries), and query phases past it are cut short or skipped; `cap` lists every phase cut."""
+    started = time.monotonic()
     data = project(clusters.sample(rows, 11), dim, 12)
     queries = project(clusters.sample(args.scaling_queries, 13), dim, 12)
     truth = exact_top(data, queries, 10)
     name = scaling_name(rows, dim)
-    if reuse_dir is not None and (reuse_dir / "collections" / name).is_dir():
-        out: dict[str, Any] = {"ingest": {"reused": "the in-process Milvus Lite store's finished collection files "
-                                          "(same engine, same rows, index already built), copied into this "
-                                          "store's data directory before it started"}}
-        out["calibration_wait"] = wait_calibrated(address, name, RECALL_TARGET, queries[0], args.calibration_timeout)
-        log(f"  calibrated after {out['calibration_wait']['waited_s']} s: {out['calibration_wait']['calibrations']}")
-    else:
-        out = prepare_collection(address, name, "HNSW", data, queries[0], args)
-    del data
-    if db is not None:
-        out["index_files_built_before_measuring"] = lite_index_built(db, name)
-    elif uri:
-        out["describe_index_before_measuring"] = server_index_state(uri, name)
-    with Client(address, timeout=300) as client:
-        client.search(queries[0], k=10, collection=name)
-        lat, recalls = [], []
-        for i, q in enumerate(queries):
-            started = time.perf_counter()
-            hits = client.search(q, k=10, collection=name)
-            lat.append(time.perf_counter() - started)
-            recalls.append(len({h.id for h in hits} & {row_id(r) for r in truth[i]}) / 10)
-        out["single_query_k10"] = {**percentiles(lat), "recall_at_10": round(float(np.mean(recalls)), 4)}
-        batch = [queries[i % len(queries)] for i in range(args.batch)]
-        client.search_many(batch, k=10, collection=name)
-        calls, started = 0, time.monotonic()
-        while calls < 3 or time.monotonic() - started < args.batch_seconds:
+    out: dict[str, Any] = {"data_seconds": round(time.monotonic() - started, 1)}
+    cap = Cap(args.scaling_cap)
+    try:
+        if reuse_dir is not None and (reuse_dir / "collections" / name).is_dir():
+            out["ingest"] = {"reused": "the in-process Milvus Lite store's finished collection files (same engine, "
+                                       "same rows, index already built), copied into this store's data directory "
+                                       "before it started"}
+            wait_s = args.calibration_timeout
+            if args.scaling_cap:
+                wait_s = max(0.0, min(wait_s, cap.left() - args.scaling_reserve))
+            out["calibration_wait"] = wait_calibrated(address, name, RECALL_TARGET, queries[0], wait_s)
+            log(f"  calibrated after {out['calibration_wait']['waited_s']} s: "
+                f"{out['calibration_wait']['calibrations']}")
+        else:
+            waits = args.scaling_cap and (db is not None or uri)
+            out.update(prepare_collection(
+                address, name, "HNSW", data, queries[0], args, cap if args.scaling_cap else None,
+                (lambda: wait_index(name, db, uri, cap, args.scaling_reserve)) if waits else None))
+        del data
+        if db is not None:
+            out["index_files_built_before_measuring"] = lite_index_built(db, name)
+        elif uri:
+            out["describe_index_before_measuring"] = server_index_state(uri, name)
+        wait = out["calibration_wait"]
+        if wait.get("timed_out"):
+            cap.cut("calibration", "time" if args.scaling_cap and wait["waited_s"] < args.calibration_timeout
+                    else f"--calibration-timeout {args.calibration_timeout:.0f} s", waited_s=wait["waited_s"],
+                    index_built=out.get("index_files_built_before_measuring",
+                                        out.get("describe_index_before_measuring")),
+                    consequence="measured uncalibrated (the server's default effort), while the server may still "
+                                "be building the index or calibrating")
+        if seed_dir is not None and db is not None:
+            shutil.copytree(db / "collections" / name, seed_dir / "collections" / name)
+        if why := cap.exceeded():
+            raise CapReached(cap.cut("single_query", why, queries_measured=0))
+        with Client(address, timeout=300) as client:
+            client.search(queries[0], k=10, collection=name)
+            lat, recalls = [], []
+            for i, q in enumerate(queries):
+                if i >= 3 and (why := cap.exceeded()):
+                    cap.cut("single_query", why, queries_measured=i, queries_wanted=len(queries))
+                    break
+                begun = time.perf_counter()
+                hits = client.search(q, k=10, collection=name)
+                lat.append(time.perf_counter() - begun)
+                recalls.append(len({h.id for h in hits} & {row_id(r) for r in truth[i]}) / 10)
+            out["single_query_k10"] = {**percentiles(lat), "recall_at_10": round(float(np.mean(recalls)), 4)}
+            batch = [queries[i % len(queries)] for i in range(args.batch)]
             client.search_many(batch, k=10, collection=name)
-            calls += 1
-        seconds = time.monotonic() - started
-    out["batched_k10"] = {"queries_per_call": args.batch, "calls": calls,
-                          "qps": round(calls * args.batch / seconds, 1),
-                          "ms_per_call": round(1e3 * seconds / calls, 1)}
-    out["concurrent_k10"] = measure_qps(grpc_search(address, name, queries, 10), len(queries), args.clients,
-                                        args.qps_warmup, args.scaling_qps_duration)
-    if seed_dir is not None and db is not None:
-        shutil.copytree(db / "collections" / name, seed_dir / "collections" / name)
-    with Client(address) as client:
-        client.drop_collection(name)
+            calls, begun = 0, time.monotonic()
+            while calls < 3 or time.monotonic() - begun < args.batch_seconds:
+                client.search_many(batch, k=10, collection=name)
+                calls += 1
+                if why := cap.exceeded():
+                    cap.cut("batched", why, calls=calls)
+                    break
+            seconds = time.monotonic() - begun
+        out["batched_k10"] = {"queries_per_call": args.batch, "calls": calls,
+                              "qps": round(calls * args.batch / seconds, 1),
+                              "ms_per_call": round(1e3 * seconds / calls, 1)}
+        if cap.left() < args.qps_warmup + args.scaling_qps_duration + 10:
+            cap.cut("concurrent", "time", skipped=True)
+        else:
+            out["concurrent_k10"] = measure_qps(grpc_search(address, name, queries, 10), len(queries), args.clients,
+                                                args.qps_warmup, args.scaling_qps_duration)
+    except CapReached as e:
+        out["stopped"] = e.record
+    finally:
+        out["cap"] = cap.summary()
+        with contextlib.suppress(Exception), Client(address, timeout=600) as client:
+            client.drop_collection(name)
     return out
 
 
@@ -847,8 +924,9 @@ def lite_server_block(args: argparse.Namespace, workdir: Path, result: dict[str,
             scaling = scaling_points(args, server.address, clusters, "lite-server",
                                      serve_for_dim=lambda dim: serve_dim(workdir, dim, "--milvus-uri", uri),
                                      reuse_dir=data_dir)
-            result.setdefault("scaling", {})["lite-server"] = scaling
-            result.setdefault("server_logs", {})["lite-server"] = log_findings(server)
+            result.setdefault("scaling", {}).setdefault("lite-server", {}).update(scaling)
+            if not args.scaling_only:
+                result.setdefault("server_logs", {})["lite-server"] = log_findings(server)
     finally:
         milvus.stop()
 
@@ -864,9 +942,8 @@ def serve_dim(workdir: Path, dim: int, *store_args: str) -> Iterator[str]:
 
 def standalone_block(args: argparse.Namespace, workdir: Path, result: dict[str, Any],
                      clusters_holder: list[Clusters]) -> None:
-    """The real Milvus standalone (PyPI `milvus`): recall and QPS on the clustered HNSW collection, and scaling."""
-    from pymilvus import MilvusClient
-
+    """The real Milvus standalone (PyPI `milvus`): recall and QPS on the clustered HNSW collection, and scaling
+    (--scaling-only: that alone)."""
     if not milvus_standalone.available(STANDALONE_VENV):
         result["qps_standalone"] = {"skipped": f"{STANDALONE_VENV} has no `milvus` package (make milvus-standalone)"}
         return
@@ -879,60 +956,70 @@ def standalone_block(args: argparse.Namespace, workdir: Path, result: dict[str, 
                              "--data-dir", str(workdir / "unused-standalone")) as (server, metrics_port):
             address = server.address
             clusters = ensure_clusters(args, address, workdir, clusters_holder)
-            ds = make_datasets(argparse.Namespace(**{**vars(args), "datasets": ["clustered"]}), clusters)[0]
-            result.setdefault("data", {})["clustered_standalone_block"] = ds.description
-            name = "b_clustered_hnsw"
-            entry = prepare_collection(address, name, "HNSW", ds.rows, ds.queries[0], args)
-            entry["describe_index_before_measuring"] = server_index_state(uri, name)
-            entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks, args.measure_budget,
-                                                metrics_port)
-            log(f"  {json.dumps({k: v for k, v in entry['per_k'].items() if k.isdigit()})}")
-            result.setdefault("recall_latency_standalone", {})["clustered"] = {"HNSW": entry}
-            if args.qps:
-                low = wait_calibrated(address, name, LOW_TARGET, ds.queries[0], args.calibration_timeout)
-                high = {"calibrations": [c for c in calibrations(address, name)
-                                         if abs(c["target"] - RECALL_TARGET) < 1e-3]}
-                ef_high, ef_low = effort_for(high, QPS_K, default_ef(QPS_K)), effort_for(low, QPS_K, default_ef(QPS_K))
-                lists = [q.tolist() for q in ds.queries]
-                session = {"consistency_level": "Session"}
-                make_high = direct_search(lambda: MilvusClient(uri), lambda c: c.close(), name, lists, QPS_K, ef_high,
-                                          session)
-                make_low = direct_search(lambda: MilvusClient(uri), lambda c: c.close(), name, lists, QPS_K, ef_low,
-                                         session)
-                probe, close = make_high()
-                sanity = {"direct_recall_at_10_ef_high": direct_recall(probe, ds.truth, 50)}
-                close()
-                probe, close = make_low()
-                sanity["direct_recall_at_10_ef_low"] = direct_recall(probe, ds.truth, 50)
-                close()
-                n, c, w, d = len(ds.queries), args.clients, args.qps_warmup, args.qps_duration
-                phases = {
-                    "qps_grpc_standalone": lambda: measure_qps(grpc_search(address, name, ds.queries, QPS_K),
-                                                               n, c, w, d),
-                    "qps_direct_standalone": lambda: measure_qps(make_high, n, c, w, d),
-                    "qps_grpc_standalone_min_recall_0.9": lambda: measure_qps(
-                        grpc_search(address, name, ds.queries, QPS_K, LOW_TARGET), n, c, w, d),
-                    "qps_direct_standalone_ef_for_0.9": lambda: measure_qps(make_low, n, c, w, d),
-                }
-                log(f"[standalone] QPS phases (ef {ef_high} / {ef_low}); {sanity}")
-                figures = interleaved_qps(phases, args.qps_rounds, milvus.server_pid)
-                result["qps_standalone"] = {
-                    "collection": f"{name}: the clustered data set, HNSW, cosine, {len(ds.rows)} rows",
-                    "direct_client": (f"pymilvus MilvusClient per thread to {uri}, limit {QPS_K}, output_fields "
-                                      "['id'], Session consistency (as lookalike reads), ef = the server's "
-                                      f"calibrated effort for k={QPS_K} (its default {default_ef(QPS_K)} when "
-                                      "it has no calibration)"),
-                    "ef": {"0.99": ef_high, "0.9": ef_low}, "calibration_0.9": low, **sanity, **figures,
-                    "cpu_note": "watched_process_s is the milvus server process",
-                }
-            with Client(address) as client:
-                client.drop_collection(name)
-            result.setdefault("scaling", {})["standalone"] = scaling_points(
+            if not args.scaling_only:
+                standalone_recall_qps(args, address, metrics_port, uri, milvus.server_pid, clusters, result)
+            result.setdefault("scaling", {}).setdefault("standalone", {}).update(scaling_points(
                 args, address, clusters, "standalone", uri=uri,
-                serve_for_dim=lambda dim: serve_dim(workdir, dim, "--milvus-uri", uri))
-            result.setdefault("server_logs", {})["standalone"] = log_findings(server)
+                serve_for_dim=lambda dim: serve_dim(workdir, dim, "--milvus-uri", uri)))
+            if not args.scaling_only:
+                result.setdefault("server_logs", {})["standalone"] = log_findings(server)
     finally:
         milvus.stop()
+
+
+def standalone_recall_qps(args: argparse.Namespace, address: str, metrics_port: int, uri: str, server_pid: int | None,
+                          clusters: Clusters, result: dict[str, Any]) -> None:
+    """The standalone's recall/latency on the clustered HNSW collection and its gRPC vs direct QPS."""
+    from pymilvus import MilvusClient
+
+    ds = make_datasets(argparse.Namespace(**{**vars(args), "datasets": ["clustered"]}), clusters)[0]
+    result.setdefault("data", {})["clustered_standalone_block"] = ds.description
+    name = "b_clustered_hnsw"
+    entry = prepare_collection(address, name, "HNSW", ds.rows, ds.queries[0], args)
+    entry["describe_index_before_measuring"] = server_index_state(uri, name)
+    entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks, args.measure_budget,
+                                    metrics_port)
+    log(f"  {json.dumps({k: v for k, v in entry['per_k'].items() if k.isdigit()})}")
+    result.setdefault("recall_latency_standalone", {})["clustered"] = {"HNSW": entry}
+    if args.qps:
+        low = wait_calibrated(address, name, LOW_TARGET, ds.queries[0], args.calibration_timeout)
+        high = {"calibrations": [c for c in calibrations(address, name)
+                                 if abs(c["target"] - RECALL_TARGET) < 1e-3]}
+        ef_high, ef_low = effort_for(high, QPS_K, default_ef(QPS_K)), effort_for(low, QPS_K, default_ef(QPS_K))
+        lists = [q.tolist() for q in ds.queries]
+        session = {"consistency_level": "Session"}
+        make_high = direct_search(lambda: MilvusClient(uri), lambda c: c.close(), name, lists, QPS_K, ef_high,
+                                  session)
+        make_low = direct_search(lambda: MilvusClient(uri), lambda c: c.close(), name, lists, QPS_K, ef_low,
+                                 session)
+        probe, close = make_high()
+        sanity = {"direct_recall_at_10_ef_high": direct_recall(probe, ds.truth, 50)}
+        close()
+        probe, close = make_low()
+        sanity["direct_recall_at_10_ef_low"] = direct_recall(probe, ds.truth, 50)
+        close()
+        n, c, w, d = len(ds.queries), args.clients, args.qps_warmup, args.qps_duration
+        phases = {
+            "qps_grpc_standalone": lambda: measure_qps(grpc_search(address, name, ds.queries, QPS_K),
+                                                       n, c, w, d),
+            "qps_direct_standalone": lambda: measure_qps(make_high, n, c, w, d),
+            "qps_grpc_standalone_min_recall_0.9": lambda: measure_qps(
+                grpc_search(address, name, ds.queries, QPS_K, LOW_TARGET), n, c, w, d),
+            "qps_direct_standalone_ef_for_0.9": lambda: measure_qps(make_low, n, c, w, d),
+        }
+        log(f"[standalone] QPS phases (ef {ef_high} / {ef_low}); {sanity}")
+        figures = interleaved_qps(phases, args.qps_rounds, server_pid)
+        result["qps_standalone"] = {
+            "collection": f"{name}: the clustered data set, HNSW, cosine, {len(ds.rows)} rows",
+            "direct_client": (f"pymilvus MilvusClient per thread to {uri}, limit {QPS_K}, output_fields "
+                              "['id'], Session consistency (as lookalike reads), ef = the server's "
+                              f"calibrated effort for k={QPS_K} (its default {default_ef(QPS_K)} when "
+                              "it has no calibration)"),
+            "ef": {"0.99": ef_high, "0.9": ef_low}, "calibration_0.9": low, **sanity, **figures,
+            "cpu_note": "watched_process_s is the milvus server process",
+        }
+    with Client(address) as client:
+        client.drop_collection(name)
 
 
 def native_block() -> dict[str, Any]:
@@ -1001,9 +1088,11 @@ def calibration_failures(node: Any, path: str = "") -> dict[str, str]:
 
 
 def recommend(scaling: dict[str, Any], target_rows: int = 1_000_000) -> dict[str, Any]:
-    """Which store should serve a million rows: each store's single-query p50 and batched call time, fitted
-    linearly over its measured sizes (Milvus Lite's per-call cost is a Python loop over every row) and projected
-    to target_rows; the store with the lowest projected single-query latency wins. Measured figures beside it."""
+    """Which store should serve a million rows. Where points of target_rows were measured: among the stores
+    that served theirs (all rows in and queries measured within the cap), the lowest single-query p50 wins, and
+    p50s within 10% of the best are decided by batched QPS. Otherwise each store's single-query p50 and batched
+    call time are fitted linearly over its measured sizes of the model's dimension (Milvus Lite's per-call cost
+    is a Python loop over every row) and projected to target_rows; the lowest projected single-query p50 wins."""
     table: dict[str, Any] = {}
     for store, points in scaling.items():
         done = sorted(((int(label.split("x")[0]), p) for label, p in points.items()
@@ -1028,19 +1117,79 @@ def recommend(scaling: dict[str, Any], target_rows: int = 1_000_000) -> dict[str
                 float(batch * 1e3 / max(1e-3, np.polyval(call_fit, target_rows))), 1),
             "largest_point_calibrated": bool(largest.get("calibration_wait", {}).get("calibrations")),
         }
-    if not table:
-        return {"store": None, "reason": "fewer than two sizes measured per store"}
-    key = f"projected_single_query_p50_ms_at_{target_rows}"
-    best = min(table, key=lambda store: table[store][key])
+    measured = {store: at_size(label, point) for store, points in scaling.items()
+                for label, point in points.items() if int(label.split("x")[0]) == target_rows}
     flag = {"lite": "--milvus-embedded lite", "lite-server": "--milvus-embedded lite-server",
             "standalone": "--milvus-embedded standalone"}
-    caveats = [f"{store}: its largest size ran uncalibrated (the server's calibration failed), at the default "
-               f"ef {default_ef(10)} instead of a calibrated one, so its throughput there is understated"
-               for store, figures in table.items() if not figures["largest_point_calibrated"]]
-    caveats.append("stores were measured one after another on a shared 2-core machine (see each run's load); "
-                   "the projection is a straight line through the measured sizes, not a measurement")
-    return {"store": best, "serve_flag": flag.get(best), "criterion": key, "figures": table,
-            "caveats": caveats, "current_serve_default": "lite (ServerConfig.milvus_embedded)"}
+    served = [store for store, figures in measured.items() if figures["served"]]
+    caveats = []
+    if served:
+        fastest = min(measured[store]["single_query_p50_ms"] for store in served)
+        close = [store for store in served if measured[store]["single_query_p50_ms"] <= 1.1 * fastest]
+        best = max(close, key=lambda store: measured[store]["batched_qps"] or 0.0)
+        criterion = (f"measured at {target_rows:,} rows: among the stores that served them within the cap (all "
+                     "rows in, queries measured), the lowest single-query p50 (k=10, one client); p50s within 10% "
+                     "of the lowest are decided by the higher batched QPS (32 queries per search_many call)")
+        for other in served:
+            for key, label in (("batched_qps", "batched QPS"), ("concurrent_qps_32_clients", "32-client QPS")):
+                if (measured[other][key] or 0.0) > (measured[best][key] or 0.0) and other != best:
+                    caveats.append(f"{other} beats {best} on {label} at {target_rows:,} rows "
+                                   f"({measured[other][key]} vs {measured[best][key]})")
+        caveats += [f"{store}: did not finish every phase at {target_rows:,} rows within its cap: "
+                    f"{figures['stopped_or_cut']}" for store, figures in measured.items()
+                    if not figures["finished_within_cap"]]
+        caveats += [f"{store}: its {target_rows:,}-row point ran uncalibrated, at the server's default effort"
+                    for store in served if not measured[store]["calibrated"]]
+        if not measured[best]["point"].endswith(f"x{MODEL_DIM}"):
+            caveats.append(f"the {target_rows:,}-row points are {measured[best]['point']}, another dimension than "
+                           f"the {MODEL_DIM}-d smaller points: per-row costs differ by dimension")
+        caveats.append("stores were measured one after another on a shared 2-core machine (see each run's load)")
+    elif table:
+        key = f"projected_single_query_p50_ms_at_{target_rows}"
+        best = min(table, key=lambda store: table[store][key])
+        criterion = key
+        caveats = [f"{store}: its largest size ran uncalibrated (the server's calibration failed), at the default "
+                   f"ef {default_ef(10)} instead of a calibrated one, so its throughput there is understated"
+                   for store, figures in table.items() if not figures["largest_point_calibrated"]]
+        caveats.append("stores were measured one after another on a shared 2-core machine (see each run's load); "
+                       "the projection is a straight line through the measured sizes, not a measurement")
+        caveats += [f"{store}: did not finish {target_rows:,} rows: {figures['stopped_or_cut']}"
+                    for store, figures in measured.items()]
+    else:
+        return {"store": None, "reason": f"no store finished {target_rows:,} rows and fewer than two sizes were "
+                                         "measured per store", f"measured_at_{target_rows}": measured}
+    return {"store": best, "serve_flag": flag.get(best), "criterion": criterion,
+            f"measured_at_{target_rows}": measured, "projection_from_model_dimension_points": table,
+            "caveats": caveats, "current_serve_default": current_serve_default()}
+
+
+def at_size(label: str, point: dict[str, Any]) -> dict[str, Any]:
+    """One store's figures at one size, and whether it finished every phase within the cap."""
+    cap = point.get("cap", {})
+    cuts = cap.get("phases_cut", [])
+    served = "single_query_k10" in point and "batched_k10" in point and not point.get("stopped")
+    finished = served and "concurrent_k10" in point and not cuts
+    return {
+        "point": label,
+        "served": served,
+        "finished_within_cap": finished,
+        "ingest_rows_per_s": point.get("ingest", {}).get("rows_per_s"),
+        "single_query_p50_ms": point.get("single_query_k10", {}).get("p50"),
+        "single_query_p99_ms": point.get("single_query_k10", {}).get("p99"),
+        "recall_at_10": point.get("single_query_k10", {}).get("recall_at_10"),
+        "batched_qps": point.get("batched_k10", {}).get("qps"),
+        "concurrent_qps_32_clients": point.get("concurrent_k10", {}).get("qps"),
+        "calibrated": bool(point.get("calibration_wait", {}).get("calibrations")),
+        "seconds": cap.get("seconds"),
+        **({} if finished else {"stopped_or_cut": point.get("stopped") or cuts or point.get("error")
+                                or "no figures"}),
+    }
+
+
+def current_serve_default() -> str:
+    from lookalike_server.config import ServerConfig
+
+    return f"{ServerConfig.milvus_embedded} (ServerConfig.milvus_embedded of the installed server)"
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -1056,7 +1205,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "centres": args.centres, "min_recall_default": RECALL_TARGET, "qps_clients": args.clients,
             "qps_k": QPS_K, "qps_warmup_s": args.qps_warmup, "qps_duration_s": args.qps_duration,
             "qps_rounds": args.qps_rounds, "scaling": [f"{r}x{d}" for r, d in args.scaling],
-            "scaling_queries": args.scaling_queries, "batch": args.batch,
+            "scaling_queries": args.scaling_queries, "batch": args.batch, "scaling_only": args.scaling_only,
+            "scaling_cap_s": args.scaling_cap or None, "scaling_reserve_s": args.scaling_reserve,
             "server": "lookalike serve (this venv's installed build), defaults but --metrics-port",
         },
     }
@@ -1069,12 +1219,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lite-server": lambda: lite_server_block(args, workdir, result, clusters_holder),
             "standalone": lambda: standalone_block(args, workdir, result, clusters_holder),
         }
+        # --scaling-only keeps the blocks it runs too: their scaling points are replaced or added one by one.
+        run_now = [] if args.scaling_only else [b for b in every if b in args.blocks]
         for earlier in args.merge:  # later files win
-            merge_previous(result, json.loads(Path(earlier).read_text()), [b for b in every if b in args.blocks])
+            path, only = merge_spec(earlier)
+            merge_previous(result, json.loads(Path(path).read_text()),
+                           run_now + [b for b in BLOCK_KEYS if only and b not in only])
         blocks = [(name, every[name]) for name in every if name in args.blocks]
         for name, block in blocks:
             block_started = time.monotonic()
             build = installed_server()  # the servers this block starts run the build installed now
+            kept = result.get("provenance", {}).get(name) if args.scaling_only else None
             log(f"=== {name}")
             try:
                 block()
@@ -1083,11 +1238,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 log(f"{name} failed: {type(e).__name__}: {e}")
                 if isinstance(e, TimeoutError):
                     break
-            result.setdefault("phase_seconds", {})[name] = round(time.monotonic() - block_started, 1)
+            seconds = round(time.monotonic() - block_started, 1)
+            earlier_s = result.get("phase_seconds", {}).get(name, 0.0) if kept else 0.0
+            result.setdefault("phase_seconds", {})[name] = round(earlier_s + seconds, 1)
             result.setdefault("provenance", {})[name] = {
                 "run_started": result["date"],
                 "load_average_1m_at_run_start": result["machine"]["load_average_1m_at_start"],
                 "server_build_at_block_start": {k: build[k] for k in ("sha256_16_of_modules", "installed_at")}}
+            if kept:
+                result["provenance"][name].update(
+                    scaling_points_this_run=[f"{r}x{d}" for r, d in args.scaling], seconds_this_run=seconds,
+                    other_figures=kept)
     for name in args.datasets:  # blocks merged from a run that did not record its data description
         result.setdefault("data", {}).setdefault(name, dataset_description(
             name, args, "EfficientNet-Lite0 embeddings of augmented scikit-image photos" if args.centres == "photos"
@@ -1116,16 +1277,24 @@ LEGACY_BLOCK_NAMES = {"native_vs_numpy": "native"}
 
 
 def own_blocks(previous: dict[str, Any]) -> list[str]:
-    """The blocks an earlier result measured itself (not ones it had merged from yet another run)."""
+    """The blocks an earlier result holds figures of: measured by it, or merged into it with their provenance
+    (a result that merged everything, as bench/results/search.json, is merged again whole)."""
     ran = [LEGACY_BLOCK_NAMES.get(name, name) for name in previous.get("phase_seconds", {})]
     if "provenance" in previous:
-        return [b for b in ran if "merged" not in previous["provenance"].get(b, {})]
+        return [b for b in ran if b in previous["provenance"]]
     merged = previous.get("merged_from_earlier_run", {}).get("blocks", [])
     return [b for b in ran if b not in merged]
 
 
+def merge_spec(text: str) -> tuple[str, list[str]]:
+    """--merge FILE or FILE:BLOCK,BLOCK (only those blocks taken from FILE)."""
+    path, _, names = text.rpartition(":")
+    blocks = names.split(",")
+    return (path, blocks) if path and all(b in BLOCK_KEYS for b in blocks) else (text, [])
+
+
 def merge_previous(result: dict[str, Any], previous: dict[str, Any], skip: list[str]) -> None:
-    """Copies the figures of the blocks an earlier run measured itself (except `skip`, run now) into result;
+    """Copies the figures of the blocks an earlier result holds (except `skip`, run now) into result;
     `provenance` says which invocation measured each block, when, and under what machine load."""
     for block in own_blocks(previous):
         if block in skip:
@@ -1146,8 +1315,12 @@ def merge_previous(result: dict[str, Any], previous: dict[str, Any], skip: list[
                 if name in previous.get(key, {}):
                     result.setdefault(key, {})[block] = previous[key][name]
         earlier = previous.get("provenance", {}).get(block, {})
+        if "merged" in earlier:  # measured by a run before that one: its provenance holds
+            result.setdefault("provenance", {})[block] = earlier
+            continue
         build = previous.get("server_package", {})
         result.setdefault("provenance", {})[block] = {
+            **earlier,  # what a --scaling-only run says it added
             "run_started": previous.get("date"),
             "load_average_1m_at_run_start": previous.get("machine", {}).get("load_average_1m_at_start"),
             "server_build_at_block_start": earlier.get("server_build_at_block_start") or {
@@ -1159,14 +1332,15 @@ def merge_previous(result: dict[str, Any], previous: dict[str, Any], skip: list[
 
 
 def notes(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
-    measured_s = sum(result.get("phase_seconds", {}).values())
+    measured_s = sum(result.get("phase_seconds", {}).values()) - sum(  # the matrix run, not added scaling points
+        p.get("seconds_this_run", 0.0) for p in result.get("provenance", {}).values())
     out = [
         f"Sizes: {args.rows} rows of {MODEL_DIM}-d (the model's dimension) per collection in the recall/latency matrix "
         "and the QPS comparison, not 100,000: the matrix is 8 collections (2 data sets x 4 index types), each ingested "
         "through lookalike (about 800-2,000 rows/s here), indexed, and calibrated by the server (which reads every "
         "row for its exact reference), and 100,000 rows each would have doubled a run that already took "
-        f"{measured_s / 60:.0f} minutes of measuring on this shared 2-core machine. Scaling: 10,000 and 100,000 rows "
-        "on every store.",
+        f"{measured_s / 60:.0f} minutes of measuring on this shared 2-core machine. Scaling points: "
+        + "; ".join(f"{store} {', '.join(points)}" for store, points in result.get("scaling", {}).items()) + ".",
         "Index really built before measuring: every lossy collection was measured only after DescribeCollection "
         "reported the server's recall calibration for min_recall 0.99 (calibration_wait.waited_s; the server "
         "flushes and waits for the index before it calibrates), or after the server logged that its calibration "
@@ -1190,7 +1364,21 @@ def notes(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
         "threads, one query per call. The lite-server store reuses the in-process store's finished collection files "
         "(same engine and rows), so it has no ingest figure of its own.",
     ]
-    if not any(dim != MODEL_DIM for _, dim in args.scaling):
+    million = {label: point for points in result.get("scaling", {}).values() for label, point in points.items()
+               if label.startswith("1000000x")}
+    if million:
+        caps = {p.get("cap", {}).get("cap_s") for p in million.values()} - {None}
+        out.append(f"1,000,000 rows ({', '.join(sorted(million))}; "
+                   "a 256-d point is served through a copy of the model card declaring that dimension), ingested "
+                   f"through gRPC like the smaller points, each store's point capped at "
+                   f"{', '.join(f'{c:.0f}' for c in sorted(caps)) or 'no'} s from the end of making its data "
+                   "(--scaling-cap): a phase past the cap is cut and recorded in the point's cap.phases_cut (which "
+                   "phase, after how long, how many rows were in), the calibration wait leaves --scaling-reserve "
+                   "seconds for the queries, and a point whose wait ran out is measured uncalibrated. At a million "
+                   "rows the server's calibration takes its highest-effort search as the reference (not an exact "
+                   "scan). Other work (tests, other benchmarks) may have shared the machine while these points ran: "
+                   "the load at each run's start is in provenance.")
+    elif not any(dim != MODEL_DIM for _, dim in args.scaling):
         lite = result.get("scaling", {}).get("lite", {}).get(f"100000x{MODEL_DIM}", {})
         rate = lite.get("ingest", {}).get("rows_per_s")
         wait = lite.get("calibration_wait", {}).get("waited_s")
@@ -1243,6 +1431,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--measure-budget", type=float, default=90.0,
                         help="seconds at most for one collection's recall/latency queries")
     parser.add_argument("--calibration-timeout", type=float, default=900.0)
+    parser.add_argument("--scaling-only", action="store_true",
+                        help="run only the scaling points of the chosen blocks (no recall matrix, no QPS comparison); "
+                             "with --merge, the blocks' other figures and other points are kept")
+    parser.add_argument("--scaling-cap", type=float, default=0.0,
+                        help="seconds at most per scaling point after its data is made (0: none); a phase that runs "
+                             "past it is cut and recorded (which, after how long, how many rows were in)")
+    parser.add_argument("--scaling-reserve", type=float, default=300.0,
+                        help="with --scaling-cap, seconds of the cap the calibration wait leaves for the queries")
     parser.add_argument("--no-reuse-lite-files", dest="reuse_lite_files", action="store_false",
                         help="ingest the lite-server scaling collections afresh instead of copying the in-process "
                              "Milvus Lite store's finished ones (same engine and rows; saves the ingest and build)")
@@ -1251,7 +1447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "--merge recomputes the summary of an earlier run")
     parser.add_argument("--merge", action="append", default=[],
                         help="an earlier run's JSON (repeatable, later files win): the blocks it measured and that "
-                             "are not run now are copied from it (provenance says when each block was measured)")
+                             "are not run now are copied from it (provenance says when each block was measured); "
+                             "FILE:lite,native takes only those blocks from FILE")
     parser.add_argument("--timeout", type=float, default=3600.0, help="the whole run stops after this many seconds")
     parser.add_argument("--write", action="store_true", help="also save bench/results/search.json")
     args = parser.parse_args(argv)
