@@ -387,12 +387,12 @@ def _pick_ports(names: list) -> dict:
     return ports
 
 
-def _probe_port(port: int):
-    """A listening socket on 127.0.0.1:port, or None if the port is taken (TIME_WAIT does not count)."""
+def _probe_port(port: int, host: str = "127.0.0.1"):
+    """A listening socket on host:port, or None if the port is taken (TIME_WAIT does not count)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(("127.0.0.1", port))
+        sock.bind((host, port))
         sock.listen()
         return sock
     except (OSError, OverflowError, ValueError):
@@ -409,15 +409,14 @@ def _reuse_ports(path: Path, names: list) -> dict | None:
         return None
     if not isinstance(ports, dict) or set(ports) != set(names):
         return None
+    if not all(isinstance(port, int) for port in ports.values()):
+        return None
     for port in ports.values():
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            # As Milvus' own listeners do: the last run's connections may linger in TIME_WAIT.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("0.0.0.0", int(port)))
-            except (OSError, ValueError, TypeError):
-                return None
-    return {name: int(port) for name, port in ports.items()}
+        sock = _probe_port(port, "0.0.0.0")  # the server listens on all addresses
+        if sock is None:
+            return None
+        sock.close()
+    return ports
 
 
 def _launch(argv: list) -> int:
