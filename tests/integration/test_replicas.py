@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -98,8 +99,16 @@ def test_a_killed_replica_loses_no_acknowledged_row(milvus_lite_server_uri, tmp_
             assert len(acknowledged) == n
             survivor = b if a.proc.poll() is not None else a
             with Client(survivor.address) as direct:
-                assert direct.describe_collection("survivors").row_count == n
+                # The loss check reads every row back by id; count(*) is only Milvus' tally of them.
                 assert set(direct.get([f"r{j}" for j in range(n)], "survivors", vectors=False)) == acknowledged
+                counts = [direct.describe_collection("survivors").row_count]
+                # Milvus Lite's count(*) read 0 here once in CI with all 600 acknowledged (not reproduced in
+                # 30 local runs): polled for a while, and every count seen is reported if it never matches.
+                deadline = time.monotonic() + 30
+                while counts[-1] != n and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    counts.append(direct.describe_collection("survivors").row_count)
+                assert counts[-1] == n, f"row counts seen: {counts}"
             # Searches through the balanced client carry on through the survivor.
             for j in range(0, n, 97):
                 assert balanced.search(data[j], k=1, collection="survivors")[0].id == f"r{j}"
