@@ -55,6 +55,7 @@ class MicroBatcher(Generic[T, R]):
         concurrency: int = 1,
         name: str = "batcher",
         interactive_executor: Executor | None = None,
+        overlap_at: int = 1,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -69,6 +70,11 @@ class MicroBatcher(Generic[T, R]):
         self._queues: list[deque[_Entry[T, R]]] = [deque() for _ in range(priorities)]
         self._arrived = asyncio.Event()
         self.concurrency = concurrency
+        # A worker starts a batch beside one already running only once this many items wait: with a
+        # backend whose calls cost about the same whatever their size (Milvus), the waiting items are
+        # better spent filling the next batch than on a second near-empty call. 1: start at once.
+        self.overlap_at = max(1, overlap_at)
+        self._running = 0  # batches in flight on the (non-lane) workers
         self._workers: list[asyncio.Task[None]] = []
         self.batches = 0
         self.items = 0
@@ -111,6 +117,11 @@ class MicroBatcher(Generic[T, R]):
             return self._queues[INTERACTIVE + 1 :]
         return self._queues
 
+    def _may_start(self, lane: bool) -> bool:
+        if lane or self._running == 0 or self.overlap_at <= 1:
+            return True
+        return sum(len(q) for q in self._queues_for(lane)) >= self.overlap_at
+
     def _pop_live(self, now: float, lane: bool) -> _Entry[T, R] | None:
         """The next entry by priority that this worker serves; expired and abandoned ones are dropped."""
         for queue in self._queues_for(lane):
@@ -128,7 +139,7 @@ class MicroBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         batch: list[_Entry[T, R]] = []
         while not batch:
-            entry = self._pop_live(loop.time(), lane)
+            entry = self._pop_live(loop.time(), lane) if self._may_start(lane) else None
             if entry is None:
                 self._arrived.clear()
                 await self._arrived.wait()
@@ -162,11 +173,17 @@ class MicroBatcher(Generic[T, R]):
                 self._lane_busy = True
                 if self._queues[INTERACTIVE]:
                     self._arrived.set()  # the other workers may help with what is left
+            else:
+                self._running += 1
             try:
                 await self._finish(executor, batch)
             finally:
                 if lane:
                     self._lane_busy = False
+                else:
+                    self._running -= 1
+                    if self.overlap_at > 1 and self.queue_depth():
+                        self._arrived.set()  # a worker held back by the running batch may start now
 
     async def _finish(self, executor: Executor, batch: list[_Entry[T, R]]) -> None:
         """Runs the batch and settles every caller's future with its own result or error."""

@@ -44,6 +44,23 @@ def _wrap(handler: grpc.RpcMethodHandler, wrap_behavior: Callable[[Any, bool], A
         wrap_behavior(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer)
 
 
+class _WrapCache:
+    """Each method's wrapped handler, made on its first call and reused: wrapping builds closures and a
+    handler object, which every Search would otherwise pay for again."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler,
+            make: Callable[[grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> grpc.RpcMethodHandler:
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = make(handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+
 def _refusing(code: grpc.StatusCode, message: str) -> Callable[[Any, bool], Any]:
     def wrap_behavior(_behavior: Any, streaming_response: bool) -> Any:
         if streaming_response:
@@ -98,6 +115,7 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         self.max_streams_per_client = max_streams_per_client
         self.inflight = 0
         self._streams: Tally[str] = Tally()
+        self._cache = _WrapCache()
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -106,6 +124,9 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or _is_open(details.method):
             return handler
+        return self._cache.get(details.method, handler, self._limited)
+
+    def _limited(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         limits = self
 
         def wrap_behavior(behavior: Any, streaming_response: bool) -> Any:
@@ -125,9 +146,10 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
             def enter(context: grpc.aio.ServicerContext) -> str:
                 limits.inflight += 1
                 metrics.INFLIGHT.set(limits.inflight)
+                if not streaming:
+                    return ""
                 peer = _client_of(context.peer())
-                if streaming:
-                    limits._streams[peer] += 1
+                limits._streams[peer] += 1
                 return peer
 
             def leave(peer: str) -> None:
@@ -174,6 +196,9 @@ def _client_of(peer: str) -> str:
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts every call by method and final status code, and times it."""
 
+    def __init__(self) -> None:
+        self._cache = _WrapCache()
+
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         details: grpc.HandlerCallDetails,
@@ -182,47 +207,57 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = details.method
+        return self._cache.get(method, handler, lambda h: _timed(h, method))
 
-        def record(started: float, code: str) -> None:
-            metrics.REQUESTS.labels(method, code).inc()
-            metrics.REQUEST_SECONDS.labels(method).observe(time.perf_counter() - started)
 
-        def code_of(context: grpc.aio.ServicerContext, failed: bool) -> str:
-            code = context.code()
-            if isinstance(code, grpc.StatusCode):
-                return code.name
-            return "UNKNOWN" if failed else "OK"
+def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    """The handler, counting each call under `method` and its final status code, and timing it."""
+    counters: dict[str, Any] = {}  # code -> its counter: labels() takes a lock and builds a key each time
+    seconds = metrics.REQUEST_SECONDS.labels(method)
 
-        def wrap_behavior(behavior: Any, streaming_response: bool) -> Any:
-            if streaming_response:
-                async def timed_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                    started, outcome = time.perf_counter(), ""
-                    try:
-                        async for reply in behavior(request, context):
-                            yield reply
-                    except asyncio.CancelledError:
-                        outcome = "CANCELLED"
-                        raise
-                    except BaseException:
-                        outcome = "failed"
-                        raise
-                    finally:
-                        record(started, outcome if outcome == "CANCELLED" else code_of(context, bool(outcome)))
-                return timed_stream
+    def record(started: float, code: str) -> None:
+        counter = counters.get(code)
+        if counter is None:
+            counter = counters[code] = metrics.REQUESTS.labels(method, code)
+        counter.inc()
+        seconds.observe(time.perf_counter() - started)
 
-            async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                started, failed = time.perf_counter(), False
+    def code_of(context: grpc.aio.ServicerContext, failed: bool) -> str:
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+        return "UNKNOWN" if failed else "OK"
+
+    def wrap_behavior(behavior: Any, streaming_response: bool) -> Any:
+        if streaming_response:
+            async def timed_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, outcome = time.perf_counter(), ""
                 try:
-                    return await behavior(request, context)
+                    async for reply in behavior(request, context):
+                        yield reply
+                except asyncio.CancelledError:
+                    outcome = "CANCELLED"
+                    raise
                 except BaseException:
-                    failed = True
+                    outcome = "failed"
                     raise
                 finally:
-                    record(started, code_of(context, failed))
+                    record(started, outcome if outcome == "CANCELLED" else code_of(context, bool(outcome)))
+            return timed_stream
 
-            return timed
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started, failed = time.perf_counter(), False
+            try:
+                return await behavior(request, context)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                record(started, code_of(context, failed))
 
-        return _wrap(handler, wrap_behavior)
+        return timed
+
+    return _wrap(handler, wrap_behavior)
 
 
 def load_tokens(path: str) -> dict[str, str]:

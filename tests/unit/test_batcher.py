@@ -208,3 +208,61 @@ def test_free_bulk_workers_leave_interactive_items_to_the_lane_unless_it_is_busy
     assert threads["idle-query"].startswith("lane"), "a free lane takes interactive items, not the bulk worker"
     assert threads["slow-query"].startswith("lane")
     assert threads["second-query"].startswith("bulk"), "with the lane busy, a free bulk worker helps"
+
+
+def test_a_second_batch_starts_beside_a_running_one_only_once_overlap_at_items_wait():
+    """Milvus calls cost about the same at any size: waiting items fill one batch, not several small ones."""
+    started: list[list[int]] = []
+    release = threading.Event()
+
+    def slow(items):
+        started.append(list(items))
+        release.wait(10)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(slow, ThreadPoolExecutor(2), max_batch_size=16, max_queue_delay=0,
+                               concurrency=2, overlap_at=4)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.2)
+        assert started == [[0]]  # nothing else was running: a lone item starts at once
+        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2, 3)]
+        await asyncio.sleep(0.2)
+        assert started == [[0]]  # three waiting, fewer than overlap_at: the free worker holds back
+        waiting.append(asyncio.ensure_future(batcher.submit(4)))
+        await asyncio.sleep(0.2)
+        assert started == [[0], [1, 2, 3, 4]]  # the fourth makes a batch worth running beside the first
+        release.set()
+        results = await asyncio.gather(first, *waiting)
+        await batcher.close()
+        return results
+
+    assert run(main()) == [0, 1, 2, 3, 4]
+
+
+def test_held_back_items_start_as_soon_as_the_running_batch_ends():
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def slow(items):
+        sizes.append(len(items))
+        if len(sizes) == 1:
+            release.wait(10)
+        return items
+
+    async def main():
+        batcher = MicroBatcher(slow, ThreadPoolExecutor(2), max_batch_size=16, max_queue_delay=0,
+                               concurrency=2, overlap_at=8)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.2)
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.2)
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+        await batcher.close()
+        return results
+
+    assert run(main()) == [0, 1, 2]
+    assert sizes == [1, 2]
