@@ -210,12 +210,13 @@ def log_findings(server: ServerProcess) -> dict[str, Any]:
 
 
 def scrape(metrics_port: int) -> dict[str, float]:
-    """Sum and count of the server's Search call time and of its Milvus search time (Prometheus text)."""
+    """Sum and count of the server's Search call time, of its Milvus search time and of its exact re-rank."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
     out = {}
     for line in text.splitlines():
         for key, pattern in (("request", r'^lookalike_request_seconds_(sum|count)\{method="[^"]*Search"\}'),
-                             ("milvus", r'^lookalike_milvus_seconds_(sum|count)\{operation="search"\}')):
+                             ("milvus", r'^lookalike_milvus_seconds_(sum|count)\{operation="search"\}'),
+                             ("rerank", r'^lookalike_rerank_seconds_(sum|count)(\{\})? ')):
             m = re.match(pattern, line)
             if m:
                 out[f"{key}_{m.group(1)}"] = out.get(f"{key}_{m.group(1)}", 0.0) + float(line.rsplit(" ", 1)[1])
@@ -232,6 +233,10 @@ def server_split(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return {"server_search_ms_mean": round(request_ms, 2), "milvus_search_call_ms_mean": round(milvus_ms, 2),
             "milvus_calls_per_search": round(d["milvus_count"] / d["request_count"], 3),
             "share_outside_milvus": round(max(0.0, 1 - d["milvus_sum"] / d["request_sum"]), 3),
+            # Re-ranks run only where Milvus' own scores are approximate (IVF_SQ8) or fall back to exact scans.
+            "rerank_ms_mean_per_search": round(1e3 * d.get("rerank_sum", 0.0) / d["request_count"], 3),
+            "rerank_share_of_server_search": round(d.get("rerank_sum", 0.0) / d["request_sum"], 4),
+            "reranked_searches": int(d.get("rerank_count", 0)),
             "meaning": "server-side time per Search (interceptor) vs its Milvus search calls; the share outside "
                        "Milvus (gRPC decoding, validation, batching, exact re-rank, encoding) bounds the re-rank"}
 
@@ -1221,10 +1226,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         # --scaling-only keeps the blocks it runs too: their scaling points are replaced or added one by one.
         run_now = [] if args.scaling_only else [b for b in every if b in args.blocks]
+        earlier_points: dict[str, dict[str, Any]] = {}  # scaling points of the merged files, by store
         for earlier in args.merge:  # later files win
             path, only = merge_spec(earlier)
-            merge_previous(result, json.loads(Path(path).read_text()),
-                           run_now + [b for b in BLOCK_KEYS if only and b not in only])
+            previous = json.loads(Path(path).read_text())
+            merge_previous(result, previous, run_now + [b for b in BLOCK_KEYS if only and b not in only])
+            for store, points in previous.get("scaling", {}).items():
+                if not only or store in only:
+                    earlier_points.setdefault(store, {}).update(points)
         blocks = [(name, every[name]) for name in every if name in args.blocks]
         for name, block in blocks:
             block_started = time.monotonic()
@@ -1249,6 +1258,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 result["provenance"][name].update(
                     scaling_points_this_run=[f"{r}x{d}" for r, d in args.scaling], seconds_this_run=seconds,
                     other_figures=kept)
+    for name in run_now:  # a block run again keeps the scaling points this run did not measure (the 1M ones)
+        points = result.get("scaling", {}).get(name)
+        kept = [p for p in earlier_points.get(name, {}) if points is not None and p not in points]
+        for point in kept:
+            points[point] = earlier_points[name][point]
+        if kept:
+            result["provenance"][name]["scaling_points_kept_from_merged_file"] = kept
     for name in args.datasets:  # blocks merged from a run that did not record its data description
         result.setdefault("data", {}).setdefault(name, dataset_description(
             name, args, "EfficientNet-Lite0 embeddings of augmented scikit-image photos" if args.centres == "photos"

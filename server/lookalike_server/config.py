@@ -72,6 +72,10 @@ class ServerConfig:
     max_metadata_bytes: int = 64 * 1024  # one item's metadata as JSON, at most
     shutdown_grace_s: float = 10.0
     log_level: str = "INFO"
+    # Server processes on one port (SO_REUSEPORT) over one Milvus, under a supervisor (see workers.py).
+    workers: int = 1
+    # Share the port with other processes that ask the same (the workers do); otherwise a taken port fails.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if self.milvus_embedded not in EMBEDDED_MILVUS:
@@ -85,7 +89,7 @@ class ServerConfig:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("mutual TLS (tls_client_ca) needs tls_cert and tls_key too")
         for name in ("ingest_window", "max_message_bytes", "max_image_pixels", "max_image_bytes",
-                     "max_metadata_bytes", "max_inflight_requests", "max_streams_per_client"):
+                     "max_metadata_bytes", "max_inflight_requests", "max_streams_per_client", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("decode_workers", "inference_threads", "metrics_port"):

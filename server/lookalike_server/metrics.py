@@ -17,6 +17,10 @@ EMBED_SECONDS = Histogram("lookalike_embed_batch_seconds", "ONNX Runtime time pe
 MILVUS_SECONDS = Histogram("lookalike_milvus_seconds", "Milvus call latency by operation", ["operation"])
 MILVUS_ERRORS = Counter("lookalike_milvus_errors_total", "Failed Milvus calls by operation", ["operation"])
 ITEMS = Counter("lookalike_ingest_items_total", "Ingested items by outcome code", ["code"])
+RERANK_SECONDS = Histogram(
+    "lookalike_rerank_seconds", "Exact re-rank of a search's candidates (native core, with gathering them)",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
 INFLIGHT = Gauge("lookalike_inflight_requests", "Calls being served")
 
 

@@ -596,7 +596,9 @@ class Pipeline:
                 # Float indexes score candidates exactly already: merge and order Milvus' own scores.
                 ranked = rank_by_distance(found, want, spec.metric, options.reverse)
                 return [hits[options.offset :] for hits in ranked]
+        started = time.perf_counter()
         ranked = rerank(vectors, found, want, spec.metric, options.reverse)
+        metrics.RERANK_SECONDS.observe(time.perf_counter() - started)
         return [hits[options.offset :] for hits in ranked]
 
     def _effort(self, spec: CollectionSpec, want: int, fetch: int, target: float) -> int:

@@ -86,8 +86,9 @@ class LookalikeServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         options = [
-            # A second server on a taken port must fail, not silently share it with the first.
-            ("grpc.so_reuseport", 0),
+            # A second server on a taken port must fail, not silently share it with the first; the workers
+            # of one `serve --workers N` share it on purpose.
+            ("grpc.so_reuseport", 1 if config.reuse_port else 0),
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
         ]
@@ -259,9 +260,10 @@ async def _serve(config: ServerConfig) -> None:
 
 def serve(config: ServerConfig) -> None:
     """Runs the server until SIGINT or SIGTERM."""
+    several = config.workers > 1 or config.reuse_port
     logging.basicConfig(
         level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format="%(asctime)s %(levelname)s " + ("[%(processName)s] " if several else "") + "%(name)s: %(message)s",
     )
     # pymilvus logs every failed call with a traceback; our own log line says what the caller needs.
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
@@ -269,6 +271,17 @@ def serve(config: ServerConfig) -> None:
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
     logging.getLogger("faiss").setLevel(logging.WARNING)
     log.info("settings: %s", config.redacted())
+    if config.workers > 1:
+        from .workers import Supervisor
+
+        try:
+            code = Supervisor(config).run()
+        except (StartupError, RuntimeError, OSError) as e:
+            log.error("cannot start: %s", e)
+            raise SystemExit(1) from None
+        if code:
+            raise SystemExit(code)
+        return
     try:
         asyncio.run(_serve(config))
     except (StartupError, FileNotFoundError, RuntimeError, ValueError) as e:

@@ -112,11 +112,20 @@ def test_the_data_directory_is_owner_only(secured):
 
 def test_metrics_endpoint(secured):
     proc, certs, port = secured
+    searches_ok = 'lookalike_requests_total{code="OK",method="/lookalike.v1.Images/Search"}'
+
+    def scrape() -> str:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+
+    def count(text: str, series: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
+
+    before = count(scrape(), searches_ok)
     with Client(proc.address, ca_cert=certs["ca"], token=READ_TOKEN) as reader:
         for _ in range(3):
             reader.search(VECTOR, k=1)
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert 'lookalike_requests_total{code="OK",method="/lookalike.v1.Images/Search"}' in text
+    text = scrape()
+    assert count(text, searches_ok) == before + 3  # each call counted once, whatever was cached
     assert 'lookalike_requests_total{code="UNAUTHENTICATED"' in text
     assert "lookalike_request_seconds_bucket" in text
     assert 'lookalike_batch_size_count{batcher="search-batcher"}' in text

@@ -77,6 +77,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
                    help="close client connections after this long so balanced clients find new replicas (off)")
     p.add_argument("--shutdown-grace-s", type=float, help="seconds to finish calls in flight on SIGTERM (10)")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument("--workers", type=int,
+                   help="server processes sharing the port (default 1): more cores for many small searches; "
+                        "needs a Milvus server (--milvus-uri, or --milvus-embedded standalone / lite-server)")
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -286,6 +286,9 @@ class Client:
             ("grpc.lb_policy_name", "round_robin"),
             ("grpc.enable_retries", 1),
             ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+            # Each Client its own connections: gRPC otherwise shares one among all its channels to a target,
+            # and a server's workers (serve --workers) are picked per connection.
+            ("grpc.use_local_subchannel_pool", 1),
         ]
         target = grpc_target(server)
         if server_name:
