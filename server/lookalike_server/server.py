@@ -76,6 +76,33 @@ def start_embedded_milvus(config: ServerConfig) -> EmbeddedMilvus:
     return milvus_standalone.MilvusStandalone(Path(config.data_dir).resolve() / EMBEDDED_DATA["standalone"], venv)
 
 
+def resolve_milvus(config: ServerConfig) -> tuple[ServerConfig, EmbeddedMilvus | None]:
+    """The settings with the embedded store chosen, and the child-process Milvus to start for it: None when a
+    URI is given or the store is Milvus Lite in this process."""
+    if config.milvus_uri:
+        return config, None
+    embedded, why = choose_embedded_milvus(config)
+    log.info("embedded Milvus: %s (%s)", embedded, why)
+    config = dataclasses.replace(config, milvus_embedded=embedded)
+    return config, None if embedded == "lite" else start_embedded_milvus(config)
+
+
+def restart_embedded_milvus(embedded: EmbeddedMilvus, uri: str) -> None:
+    """Starts a crashed embedded Milvus again on its data and address (blocking); a failure is logged, and the
+    caller's next check tries again."""
+    log.warning("the embedded Milvus exited; starting it again on the same data")
+    try:
+        embedded.stop()  # reaps what is left of it
+        new_uri = embedded.start()
+    except (RuntimeError, OSError) as e:
+        log.error("restarting the embedded Milvus failed (tried again at the next check): %s", e)
+        return
+    if new_uri != uri:
+        log.error("the embedded Milvus came back at %s, not %s: restart lookalike to use it", new_uri, uri)
+    else:
+        log.info("the embedded Milvus is back at %s", uri)
+
+
 class StartupError(Exception):
     """The server cannot start; the message says why and what to change."""
 
@@ -156,13 +183,8 @@ class LookalikeServer:
         )
         log.info("model %s (%d-d) runs on ONNX Runtime %s (%d run(s) at once, %d thread(s) each)", card.name,
                  card.dimension, embedder.provider, embedder.concurrent_runs, embedder.intra_op_threads)
-        store_config = self.config
-        if not self.config.milvus_uri:
-            embedded, why = choose_embedded_milvus(self.config)
-            log.info("embedded Milvus: %s (%s)", embedded, why)
-            store_config = dataclasses.replace(self.config, milvus_embedded=embedded)
-        if not store_config.milvus_uri and store_config.milvus_embedded != "lite":
-            self.embedded_milvus = start_embedded_milvus(store_config)
+        store_config, self.embedded_milvus = resolve_milvus(self.config)
+        if self.embedded_milvus is not None:
             uri = await loop.run_in_executor(None, self.embedded_milvus.start)
             log.info("started embedded Milvus (%s) at %s", store_config.milvus_embedded, uri)
             store_config = dataclasses.replace(store_config, milvus_uri=uri)
@@ -201,21 +223,10 @@ class LookalikeServer:
     async def _restart_embedded_milvus(self) -> None:
         """serve supervises the Milvus it started: a crashed child is started again on its data and address."""
         assert self.embedded_milvus is not None and self.pipeline is not None
-        log.warning("the embedded Milvus exited; starting it again on the same data")
         self.pipeline.milvus_down = "the embedded Milvus crashed and is starting again: retry in a few seconds"
         await self._set_health(False)
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(None, self.embedded_milvus.stop)  # reaps what is left of it
-            uri = await loop.run_in_executor(None, self.embedded_milvus.start)
-        except (RuntimeError, OSError) as e:
-            log.error("restarting the embedded Milvus failed (tried again in %.0f s): %s", HEALTH_CHECK_SECONDS, e)
-            return
-        if uri != self.pipeline.store.uri:
-            log.error("the embedded Milvus came back at %s, not %s: restart lookalike to use it", uri,
-                      self.pipeline.store.uri)
-        else:
-            log.info("the embedded Milvus is back at %s", uri)
+        await asyncio.get_running_loop().run_in_executor(
+            None, restart_embedded_milvus, self.embedded_milvus, self.pipeline.store.uri)
 
     async def wait(self) -> None:
         await self.grpc_server.wait_for_termination()

@@ -77,20 +77,19 @@ class Supervisor:
         self._stopping = False
 
     def _start_milvus(self) -> None:
-        from .server import StartupError, choose_embedded_milvus, start_embedded_milvus
+        from .server import StartupError, resolve_milvus
 
-        if self.uri:
+        config, self.embedded = resolve_milvus(self.config)
+        if config.milvus_uri:
             return
-        embedded, why = choose_embedded_milvus(self.config)
-        if embedded == "lite":
+        if self.embedded is None:
             raise StartupError(
-                "--workers shares one Milvus between processes, and Milvus Lite runs inside one process "
-                f"({why}): use --milvus-embedded standalone or lite-server, or --milvus-uri"
+                "--workers shares one Milvus between processes, and Milvus Lite runs inside one process: "
+                "use --milvus-embedded standalone or lite-server, or --milvus-uri"
             )
-        log.info("embedded Milvus: %s (%s)", embedded, why)
-        self.embedded = start_embedded_milvus(dataclasses.replace(self.config, milvus_embedded=embedded))
         self.uri = self.embedded.start()
-        log.info("started embedded Milvus (%s) at %s for %d workers", embedded, self.uri, self.config.workers)
+        log.info("started embedded Milvus (%s) at %s for %d workers", config.milvus_embedded, self.uri,
+                 self.config.workers)
 
     def _spawn(self, index: int) -> None:
         process = self._context.Process(
@@ -121,14 +120,12 @@ class Supervisor:
         return code
 
     def _supervise(self) -> int:
+        from .server import restart_embedded_milvus
+
         while not self._stopping:
             time.sleep(POLL_SECONDS)
             if self.embedded is not None and self.embedded.exited():
-                log.warning("the embedded Milvus exited; starting it again on the same data")
-                self.embedded.stop()
-                uri = self.embedded.start()
-                if uri != self.uri:
-                    log.error("the embedded Milvus came back at %s, not %s: restart lookalike", uri, self.uri)
+                restart_embedded_milvus(self.embedded, self.uri)
             for index, process in list(self._workers.items()):
                 if process.is_alive() or self._stopping:
                     continue
