@@ -232,6 +232,25 @@ def wait_for_port(port: int, process: ManagedProcess, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listened on port {port} within {timeout_s:.0f} s:\n{process.log_tail()}")
 
 
+def wait_serving(server: Any, timeout_s: float = 180.0) -> None:
+    """Waits until a `lookalike serve` (tests.conftest.ServerProcess) is SERVING; raises with its log's tail if
+    it exits first or takes longer."""
+    from lookalike import Client
+
+    deadline = time.monotonic() + timeout_s
+    with Client(server.address) as client:
+        while True:
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"lookalike serve exited with {server.proc.returncode}:\n{server.log()[-3000:]}")
+            try:
+                client.wait_until_ready(2)
+                return
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"lookalike serve not SERVING in {timeout_s:.0f} s:\n{server.log()[-3000:]}") from None
+
+
 def stop_processes_under(marker: str) -> list[int]:
     """Stops this user's processes that name marker (a unique temp path) in their command line or environment:
     the ones a child started and left behind (FiftyOne's mongod and its service). Returns their pids."""

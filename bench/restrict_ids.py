@@ -57,7 +57,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
-from common import installed_server, log, machine_info, percentiles, time_limit  # noqa: E402
+from common import installed_server, log, machine_info, percentiles, time_limit, wait_serving  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server import milvus_standalone  # noqa: E402
@@ -162,17 +162,7 @@ def lookalike_serve(workdir: Path, *args: str) -> Iterator[ServerProcess]:
     """`lookalike serve`, ready on return; stopped (SIGTERM) afterwards whatever happened."""
     server = ServerProcess(workdir, *args)
     try:
-        deadline = time.monotonic() + 180
-        with Client(server.address) as client:
-            while True:
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"lookalike serve exited with {server.proc.returncode}:\n{server.log()[-3000:]}")
-                try:
-                    client.wait_until_ready(2)
-                    break
-                except TimeoutError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"lookalike serve not SERVING in 180 s:\n{server.log()[-3000:]}") from None
+        wait_serving(server)
         yield server
     finally:
         server.stop()

@@ -64,6 +64,7 @@ from common import (  # noqa: E402
     make_photos,
     percentiles,
     time_limit,
+    wait_serving,
 )
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
@@ -163,17 +164,7 @@ def lookalike_serve(workdir: Path, *args: str) -> Iterator[tuple[ServerProcess, 
     server = ServerProcess(workdir, *args, "--metrics-port", str(metrics_port))
     SERVERS[server.address] = server
     try:
-        deadline = time.monotonic() + 180
-        with Client(server.address) as client:
-            while True:
-                if server.proc.poll() is not None:
-                    raise RuntimeError(f"lookalike serve exited with {server.proc.returncode}:\n{server.log()[-3000:]}")
-                try:
-                    client.wait_until_ready(2)
-                    break
-                except TimeoutError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError(f"lookalike serve not SERVING in 180 s:\n{server.log()[-3000:]}") from None
+        wait_serving(server)
         yield server, metrics_port
     finally:
         SERVERS.pop(server.address, None)
