@@ -2,7 +2,8 @@
 
 Milvus' approximate indexes trade recall for speed, and how much depends on the data (HNSW's defaults
 gave recall@10 of 0.16 on random 1280-d vectors and 1.0 on clustered photos here). So the server
-measures: sample stored vectors as queries, compute their exact neighbours in the native core, and
+measures: sample queries (stored vectors, and new points drawn like them, whose neighbours an index finds
+less easily than a row's own), compute their exact neighbours in the native core, and
 find the smallest ef (HNSW) or nprobe (IVF) whose over-fetched, exactly re-ranked results reach the
 target. Until a collection is calibrated, searches use a generous default.
 """
@@ -98,6 +99,16 @@ def exact_reference(store: Store, spec: CollectionSpec, queries: np.ndarray, k: 
     return ranked
 
 
+def sample_queries(stored: np.ndarray, seed: int) -> np.ndarray:
+    """Half stored rows, half new points drawn like them (each dimension with the sample's mean and spread).
+    A stored row is its own nearest neighbour, which a graph finds easily: on 1,200 random 1280-d rows (inner
+    product) stored rows measured recall@10 1.0 at ef 64, while new random queries got 0.8-0.9 there."""
+    half = len(stored) // 2
+    fresh = np.random.default_rng(seed).standard_normal((len(stored) - half, stored.shape[1]))
+    fresh = stored.mean(axis=0) + fresh * stored.std(axis=0)
+    return np.concatenate([stored[:half], fresh]).astype(np.float32)
+
+
 def calibrate(
     store: Store,
     spec: CollectionSpec,
@@ -115,7 +126,8 @@ def calibrate(
     started = time.monotonic()
     store.wait_for_index(spec.name)
     offset = random.Random(rows).randrange(0, max(1, rows - SAMPLE_QUERIES))
-    _, queries = store.page(spec.name, offset, SAMPLE_QUERIES)
+    _, rows_read = store.page(spec.name, offset, SAMPLE_QUERIES)
+    queries = sample_queries(rows_read, rows)
     # ef beyond the row count adds nothing: the graph either reaches a row or it does not.
     efforts = tuple(e for e in _efforts(spec) if spec.index_type != "HNSW" or e <= max(rows, HNSW_EFFORTS[0]))
     exact = rows <= EXACT_REFERENCE_MAX_ROWS
