@@ -125,7 +125,7 @@ def bench_model_only(card: Any, tensors: np.ndarray, batch_sizes: list[int], min
         "by_batch_size": by_size[best_layout],
         "by_layout_and_batch_size": by_size,
         "cpu_ms_per_image_by_batch_size": cpu_ms[best_layout],
-        "provider": layouts["one_run_all_cores"].provider,
+        "provider": next(iter(layouts.values())).provider,
         "threads": cores(),
         "cpu": meter.result,
     }
