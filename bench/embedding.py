@@ -605,7 +605,7 @@ def run(args: argparse.Namespace) -> dict:
         baseline = None if args.skip_fiftyone else bench_fiftyone(
             files, model_only["best_batch_size"], args, _mkdir(work / "fiftyone"))
 
-    ingest = ingest_rate = served["ingest"]["images_per_s"]
+    ingest = served["ingest"]["images_per_s"]
     fiftyone_rate = baseline["images_per_s"] if baseline else None
     targets = GPU_TARGETS if gpu else CPU_TARGETS
     idle_p99, load_p99 = served["latency"]["idle"]["p99"], served["latency"]["under_ingest"]["p99"]
@@ -671,7 +671,7 @@ def run(args: argparse.Namespace) -> dict:
                   "measured_again_after": {"model_only": model_after["images_per_s"],
                                            "preprocess_only": preprocess_after["images_per_s"]},
                   "which": "the mean of the limit measured before the server phase and again right after it",
-                  "ingest_over_each": [_ratio(ingest_rate, limit_before), _ratio(ingest_rate, limit_after)]},
+                  "ingest_over_each": [_ratio(ingest, limit_before), _ratio(ingest, limit_after)]},
         "ingest_e2e": ingest,
         "fiftyone_baseline": fiftyone_rate,
         "ingest": served["ingest"],

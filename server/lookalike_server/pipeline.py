@@ -464,7 +464,7 @@ class Pipeline:
         # Rows stored from here on need a flush of their own: a stream ending now schedules the next one.
         self._settle_timers.pop(name, None)
         try:
-            await asyncio.get_running_loop().run_in_executor(self._store_pool, self.store.flush, name)
+            await self._in_store(self.store.flush, name)
         except Exception as e:  # Milvus down or the collection dropped: the next stream's end tries again
             log.warning("flushing collection %s failed: %s", name, e)
         self._calibrate_soon(name)
@@ -638,9 +638,8 @@ class Pipeline:
                 # Float indexes score candidates exactly already: merge and order Milvus' own scores.
                 ranked = rank_by_distance(found, want, spec.metric, options.reverse)
                 return [hits[options.offset :] for hits in ranked]
-        started = time.perf_counter()
-        ranked = rerank(vectors, found, want, spec.metric, options.reverse)
-        metrics.RERANK_SECONDS.observe(time.perf_counter() - started)
+        with metrics.RERANK_SECONDS.time():
+            ranked = rerank(vectors, found, want, spec.metric, options.reverse)
         return [hits[options.offset :] for hits in ranked]
 
     def _effort(self, spec: CollectionSpec, want: int, fetch: int, target: float) -> int:

@@ -141,7 +141,7 @@ def calibrate(
     half = len(ids) // 2
     queries = np.concatenate(
         [rows_read[:half], midpoints(store, spec, ids[half:], rows_read[half:], search, efforts[-1])]
-    ).astype(np.float32)
+    )
     exact = rows <= EXACT_REFERENCE_MAX_ROWS
     top_k = max(CALIBRATION_KS)
     reference = exact_reference(store, spec, queries, top_k) if exact else search(queries, top_k, efforts[-1])
