@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -42,12 +42,16 @@ class _Entry(Generic[T, R]):
 
 
 class MicroBatcher(Generic[T, R]):
-    """Runs `run_batch(items) -> results` (one result per item, in order) on `executor`."""
+    """Runs `run_batch(items) -> results` (one result per item, in order) on `executor`.
+
+    With no executor, `run_batch` is a coroutine function awaited on the event loop: for batches whose
+    work is itself asynchronous I/O (Milvus calls through an asyncio client).
+    """
 
     def __init__(
         self,
-        run_batch: Callable[[Sequence[T]], Sequence[R]],
-        executor: Executor,
+        run_batch: Callable[[Sequence[T]], Sequence[R]] | Callable[[Sequence[T]], Awaitable[Sequence[R]]],
+        executor: Executor | None,
         max_batch_size: int = 32,
         max_queue_delay: float = 0.005,
         preferred_batch_sizes: Sequence[int] = (),
@@ -163,10 +167,12 @@ class MicroBatcher(Generic[T, R]):
                 break
         return batch
 
-    async def _run(self, executor: Executor, items: list[T]) -> Sequence[R]:
+    async def _run(self, executor: Executor | None, items: list[T]) -> Sequence[R]:
+        if executor is None:
+            return await self._run_batch(items)  # type: ignore[misc]
         return await asyncio.get_running_loop().run_in_executor(executor, self._run_batch, items)
 
-    async def _work(self, executor: Executor, lane: bool) -> None:
+    async def _work(self, executor: Executor | None, lane: bool) -> None:
         while True:
             batch = await self._next_batch(lane)
             if lane:
@@ -185,7 +191,7 @@ class MicroBatcher(Generic[T, R]):
                     if self.overlap_at > 1 and self.queue_depth():
                         self._arrived.set()  # a worker held back by the running batch may start now
 
-    async def _finish(self, executor: Executor, batch: list[_Entry[T, R]]) -> None:
+    async def _finish(self, executor: Executor | None, batch: list[_Entry[T, R]]) -> None:
         """Runs the batch and settles every caller's future with its own result or error."""
         self.batches += 1
         self.items += len(batch)

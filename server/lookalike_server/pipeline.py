@@ -220,7 +220,7 @@ class Pipeline:
         # 25 ms of Python per call whatever its size, so 32 queries in one call cost little more than one.
         self._search_batcher: MicroBatcher[_SearchJob, list[list[Candidate]]] = MicroBatcher(
             self._search_batch,
-            self._store_pool,
+            None,  # a coroutine: its Milvus calls are made from the event loop, or hop to the store pool
             max_batch_size=MAX_QUERIES_PER_MILVUS_CALL,
             max_queue_delay=0.0,
             concurrency=1 if store.is_lite else SEARCH_CALLS_IN_FLIGHT,
@@ -242,6 +242,7 @@ class Pipeline:
         return self.embedder.card.name
 
     async def start(self) -> None:
+        self.store.open_async()
         self._embed_batcher.start()
         self._search_batcher.start()
         self._store_batcher.start()
@@ -257,6 +258,7 @@ class Pipeline:
         for pool in (self._decode_pool, self._interactive_pool, self._inference_pool,
                      self._interactive_inference_pool, self._store_pool, self._calibration_pool):
             pool.shutdown(wait=True, cancel_futures=True)
+        await self.store.close_async()
 
     async def _in_store(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         self._check_milvus()
@@ -548,13 +550,21 @@ class Pipeline:
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
 
-    async def _stored_vectors(self, spec: CollectionSpec, ids: Sequence[str]) -> dict[str, np.ndarray]:
-        stored = await self._in_store(self.store.get, spec.name, list(dict.fromkeys(ids)), True, False)
+    async def _stored_vectors(
+        self, spec: CollectionSpec, ids: Sequence[str], consistency: str
+    ) -> dict[str, np.ndarray]:
+        unique = list(dict.fromkeys(ids))
+        if self.store.aio is not None:
+            self._check_milvus()
+            stored = await self.store.get_vectors_async(spec.name, unique, consistency)
+        else:
+            rows = await self._in_store(self.store.get, spec.name, unique, True, False)
+            stored = {i: v for i, (v, _) in rows.items()}
         missing = [i for i in ids if i not in stored]
         if missing:
             raise NotFound(f"id {missing[0]!r} is not in collection {spec.name!r}"
                            + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
-        return {i: v for i, (v, _) in stored.items()}
+        return stored
 
     def _mean(self, vectors: list[np.ndarray], spec: CollectionSpec) -> np.ndarray:
         # In float64: the float32 sum of valid vectors can overflow (2 x 3e38).
@@ -587,10 +597,10 @@ class Pipeline:
         raise InvalidArgument("a query needs a vector, image bytes, a stored id, ids or vectors")
 
     async def _query_vectors(
-        self, spec: CollectionSpec, queries: Sequence[Query], deadline: float | None = None
+        self, spec: CollectionSpec, queries: Sequence[Query], consistency: str = "", deadline: float | None = None
     ) -> np.ndarray:
         wanted = [i for q in queries for i in ([q.id] if q.id is not None else list(q.ids or ()))]
-        stored = await self._stored_vectors(spec, wanted) if wanted else {}
+        stored = await self._stored_vectors(spec, wanted, consistency) if wanted else {}
         vectors = await asyncio.gather(*(self._query_vector(q, spec, stored, deadline) for q in queries))
         return np.stack(vectors).astype(np.float32, copy=False)
 
@@ -607,7 +617,7 @@ class Pipeline:
         if not 0.0 <= options.min_recall <= 1.0:
             raise InvalidArgument(f"min_recall must be between 0 and 1, got {options.min_recall}")
         spec = await self.spec(collection)
-        vectors = await self._query_vectors(spec, queries, deadline)
+        vectors = await self._query_vectors(spec, queries, options.consistency, deadline)
         self._check_milvus()
         want = options.k + options.offset
         filter_expr = options.filter_expr
@@ -708,8 +718,8 @@ class Pipeline:
         else:
             self._calibrations[key] = result
 
-    def _search_batch(self, jobs: Sequence[_SearchJob]) -> list[list[list[Candidate]]]:
-        """One Milvus search per group of jobs with the same parameters (runs on the store thread)."""
+    async def _search_batch(self, jobs: Sequence[_SearchJob]) -> list[list[list[Candidate]]]:
+        """One Milvus search per group of jobs with the same parameters."""
         groups: dict[_SearchKey, list[int]] = {}
         for position, job in enumerate(jobs):
             groups.setdefault(job.key, []).append(position)
@@ -720,9 +730,12 @@ class Pipeline:
             step = max(1, MAX_RESULTS_PER_MILVUS_CALL // key.limit)
             found = []
             for start in range(0, len(vectors), step):
-                found += self.store.search(key.collection, jobs[positions[0]].spec, vectors[start : start + step],
-                                           key.limit, key.filter_expr, key.with_metadata, key.effort,
-                                           key.consistency, key.with_vectors)
+                args = (key.collection, jobs[positions[0]].spec, vectors[start : start + step], key.limit,
+                        key.filter_expr, key.with_metadata, key.effort, key.consistency, key.with_vectors)
+                if self.store.aio is not None:
+                    found += await self.store.search_async(*args)
+                else:
+                    found += await self._in_store(self.store.search, *args)
             start = 0
             for p in positions:
                 count = len(jobs[p].vectors)

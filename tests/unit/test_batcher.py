@@ -266,3 +266,30 @@ def test_held_back_items_start_as_soon_as_the_running_batch_ends():
 
     assert run(main()) == [0, 1, 2]
     assert sizes == [1, 2]
+
+
+def test_without_an_executor_a_coroutine_batch_runs_on_the_event_loop():
+    loop_threads: set[int] = set()
+    sizes: list[int] = []
+
+    async def picky(items):
+        loop_threads.add(threading.get_ident())
+        sizes.append(len(items))
+        await asyncio.sleep(0.01)  # a Milvus call through an asyncio client
+        if "bad" in items:
+            raise ValueError("bad item")
+        return [i.upper() for i in items]
+
+    async def main():
+        batcher = MicroBatcher(picky, None, max_batch_size=4, max_queue_delay=0.1, concurrency=2, overlap_at=2)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in ("a", "bad", "c", "d", "e")),
+                                       return_exceptions=True)
+        await batcher.close()
+        return results
+
+    a, bad, c, d, e = run(main())
+    assert (a, c, d, e) == ("A", "C", "D", "E")
+    assert isinstance(bad, ValueError)
+    assert loop_threads == {threading.get_ident()}
+    assert sizes[0] == 4  # batched as with an executor, then the failed batch's items one by one
