@@ -11,7 +11,7 @@ import math
 import os
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,7 +25,7 @@ from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, Lookalik
 from .imaging import image_to_tensor
 from .recall import Calibration, calibrate, default_effort
 from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
-from .thread_priority import BULK_NICE, thread_pool
+from .thread_priority import BULK_NICE, BulkGate, thread_pool
 
 log = logging.getLogger(__name__)
 
@@ -183,9 +183,11 @@ class Pipeline:
         # Bulk decoding and inference get every core at a lower priority; interactive calls (Search, Embed)
         # have their own threads at normal priority, so they never queue behind an ingest's backlog of
         # JPEGs nor share the cores with it evenly.
-        self._decode_pool = thread_pool(config.decode_workers or cores, "decode", BULK_NICE)
+        # ... and they step aside (between units of work) while an interactive call is in flight.
+        self.bulk_gate = BulkGate()
+        self._decode_pool = thread_pool(config.decode_workers or cores, "decode", BULK_NICE, self.bulk_gate)
         self._interactive_pool = thread_pool(2, "decode-interactive")
-        self._inference_pool = thread_pool(embedder.concurrent_runs, "inference", BULK_NICE)
+        self._inference_pool = thread_pool(embedder.concurrent_runs, "inference", BULK_NICE, self.bulk_gate)
         self._interactive_inference_pool = thread_pool(1, "inference-interactive")
         # On a CPU, batches of 4 cost the least CPU per image here (10.0 ms vs 11.3 at 8 and 15.6 at 32), and
         # short batches keep an interactive Embed from waiting long behind bulk ingest.
@@ -379,10 +381,14 @@ class Pipeline:
 
         `deadline` is in event-loop time: past it, the image is not computed (DeadlineExceeded).
         """
-        loop = asyncio.get_running_loop()
-        pool = self._interactive_pool if priority == INTERACTIVE else self._decode_pool
-        tensor = await loop.run_in_executor(
-            pool, image_to_tensor, data, self.embedder.card, self.config.max_image_pixels
+        if priority != INTERACTIVE:
+            return await self._embed(self._decode_pool, data, priority, deadline)
+        with self.bulk_gate.interactive():
+            return await self._embed(self._interactive_pool, data, priority, deadline)
+
+    async def _embed(self, decode_pool: Executor, data: bytes, priority: int, deadline: float | None) -> np.ndarray:
+        tensor = await asyncio.get_running_loop().run_in_executor(
+            decode_pool, image_to_tensor, data, self.embedder.card, self.config.max_image_pixels
         )
         return await self._embed_batcher.submit(tensor, priority, deadline)
 
