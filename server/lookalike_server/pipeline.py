@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -71,6 +72,10 @@ CALIBRATION_MAX_AGE_SECONDS = 600.0
 # Eight streams each flushing at their end had Milvus Lite seal eight small segments, each indexed and
 # searched on its own, and spend 0.6 ms of CPU per ingested image on flushes.
 SETTLE_DELAY_SECONDS = 0.5
+# ... and while other streams still write to the collection, its flush waits for them (a flush seals a
+# segment that Milvus then indexes beside the live ingest, which stalled interactive calls by up to 180 ms),
+# but no longer than this after the first stream's end.
+SETTLE_MAX_WAIT_SECONDS = 10.0
 # How long a collection's settings are trusted before Milvus is asked again (another replica may drop it).
 SPEC_CACHE_SECONDS = 10.0
 
@@ -209,6 +214,8 @@ class Pipeline:
         self._specs: dict[str, tuple[CollectionSpec, float]] = {}
         # Collections with a flush pending after an ingest (see _settle_soon), and those flushes under way.
         self._settle_timers: dict[str, asyncio.TimerHandle] = {}
+        self._settle_asked: dict[str, float] = {}  # when a collection's pending flush was first asked for
+        self._writing: collections.Counter[str] = collections.Counter()  # Ingest streams writing, by collection
         self._background: set[asyncio.Future[None]] = set()
         # Why Milvus is unavailable, while the server's health watchdog finds it so ("" when it answers).
         self.milvus_down = ""
@@ -458,19 +465,26 @@ class Pipeline:
 
     def _settle_soon(self, name: str) -> None:
         """After an Ingest stream ends: one flush of the collection, then its calibration check, shared with
-        the other streams that end within SETTLE_DELAY_SECONDS."""
+        the other streams that end within SETTLE_DELAY_SECONDS or still write to it (up to a limit)."""
         if name in self._settle_timers:
             return
+        loop = asyncio.get_running_loop()
+        self._settle_asked.setdefault(name, loop.time())
+
         def start() -> None:
+            if self._writing[name] and loop.time() - self._settle_asked[name] < SETTLE_MAX_WAIT_SECONDS:
+                self._settle_timers[name] = loop.call_later(SETTLE_DELAY_SECONDS, start)
+                return
             task = asyncio.ensure_future(self._settle(name))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-        self._settle_timers[name] = asyncio.get_running_loop().call_later(SETTLE_DELAY_SECONDS, start)
+        self._settle_timers[name] = loop.call_later(SETTLE_DELAY_SECONDS, start)
 
     async def _settle(self, name: str) -> None:
         # Rows stored from here on need a flush of their own: a stream ending now schedules the next one.
         self._settle_timers.pop(name, None)
+        self._settle_asked.pop(name, None)
         try:
             await self._in_store(self.store.flush, name)
         except Exception as e:  # Milvus down or the collection dropped: the next stream's end tries again
@@ -529,7 +543,9 @@ class Pipeline:
                     waiting.append(task)
                 prepared = [await task for task in waiting]
                 rows = [p for p in prepared if isinstance(p, _Row)]
-                touched.update(r.collection for r in rows)
+                for name in {r.collection for r in rows} - touched:
+                    self._writing[name] += 1
+                    touched.add(name)
                 stored = iter(await asyncio.gather(*(self._store_batcher.submit(r) for r in rows)))
                 for p in prepared:
                     result = next(stored) if isinstance(p, _Row) else p
@@ -541,6 +557,9 @@ class Pipeline:
             # A stream's end is a natural point to seal its rows: Milvus then indexes them (Milvus Lite
             # searches unflushed rows by brute force: 250-700 ms a query at 5,000 rows, 15 ms indexed).
             for name in touched:
+                self._writing[name] -= 1
+                if not self._writing[name]:
+                    del self._writing[name]
                 self._settle_soon(name)
             reader.cancel()
             for task in waiting:

@@ -85,3 +85,38 @@ def test_concurrent_streams_share_upserts_and_one_flush(server_with_metrics):
             assert hit.id == f"s{stream}-{j}"
             np.testing.assert_allclose(client.get([hit.id], collection="lockstep")[hit.id][0], data[i], rtol=1e-6)
         client.drop_collection("lockstep")
+
+
+def test_a_collection_is_flushed_once_its_last_writing_stream_ends(server_with_metrics):
+    proc, metrics_port = server_with_metrics
+    data = np.random.default_rng(6).standard_normal((11, DIM)).astype(np.float32)
+    with Client(proc.address) as client:
+        client.create_collection("staggered", "l2", "HNSW", dimension=DIM)
+    flushes_before = milvus_calls(metrics_port, "flush")
+    release = threading.Event()
+    acked: list[str] = []
+
+    def long_items():
+        yield "long-0", data[0]
+        release.wait(60)  # the stream stays open, written to, while the short one ends
+        yield "long-1", data[1]
+
+    def long_stream() -> None:
+        with Client(proc.address, collection="staggered", timeout=120) as client:
+            acked.extend(r.id for r in client.ingest(long_items()) if r.ok)
+
+    writer = threading.Thread(target=long_stream)
+    writer.start()
+    try:
+        with Client(proc.address, collection="staggered") as client:
+            assert all(r.ok for r in client.ingest((f"short-{j}", data[2 + j]) for j in range(9)))
+        time.sleep(2)  # four settle delays past the short stream's end
+        assert milvus_calls(metrics_port, "flush") == flushes_before, "flushed while a stream still wrote"
+    finally:
+        release.set()
+        writer.join(60)
+    assert acked == ["long-0", "long-1"]
+    time.sleep(2)
+    assert milvus_calls(metrics_port, "flush") - flushes_before == 1
+    with Client(proc.address) as client:
+        assert client.describe_collection("staggered").row_count == 11
