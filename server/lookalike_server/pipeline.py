@@ -212,6 +212,7 @@ class Pipeline:
             interactive_executor=self._interactive_inference_pool,
         )
         self._specs: dict[str, tuple[CollectionSpec, float]] = {}
+        self._spec_loading: dict[str, asyncio.Future[CollectionSpec]] = {}
         # Collections with a flush pending after an ingest (see _settle_soon), and those flushes under way.
         self._settle_timers: dict[str, asyncio.TimerHandle] = {}
         self._settle_asked: dict[str, float] = {}  # when a collection's pending flush was first asked for
@@ -306,8 +307,19 @@ class Pipeline:
         cached = self._specs.get(name)
         if cached is not None and now - cached[1] < SPEC_CACHE_SECONDS:
             return cached[0]
+        # One read for every caller that finds the entry missing or stale: the first items of 8 Ingest streams
+        # each asked Milvus Lite on its own (128 describes in a row on its thread, stalling calls beside them).
+        loading = self._spec_loading.get(name)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_spec(name, first=cached is None))
+            self._spec_loading[name] = loading
+            loading.add_done_callback(lambda _: self._spec_loading.pop(name, None))
+        return await asyncio.shield(loading)
+
+    async def _load_spec(self, name: str, first: bool) -> CollectionSpec:
+        now = time.monotonic()
         spec = await self._in_store(self.store.describe, name)
-        if cached is None:
+        if first:
             await self._in_store(self.store.ensure_loaded, name)
         self._specs[name] = (spec, now)
         return spec
