@@ -638,7 +638,10 @@ class Pipeline:
     ) -> np.ndarray:
         wanted = [i for q in queries for i in ([q.id] if q.id is not None else list(q.ids or ()))]
         stored = await self._stored_vectors(spec, wanted, consistency) if wanted else {}
-        vectors = await asyncio.gather(*(self._query_vector(q, spec, stored, deadline) for q in queries))
+        if any(q.image is not None for q in queries):  # images are embedded concurrently
+            vectors = await asyncio.gather(*(self._query_vector(q, spec, stored, deadline) for q in queries))
+        else:  # nothing to wait for: no task per query
+            vectors = [await self._query_vector(q, spec, stored, deadline) for q in queries]
         return np.stack(vectors).astype(np.float32, copy=False)
 
     async def search(
