@@ -419,7 +419,7 @@ class Store:
     ) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
         """The stored rows among `ids` (and matching the filter), keyed by id; others are simply absent."""
         found: dict[str, tuple[np.ndarray | None, dict[str, Any] | None]] = {}
-        for request in self._get_requests(ids, with_vectors, with_metadata, filter_expr, "Strong"):
+        for request in self._get_requests(ids, with_vectors, with_metadata, filter_expr, self._strong):
             found.update(_rows_by_id(self._call(self.client.query, name, collection=name, **request),
                                      with_vectors, with_metadata))
         return found
@@ -432,18 +432,18 @@ class Store:
         """
         assert self.aio is not None, "open_async() first"
         found: dict[str, np.ndarray] = {}
-        for request in self._get_requests(ids, True, False, "", consistency):
+        for request in self._get_requests(ids, True, False, "", self._level(consistency)):
             rows = await self._call_async(self.aio.query, collection=name, **request)
             found.update({i: vector for i, (vector, _) in _rows_by_id(rows, True, False).items()})
         return found
 
     def _get_requests(self, ids: Sequence[str], with_vectors: bool, with_metadata: bool, filter_expr: str,
-                      consistency: str) -> Iterator[dict[str, Any]]:
+                      level: dict[str, str]) -> Iterator[dict[str, Any]]:
         fields = ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else [])
         for start in range(0, len(ids), GET_CHUNK):
             chunk = list(ids[start : start + GET_CHUNK])
             expr = f"id in {quote_ids(chunk)}" + (f" and ({filter_expr})" if filter_expr else "")
-            yield {"filter": expr, "output_fields": fields, **self._level(consistency)}
+            yield {"filter": expr, "output_fields": fields, **level}
 
     def scan(self, name: str, filter_expr: str = "", with_metadata: bool = False,
              batch_size: int = 10_000) -> Iterator[tuple[list[str], np.ndarray, list[Any]]]:
