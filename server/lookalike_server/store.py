@@ -17,12 +17,13 @@ from typing import Any
 
 import grpc
 import numpy as np
-from pymilvus import AsyncMilvusClient, DataType, MilvusClient
+from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from . import metrics
 from .config import ServerConfig
 from .errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, Unavailable
+from .milvus_rpc import MilvusRpc, Rows
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Store:
         self.uri = uri
         self._connect_args = kwargs
         # A Milvus server is also called from the event loop (see open_async); Milvus Lite runs in-process.
-        self.aio: AsyncMilvusClient | None = None
+        self.aio: MilvusRpc | None = None
         try:
             self.client = MilvusClient(uri, **kwargs)
         except MilvusException as e:
@@ -142,7 +143,7 @@ class Store:
         Milvus standalone that hop, and the GIL handed between the threads, cost about 15% of the QPS.
         """
         if not self.is_lite and self.aio is None:
-            self.aio = AsyncMilvusClient(self.uri, **self._connect_args)
+            self.aio = MilvusRpc(self.uri, **{k: v for k, v in self._connect_args.items() if v})
 
     async def close_async(self) -> None:
         if self.aio is not None:
@@ -388,10 +389,12 @@ class Store:
     ) -> list[list[Candidate]]:
         """search() on the event loop (open_async first)."""
         assert self.aio is not None, "open_async() first"
-        request = self._search_request(spec, vectors, limit, filter_expr, with_metadata, effort, consistency,
-                                       with_vectors)
-        results = await self._call_async(self.aio.search, collection=name, filter_expr=filter_expr, **request)
-        return _candidates(results, with_vectors, with_metadata)
+        # Milvus Lite returns every field when asked for none: "id" keeps the reply to what is needed.
+        fields = ("id",) + (("vector",) if with_vectors else ()) + (("metadata",) if with_metadata else ())
+        rows = await self._call_async(self.aio.search, vectors, limit, search_params(spec.index_type, limit, effort),
+                                      filter_expr, fields, self._level_name(consistency), collection=name,
+                                      filter_expr=filter_expr)
+        return _hits_per_query(rows)
 
     def _search_request(
         self, spec: CollectionSpec, vectors: np.ndarray, limit: int, filter_expr: str, with_metadata: bool,
@@ -409,9 +412,14 @@ class Store:
     def _level(self, consistency: str) -> dict[str, str]:
         if self.is_lite:
             return {}
+        return {"consistency_level": self._level_name(consistency)}
+
+    @staticmethod
+    def _level_name(consistency: str) -> str:
+        """The consistency level a server read uses: the one asked for, or Session."""
         if consistency and consistency not in CONSISTENCY_LEVELS:
             raise InvalidArgument(f"consistency must be one of {CONSISTENCY_LEVELS}, got {consistency!r}")
-        return {"consistency_level": consistency} if consistency else self._consistency
+        return consistency or "Session"
 
     def get(
         self, name: str, ids: list[str], with_vectors: bool = True, with_metadata: bool = True,
@@ -432,9 +440,12 @@ class Store:
         """
         assert self.aio is not None, "open_async() first"
         found: dict[str, np.ndarray] = {}
-        for request in self._get_requests(ids, True, False, "", self._level(consistency)):
-            rows = await self._call_async(self.aio.query, collection=name, **request)
-            found.update({i: vector for i, (vector, _) in _rows_by_id(rows, True, False).items()})
+        level = self._level_name(consistency)
+        for request in self._get_requests(ids, True, False, "", {}):
+            rows = await self._call_async(self.aio.query, request["filter"], tuple(request["output_fields"]), level,
+                                          collection=name)
+            if rows.vectors is not None:
+                found.update(zip(rows.ids, rows.vectors, strict=True))
         return found
 
     def _get_requests(self, ids: Sequence[str], with_vectors: bool, with_metadata: bool, filter_expr: str,
@@ -506,6 +517,23 @@ def _candidates(results: Any, with_vectors: bool, with_metadata: bool) -> list[l
         ]
         for hits in results
     ]
+
+
+def _hits_per_query(rows: Rows) -> list[list[Candidate]]:
+    hits: list[list[Candidate]] = []
+    start = 0
+    for count in rows.counts:
+        hits.append([
+            Candidate(
+                id=rows.ids[n],
+                vector=rows.vectors[n] if rows.vectors is not None else None,
+                metadata=rows.metadata[n] if rows.metadata is not None else None,
+                distance=rows.distances[n],
+            )
+            for n in range(start, start + count)
+        ])
+        start += count
+    return hits
 
 
 def _rows_by_id(
