@@ -1365,7 +1365,9 @@ def notes(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
         "files), the watched process (the lookalike server for Lite, the milvus server for standalone) and "
         "everything else on the machine (other_processes_s).",
         "The direct clients ask Milvus for k=10 ids only, with the ef the server calibrated (its default 512 when it "
-        "has no calibration); lookalike asks for an over-fetch (2k, at least k+32) with vectors and re-ranks exactly.",
+        "has no calibration); lookalike asks the float indexes (FLAT, HNSW, IVF_FLAT) for k ids and orders "
+        "Milvus' own exact scores; it over-fetches (2k, at least k+32) with vectors and re-ranks exactly only "
+        "for IVF_SQ8.",
         "scaling: clustered data (same centres), HNSW cosine, measured after the calibration wait; single_query_k10 "
         "is one thread; batched_k10 is search_many with 32 queries per call from one thread; concurrent_k10 is 32 "
         "threads, one query per call. The lite-server store reuses the in-process store's finished collection files "
