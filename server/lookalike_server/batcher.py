@@ -111,11 +111,36 @@ class MicroBatcher(Generic[T, R]):
         if not self._workers:
             raise RuntimeError(f"{self.name} is not started")
         loop = asyncio.get_running_loop()
+        if self._idle_without_delay():
+            return await self._run_alone(item, loop.time(), deadline)
         entry: _Entry[T, R] = _Entry(item, loop.create_future(), loop.time(), deadline, priority)
         self._queues[min(priority, len(self._queues) - 1)].append(entry)
         self._depth_gauge.set(self.queue_depth())
         self._arrived.set()
         return await entry.future
+
+    def _idle_without_delay(self) -> bool:
+        """Whether a worker would run the next item at once and alone: a coroutine batcher that waits for no
+        company, with nothing queued and nothing running."""
+        return (self._executor is None and self.max_queue_delay <= 0 and self._running == 0
+                and not any(self._queues))
+
+    async def _run_alone(self, item: T, now: float, deadline: float | None) -> R:
+        """The batch of one a worker would form, run in the caller's own task: handing it to a worker and the
+        result back cost 0.18 ms of CPU per search by id (1.65 against 1.47 ms, measured). Items arriving
+        meanwhile queue behind it, as behind a worker's batch, and form the next batch."""
+        if deadline is not None and now >= deadline:
+            raise DeadlineExceeded("the deadline passed while waiting for a batch")
+        self._running += 1
+        self.batches += 1
+        self.items += 1
+        self._size_histogram.observe(1)
+        try:
+            return (await self._run_batch([item]))[0]  # type: ignore[misc]
+        finally:
+            self._running -= 1
+            if self.queue_depth():
+                self._arrived.set()  # the workers take what queued meanwhile
 
     def _queues_for(self, lane: bool) -> list[deque[_Entry[T, R]]]:
         if lane:
@@ -125,7 +150,11 @@ class MicroBatcher(Generic[T, R]):
         return self._queues
 
     def _may_start(self, lane: bool) -> bool:
-        if lane or self._running == 0 or self.overlap_at <= 1:
+        if lane or self._running == 0:
+            return True
+        if self._running >= self.concurrency:  # the workers, and a batch run in its caller's task
+            return False
+        if self.overlap_at <= 1:
             return True
         return sum(len(q) for q in self._queues_for(lane)) >= self.overlap_at
 

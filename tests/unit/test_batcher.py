@@ -293,3 +293,36 @@ def test_without_an_executor_a_coroutine_batch_runs_on_the_event_loop():
     assert isinstance(bad, ValueError)
     assert loop_threads == {threading.get_ident()}
     assert sizes[0] == 4  # batched as with an executor, then the failed batch's items one by one
+
+
+def test_an_idle_coroutine_batcher_without_delay_runs_an_item_in_the_callers_task():
+    """Nothing queued or running: the item runs alone in its caller's task; what arrives meanwhile queues
+    behind it and goes in the next batch, and an expired deadline is still refused."""
+    tasks: list[asyncio.Task | None] = []
+    sizes: list[int] = []
+    started = asyncio.Event()
+
+    async def search(items):
+        tasks.append(asyncio.current_task())
+        sizes.append(len(items))
+        started.set()
+        await asyncio.sleep(0.05)  # a Milvus call
+        return [i * 10 for i in items]
+
+    async def main():
+        batcher = MicroBatcher(search, None, max_batch_size=8, max_queue_delay=0.0, concurrency=4, overlap_at=8)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit(1))
+        await started.wait()
+        later = [asyncio.ensure_future(batcher.submit(i)) for i in (2, 3, 4)]
+        results = [await first] + [await f for f in later]
+        with pytest.raises(DeadlineExceeded):
+            await batcher.submit(5, INTERACTIVE, deadline=asyncio.get_running_loop().time() - 1)
+        await batcher.close()
+        return first, results
+
+    first, results = run(main())
+    assert results == [10, 20, 30, 40]
+    assert sizes == [1, 3]  # the three that came during the first call went together
+    assert tasks[0] is first  # the first ran in its caller's task, the batch of three on a worker
+    assert tasks[1] is not first
