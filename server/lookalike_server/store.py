@@ -1,4 +1,5 @@
-"""Milvus, and only here: collections of (id, vector, metadata) rows. pymilvus types never leave this module."""
+"""Milvus, and only here: collections of (id, vector, metadata) rows. pymilvus types never leave this module
+(milvus_rpc, which it uses for searches and reads by id on a Milvus server, returns plain rows)."""
 
 from __future__ import annotations
 
