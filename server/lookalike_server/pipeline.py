@@ -48,7 +48,7 @@ OVERFETCH = 2
 RESTRICT_FILTER_MAX_IDS = 100_000
 # Indexes whose distances are approximate (quantized codes): their candidates are re-scored exactly from
 # the stored vectors in the native core. Float indexes' distances are exact already.
-QUANTIZED_INDEXES = frozenset({"IVF_SQ8"})
+QUANTIZED_INDEXES = frozenset({"IVF_SQ8", "IVF_PQ", "SCANN"})
 # Milvus' largest vector dimension.
 MAX_DIMENSION = 32_768
 # Offset + k beyond Milvus' top-k limit pages through an exact scan, which keeps (offset + k) candidates per

@@ -66,7 +66,7 @@ def default_effort(spec: CollectionSpec, fetch: int) -> int:
     """The effort used before calibration: generous, since the data is not yet known."""
     if spec.index_type == "HNSW":
         return max(512, 4 * fetch)
-    if spec.index_type.startswith("IVF"):
+    if spec.index_type.startswith("IVF") or spec.index_type == "SCANN":
         return max(32, spec.index_params.get("nlist", 128) // 2)
     return 0
 

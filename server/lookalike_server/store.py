@@ -22,8 +22,8 @@ from pymilvus import DataType, MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from . import metrics
-from .config import ServerConfig
-from .errors import AlreadyExists, InvalidArgument, LookalikeError, NotFound, Unavailable
+from .config import INDEX_TYPES, SERVER_ONLY_INDEX_TYPES, ServerConfig
+from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
 from .milvus_rpc import MilvusRpc, Rows
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ DEFAULT_BUILD_PARAMS: dict[str, dict[str, int]] = {
     "HNSW": {"M": 16, "efConstruction": 200},
     "IVF_FLAT": {"nlist": 128},
     "IVF_SQ8": {"nlist": 128},
+    # m (sub-vectors) depends on the dimension: see build_params.
+    "IVF_PQ": {"nlist": 128, "nbits": 8},
+    # With its raw vectors kept, ScaNN refines its candidates and can return their vectors for our re-rank.
+    "SCANN": {"nlist": 128, "with_raw_data": True},
 }
 
 
@@ -59,7 +63,7 @@ DEFAULT_BUILD_PARAMS: dict[str, dict[str, int]] = {
 class CollectionSpec:
     name: str
     metric: str  # "cosine" | "ip" | "l2"
-    index_type: str  # "FLAT" | "HNSW" | "IVF_FLAT" | "IVF_SQ8"
+    index_type: str  # "FLAT" | "HNSW" | "IVF_FLAT" | "IVF_SQ8"; a Milvus server also "IVF_PQ" | "SCANN"
     model: str
     dimension: int
     index_params: dict[str, int] = field(default_factory=dict)
@@ -74,6 +78,16 @@ class Candidate:
     distance: float = math.nan  # as Milvus computed it for this query
 
 
+def build_params(index_type: str, dimension: int, asked: dict[str, Any]) -> dict[str, Any]:
+    """The index's build parameters: ours by default, the caller's where given."""
+    params: dict[str, Any] = dict(DEFAULT_BUILD_PARAMS[index_type])
+    if index_type == "IVF_PQ":
+        # m must divide the dimension; sub-vectors of about 8 floats each (1280-d: m 160) keep PQ's error small.
+        params["m"] = max((m for m in range(1, dimension // 4 + 1) if dimension % m == 0 and dimension // m >= 8),
+                          key=lambda m: -abs(dimension // m - 8), default=1)
+    return {**params, **asked}
+
+
 def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any]:
     """Milvus search parameters; `effort` is ef for HNSW or nprobe for IVF (0: a safe default)."""
     if index_type == "HNSW":
@@ -81,6 +95,9 @@ def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any
         return {"params": {"ef": max(limit, min(MAX_EF, max(effort or 64, HNSW_EF_PER_RESULT * limit)))}}
     if index_type.startswith("IVF"):
         return {"params": {"nprobe": effort or 32}}
+    if index_type == "SCANN":
+        # reorder_k: how many of the quantized candidates ScaNN re-scores on the raw vectors.
+        return {"params": {"nprobe": effort or 32, "reorder_k": max(limit, 100)}}
     return {"params": {}}
 
 
@@ -217,19 +234,24 @@ class Store:
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=spec.dimension)
         schema.add_field("metadata", DataType.JSON)
         index = self.client.prepare_index_params()
+        built_with = build_params(spec.index_type, spec.dimension, spec.index_params)
         index.add_index(
             field_name="vector",
             index_type=spec.index_type,
             metric_type=spec.metric.upper(),
-            params={"params": {**DEFAULT_BUILD_PARAMS[spec.index_type], **spec.index_params}},
+            params={"params": built_with},
         )
+        if spec.index_type in SERVER_ONLY_INDEX_TYPES and self._engine_is_lite():
+            lite_types = ", ".join(t for t in INDEX_TYPES if t not in SERVER_ONLY_INDEX_TYPES)
+            raise FailedPrecondition(f"index type {spec.index_type} needs a Milvus server (serve --milvus-uri, or "
+                                     f"--milvus-embedded standalone): Milvus Lite builds only {lite_types}")
         if self._call(self.client.has_collection, spec.name):
             raise AlreadyExists(f"collection {spec.name!r} already exists")
         properties = {
             _PROP_MODEL: spec.model or _VECTORS_ONLY,
             _PROP_METRIC: spec.metric,
             _PROP_INDEX: spec.index_type,
-            _PROP_INDEX_PARAMS: json.dumps({**DEFAULT_BUILD_PARAMS[spec.index_type], **spec.index_params}),
+            _PROP_INDEX_PARAMS: json.dumps(built_with),
             _PROP_MIN_RECALL: str(spec.min_recall),
         }
         try:
@@ -253,6 +275,15 @@ class Store:
             raise
         log.info("created collection %s (%s, %s, %d-d, model %s)", spec.name, spec.metric, spec.index_type,
                  spec.dimension, spec.model)
+
+    def _engine_is_lite(self) -> bool:
+        """Milvus Lite, in this process or as a `milvus-lite server` (which reports "milvus_lite-3.2.2")."""
+        if self.is_lite:
+            return True
+        try:
+            return str(self.client.get_server_version()).startswith("milvus_lite")
+        except (MilvusException, grpc.RpcError):  # not known: Milvus itself says what it cannot build
+            return False
 
     def describe(self, name: str) -> CollectionSpec:
         info = self._call(self.client.describe_collection, name, collection=name)

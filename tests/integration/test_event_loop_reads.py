@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lookalike_server.config import ServerConfig
-from lookalike_server.errors import InvalidArgument, NotFound
+from lookalike_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from lookalike_server.store import CONSISTENCY_LEVELS, CollectionSpec, Store
 
 DIM = 16
@@ -107,4 +107,19 @@ def test_event_loop_reads_see_this_servers_writes_and_report_milvus_errors(milvu
         assert seen == {"Strong": (True, True), "Session": (True, True)}
     finally:
         store.drop(spec.name)
+        store.close()
+
+
+def test_a_milvus_lite_server_is_told_apart_from_a_milvus_server(milvus_lite_server_uri, tmp_path):
+    """A `milvus-lite server` accepts IVF_PQ and ScaNN collections and then fails to build their index in the
+    background: lookalike recognises the engine behind the URI and refuses them up front."""
+    store = Store(ServerConfig(data_dir=tmp_path, milvus_uri=milvus_lite_server_uri))
+    try:
+        for index_type in ("IVF_PQ", "SCANN"):
+            spec = CollectionSpec(name=f"refused_{index_type.lower()}", metric="ip", index_type=index_type, model="",
+                                  dimension=DIM)
+            with pytest.raises(FailedPrecondition, match=f"{index_type} needs a Milvus server"):
+                store.create(spec)
+            assert spec.name not in store.list_collections()
+    finally:
         store.close()

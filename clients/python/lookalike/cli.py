@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", default="list", choices=["list", "describe", "create", "drop"])
     p.add_argument("name", nargs="?", default="")
     p.add_argument("--metric", default="", choices=["", "cosine", "ip", "l2"])
-    p.add_argument("--index", default="", choices=["", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8"])
+    p.add_argument("--index", default="", choices=["", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN"])
     p.add_argument("--dimension", type=int, default=0,
                    help="create: vectors-only collection of this dimension (default: the server model's)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")

@@ -36,6 +36,8 @@ _INDEXES = {
     "HNSW": pb.INDEX_TYPE_HNSW,
     "IVF_FLAT": pb.INDEX_TYPE_IVF_FLAT,
     "IVF_SQ8": pb.INDEX_TYPE_IVF_SQ8,
+    "IVF_PQ": pb.INDEX_TYPE_IVF_PQ,
+    "SCANN": pb.INDEX_TYPE_SCANN,
 }
 
 
@@ -343,7 +345,8 @@ class Client:
         min_recall: float = 0.0,
         dimension: int = 0,
     ) -> CollectionInfo:
-        """Creates a collection of the server's model; metric cosine|ip|l2, index FLAT|HNSW|IVF_FLAT|IVF_SQ8.
+        """Creates a collection of the server's model; metric cosine|ip|l2, index FLAT|HNSW|IVF_FLAT|IVF_SQ8
+        (a Milvus server also IVF_PQ|SCANN).
 
         A `dimension` other than the model's makes a vectors-only collection, for embeddings computed elsewhere.
         """

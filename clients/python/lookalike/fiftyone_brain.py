@@ -60,7 +60,7 @@ MAX_K = 16384  # the server's limit on k (and on offset + k)
 
 # FiftyOne's metric names -> lookalike's.
 METRICS = {"cosine": "cosine", "dotproduct": "ip", "euclidean": "l2"}
-INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8")
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")  # the last two: a Milvus server only
 CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 
 _QUERIES_PER_CALL = 256  # queries in one Search call (fewer when k is large)
@@ -76,7 +76,8 @@ class LookalikeSimilarityConfig(fbs.SimilarityConfig):
         collection_name (None): the lookalike collection to use or create; by default a new one named
             after the dataset
         metric ("cosine"): ``"cosine"``, ``"dotproduct"`` or ``"euclidean"`` (lookalike's cosine, ip, l2)
-        index_type (None): ``"FLAT"``, ``"HNSW"``, ``"IVF_FLAT"`` or ``"IVF_SQ8"``; None is the server's default
+        index_type (None): ``"FLAT"``, ``"HNSW"``, ``"IVF_FLAT"``, ``"IVF_SQ8"``, or on a Milvus server
+            ``"IVF_PQ"`` or ``"SCANN"``; None is the server's default
         index_params (None): index build parameters, e.g. ``{"M": 16, "efConstruction": 200}``
         min_recall (None): the recall a search must reach by default; None is the server's (0.99)
         consistency_level ("Session"): ``"Strong"``, ``"Session"``, ``"Bounded"`` or ``"Eventually"``
