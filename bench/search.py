@@ -8,7 +8,9 @@ Everything runs here on loopback, started and stopped by this script:
                    photos) and per index type (FLAT, HNSW, IVF_FLAT, IVF_SQ8): ingest N rows through gRPC, wait
                    for the server's recall calibration (which itself waits for Milvus to finish the index), then
                    one thread searches held-out queries one at a time for every k (ks interleaved per query):
-                   recall@10 and recall@k against exact numpy brute force, p50/p99 latency.
+                   recall@10 and recall@k against exact numpy brute force, p50/p99 latency. The index types only
+                   a Milvus server builds (IVF_PQ, SCANN) are measured the same way on the standalone
+                   (block standalone-indexes, recall_latency_standalone_server_indexes).
   qps              32 client threads, one query per call, by vector, k=10, the clustered HNSW collection:
                    through lookalike vs pymilvus MilvusClient straight to the same Milvus (Milvus Lite: a copy
                    of the server's collection folder opened in this process; standalone: the same server), at
@@ -963,6 +965,46 @@ def standalone_block(args: argparse.Namespace, workdir: Path, result: dict[str, 
         milvus.stop()
 
 
+# Index types only a Milvus server builds (Milvus Lite refuses them): measured on the standalone alone.
+SERVER_ONLY_INDEXES = ("IVF_PQ", "SCANN")
+
+
+def standalone_indexes_block(args: argparse.Namespace, workdir: Path, result: dict[str, Any],
+                             clusters_holder: list[Clusters]) -> None:
+    """The index types a Milvus server adds (IVF_PQ, ScaNN) on the real standalone: recall and latency on both
+    data sets, measured as the Lite matrix is (after the server's calibration, which waits for the index)."""
+    if not milvus_standalone.available(STANDALONE_VENV):
+        result["recall_latency_standalone_server_indexes"] = {
+            "skipped": f"{STANDALONE_VENV} has no `milvus` package (make milvus-standalone)"}
+        return
+    milvus = milvus_standalone.MilvusStandalone(workdir / "standalone-indexes", venv=STANDALONE_VENV)
+    log("[standalone-indexes] starting Milvus standalone")
+    uri = milvus.start()
+    try:
+        with lookalike_serve(workdir / "serve-standalone-indexes", "--milvus-uri", uri,
+                             "--data-dir", str(workdir / "unused-standalone-indexes")) as (server, metrics_port):
+            address = server.address
+            clusters = ensure_clusters(args, address, workdir, clusters_holder)
+            datasets = make_datasets(args, clusters)
+            result.setdefault("data", {}).update({ds.name: ds.description for ds in datasets})
+            matrix: dict[str, Any] = result.setdefault("recall_latency_standalone_server_indexes", {})
+            for ds in datasets:
+                for index_type in SERVER_ONLY_INDEXES:
+                    name = f"si_{ds.name}_{index_type.lower()}"
+                    log(f"[standalone-indexes] {ds.name} {index_type}")
+                    entry = prepare_collection(address, name, index_type, ds.rows, ds.queries[0], args)
+                    entry["describe_index_before_measuring"] = server_index_state(uri, name)
+                    entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks,
+                                                    args.measure_budget, metrics_port)
+                    log(f"  {json.dumps({k: v for k, v in entry['per_k'].items() if k.isdigit()})}")
+                    matrix.setdefault(ds.name, {})[index_type] = entry
+                    with Client(address) as client:
+                        client.drop_collection(name)
+            result.setdefault("server_logs", {})["standalone-indexes"] = log_findings(server)
+    finally:
+        milvus.stop()
+
+
 def standalone_recall_qps(args: argparse.Namespace, address: str, metrics_port: int, uri: str, server_pid: int | None,
                           clusters: Clusters, result: dict[str, Any]) -> None:
     """The standalone's recall/latency on the clustered HNSW collection and its gRPC vs direct QPS."""
@@ -1037,8 +1079,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets with pass/fail, and which store serves the largest size best."""
     summary: dict[str, Any] = {}
     worst: dict[str, Any] = {}
-    for source in ("recall_latency", "recall_latency_standalone"):
+    for source in ("recall_latency", "recall_latency_standalone", "recall_latency_standalone_server_indexes"):
         for ds, per_index in result.get(source, {}).items():
+            if not isinstance(per_index, dict):  # a block skipped, with its reason
+                continue
             for index_type, entry in per_index.items():
                 for k, figures in entry.get("per_k", {}).items():
                     if k.isdigit():
@@ -1214,6 +1258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "lite": lambda: lite_block(args, workdir, result, clusters_holder),
             "lite-server": lambda: lite_server_block(args, workdir, result, clusters_holder),
             "standalone": lambda: standalone_block(args, workdir, result, clusters_holder),
+            "standalone-indexes": lambda: standalone_indexes_block(args, workdir, result, clusters_holder),
         }
         # --scaling-only keeps the blocks it runs too: their scaling points are replaced or added one by one.
         run_now = [] if args.scaling_only else [b for b in every if b in args.blocks]
@@ -1277,6 +1322,7 @@ BLOCK_KEYS: dict[str, list[tuple[str, ...]]] = {
     "lite-server": [("scaling", "lite-server"), ("server_logs", "lite-server")],
     "standalone": [("recall_latency_standalone",), ("qps_standalone",), ("scaling", "standalone"),
                    ("server_logs", "standalone")],
+    "standalone-indexes": [("recall_latency_standalone_server_indexes",), ("server_logs", "standalone-indexes")],
 }
 
 
@@ -1452,8 +1498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="ingest the lite-server scaling collections afresh instead of copying the in-process "
                              "Milvus Lite store's finished ones (same engine and rows; saves the ingest and build)")
     parser.add_argument("--blocks", type=lambda v: v.split(","), default=list(BLOCK_KEYS),
-                        help="which parts to run: native,lite,lite-server,standalone (default all); 'none' with "
-                             "--merge recomputes the summary of an earlier run")
+                        help="which parts to run: native,lite,lite-server,standalone,standalone-indexes (default "
+                             "all); 'none' with --merge recomputes the summary of an earlier run")
     parser.add_argument("--merge", action="append", default=[],
                         help="an earlier run's JSON (repeatable, later files win): the blocks it measured and that "
                              "are not run now are copied from it (provenance says when each block was measured); "
