@@ -349,7 +349,8 @@ def calibrations(address: str, collection: str) -> list[dict[str, Any]]:
         info = pb_grpc.CollectionsStub(channel).DescribeCollection(pb.DescribeCollectionRequest(name=collection),
                                                                     timeout=60)
     return [{"k": c.k, "effort": c.effort, "recall": round(c.recall, 4), "target": round(c.target, 4),
-             "rows": c.rows, "exact_reference": c.exact_reference, "exact_fallback": c.exact_fallback}
+             "rows": c.rows, "exact_reference": c.exact_reference, "exact_fallback": c.exact_fallback,
+             **({"overfetch": c.overfetch} if c.overfetch else {})}
             for c in info.calibrations]
 
 

@@ -18,6 +18,8 @@ EMBEDDED_MILVUS = ("auto", "lite", "lite-server", "standalone")
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN")
 # Index types only a Milvus server builds: Milvus Lite accepts them, then fails to build them in the background.
 SERVER_ONLY_INDEX_TYPES = frozenset({"IVF_PQ", "SCANN"})
+# Indexes that rank on compressed vectors: their candidates are over-fetched and re-ranked exactly.
+QUANTIZED_INDEXES = frozenset({"IVF_SQ8", "IVF_PQ", "SCANN"})
 # Milvus' own ceiling on topk for one search.
 MAX_K = 16384
 

@@ -20,11 +20,11 @@ import numpy as np
 
 from . import _native, metrics
 from .batcher import BULK, INTERACTIVE, MicroBatcher
-from .config import INDEX_TYPES, MAX_K, METRICS, ServerConfig
+from .config import INDEX_TYPES, MAX_K, METRICS, QUANTIZED_INDEXES, ServerConfig
 from .embedder import Embedder
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
 from .imaging import image_to_tensor
-from .recall import Calibration, calibrate, default_effort
+from .recall import OVERFETCH_STEPS, Calibration, calibrate, default_effort
 from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
 from .thread_priority import BULK_NICE, BulkGate, thread_pool
 
@@ -39,8 +39,9 @@ MAX_UPSERT_ROWS = 256
 # few calls at once; a second starts beside a running one only once UPSERT_OVERLAP_AT rows wait.
 UPSERT_CALLS_IN_FLIGHT = 2
 UPSERT_OVERLAP_AT = 32
-# Quantized indexes are asked for this many candidates per result, then re-ranked exactly.
-OVERFETCH = 2
+# Quantized indexes are asked for this many candidates per result, then re-ranked exactly, until the recall
+# calibration measures how many they need (recall.OVERFETCH_STEPS).
+OVERFETCH = OVERFETCH_STEPS[0]
 # Up to this many restrict_ids become an `id in [...]` filter on the index search; larger sets are searched
 # exactly by reading their vectors. bench/results/restrict_ids.json: at 50,000 ids the filter took 0.48 s
 # (Milvus Lite) and 2.9 s (standalone) against 13.1 s and 58.5 s for reading the set's vectors, and a tag
@@ -48,7 +49,6 @@ OVERFETCH = 2
 RESTRICT_FILTER_MAX_IDS = 100_000
 # Indexes whose distances are approximate (quantized codes): their candidates are re-scored exactly from
 # the stored vectors in the native core. Float indexes' distances are exact already.
-QUANTIZED_INDEXES = frozenset({"IVF_SQ8", "IVF_PQ", "SCANN"})
 # Milvus' largest vector dimension.
 MAX_DIMENSION = 32_768
 # Offset + k beyond Milvus' top-k limit pages through an exact scan, which keeps (offset + k) candidates per
@@ -672,8 +672,9 @@ class Pipeline:
             # from an exact scan; and an index that cannot reach the recall target is replaced by one.
             found = await self._in_store(self._exact_scan, spec, vectors, want, filter_expr, options)
         else:
-            fetch = _fetch(spec, want)
-            effort = self._effort(spec, want, fetch, options.min_recall or spec.min_recall)
+            target = options.min_recall or spec.min_recall
+            fetch = _fetch(spec, want, self._overfetch(spec, want, target))
+            effort = self._effort(spec, want, fetch, target)
             if filter_expr:
                 # The calibration measured unfiltered searches; a filtered graph search needs a wider beam
                 # (measured: 1,000 of 50,000 ids, recall@10 0.78 at the calibrated ef 64, 1.0 at 512).
@@ -700,6 +701,11 @@ class Pipeline:
         self._maybe_calibrate(spec, key)
         calibration = self._calibrations.get(key)
         return calibration.effort_for(want) if calibration else default_effort(spec, fetch)
+
+    def _overfetch(self, spec: CollectionSpec, want: int, target: float) -> int:
+        """How many candidates per result to re-rank from a quantized index: as calibrated, else OVERFETCH."""
+        calibration = self._calibrations.get((spec.name, round(target, 4)))
+        return calibration.overfetch_for(want) if calibration else OVERFETCH
 
     def _needs_exact(self, spec: CollectionSpec, want: int, options: SearchOptions) -> bool:
         key = (spec.name, round(options.min_recall or spec.min_recall, 4))
@@ -736,11 +742,16 @@ class Pipeline:
             if fresh and abs(rows - current.rows) <= 0.1 * current.rows:
                 return current
 
-        def search(queries: np.ndarray, k: int, effort: int) -> list[list[str]]:
+        def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH) -> list[list[str]]:
             quantized = spec.index_type in QUANTIZED_INDEXES
-            found = self.store.search(spec.name, spec, queries, _fetch(spec, k), "", False, effort, "Strong",
-                                      with_vectors=quantized)
-            ranked = rerank(queries, found, k, spec.metric) if quantized else rank_by_distance(found, k, spec.metric)
+            fetch = _fetch(spec, k, overfetch)
+            step = max(1, MAX_RESULTS_PER_MILVUS_CALL // fetch)  # wide over-fetches: a few queries per call
+            ranked: list[list[Hit]] = []
+            for start in range(0, len(queries), step):
+                chunk = queries[start : start + step]
+                found = self.store.search(spec.name, spec, chunk, fetch, "", False, effort, "Strong",
+                                          with_vectors=quantized)
+                ranked += rerank(chunk, found, k, spec.metric) if quantized else rank_by_distance(found, k, spec.metric)
             return [[h.id for h in hits] for hits in ranked]
 
         return calibrate(self.store, spec, key[1], search)
@@ -817,7 +828,7 @@ class Pipeline:
         return await self._in_store(self.store.delete, spec.name, list(dict.fromkeys(ids)))
 
 
-def _fetch(spec: CollectionSpec, want: int) -> int:
+def _fetch(spec: CollectionSpec, want: int, overfetch: int = OVERFETCH) -> int:
     """Candidates asked of Milvus: exactly k from float indexes, over-fetched from quantized ones for the re-rank.
 
     A float index (FLAT, HNSW, IVF_FLAT) scores its candidates exactly, so the top k of a larger fetch are the k
@@ -825,7 +836,7 @@ def _fetch(spec: CollectionSpec, want: int) -> int:
     """
     if spec.index_type not in QUANTIZED_INDEXES:
         return want
-    return min(MAX_K, max(OVERFETCH * want, want + 32))
+    return min(MAX_K, max(overfetch * want, want + 32))
 
 
 async def _first_of(window: asyncio.Queue[T], reader: asyncio.Future[None]) -> T:

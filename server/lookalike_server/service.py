@@ -93,7 +93,8 @@ def _collection_to_wire(info: CollectionInfo) -> pb.CollectionInfo:
         min_recall=spec.min_recall,
         calibrations=[
             pb.Calibration(k=k, effort=c.efforts[k], recall=c.recalls[k], target=c.target, rows=c.rows,
-                           exact_reference=c.exact_reference, exact_fallback=c.exact_fallback)
+                           exact_reference=c.exact_reference, exact_fallback=c.exact_fallback,
+                           overfetch=c.overfetch.get(k, 0))
             for c in info.calibrations
             for k in sorted(c.efforts)
         ],
