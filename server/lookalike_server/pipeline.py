@@ -63,6 +63,9 @@ MAX_QUERIES_PER_MILVUS_CALL = 128
 SEARCH_CALLS_IN_FLIGHT = 4
 SEARCH_OVERLAP_AT = 8
 MAX_RESULTS_PER_MILVUS_CALL = 32_768
+# Candidate vectors per Milvus call at most (40 MB): a Milvus server sends no reply over 64 MB (measured: a
+# calibration asking 102 queries x 320 candidates of 1280 floats was refused at 105 MB).
+VECTOR_REPLY_FLOATS = 10_000_000
 # A collection's calibration is checked at most this often, and redone when older than the maximum age
 # or when its row count moved by more than 10% (Milvus Lite also builds indexes late, in the background).
 CALIBRATION_CHECK_SECONDS = 30.0
@@ -667,9 +670,11 @@ class Pipeline:
             found = await self._in_store(
                 self._exact_over_ids, spec, vectors, want, options
             )
-        elif (options.reverse and spec.metric == "l2") or want > MAX_K or self._needs_exact(spec, want, options):
+        elif ((options.reverse and spec.metric == "l2") or want > MAX_K or self._needs_exact(spec, want, options)
+              or (spec.index_type in QUANTIZED_INDEXES and want * spec.dimension > 1.2 * VECTOR_REPLY_FLOATS)):
             # No index finds the farthest points; Milvus returns at most MAX_K results, so deeper pages come
-            # from an exact scan; and an index that cannot reach the recall target is replaced by one.
+            # from an exact scan; an index that cannot reach the recall target is replaced by one; and so is
+            # a quantized one when k candidates' vectors alone would overflow a reply (k 16,384 at 1280-d).
             found = await self._in_store(self._exact_scan, spec, vectors, want, filter_expr, options)
         else:
             target = options.min_recall or spec.min_recall
@@ -745,7 +750,7 @@ class Pipeline:
         def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH) -> list[list[str]]:
             quantized = spec.index_type in QUANTIZED_INDEXES
             fetch = _fetch(spec, k, overfetch)
-            step = max(1, MAX_RESULTS_PER_MILVUS_CALL // fetch)  # wide over-fetches: a few queries per call
+            step = _queries_per_call(fetch, spec.dimension, quantized)  # wide over-fetches: few queries a call
             ranked: list[list[Hit]] = []
             for start in range(0, len(queries), step):
                 chunk = queries[start : start + step]
@@ -777,8 +782,9 @@ class Pipeline:
         results: list[list[list[Candidate]]] = [[] for _ in jobs]
         for key, positions in groups.items():
             vectors = np.concatenate([jobs[p].vectors for p in positions])
-            # Milvus caps a reply (256 MB) and its work per call: at most MAX_RESULTS_PER_MILVUS_CALL hits.
-            step = max(1, MAX_RESULTS_PER_MILVUS_CALL // key.limit)
+            # Milvus caps a reply and its work per call: at most MAX_RESULTS_PER_MILVUS_CALL hits, and
+            # VECTOR_REPLY_FLOATS when the hits carry their vectors.
+            step = _queries_per_call(key.limit, jobs[positions[0]].spec.dimension, key.with_vectors)
             found = []
             for start in range(0, len(vectors), step):
                 args = (key.collection, jobs[positions[0]].spec, vectors[start : start + step], key.limit,
@@ -836,7 +842,15 @@ def _fetch(spec: CollectionSpec, want: int, overfetch: int = OVERFETCH) -> int:
     """
     if spec.index_type not in QUANTIZED_INDEXES:
         return want
-    return min(MAX_K, max(overfetch * want, want + 32))
+    # Each candidate comes with its vector: the list stops where one query's reply would grow too large.
+    return min(MAX_K, max(overfetch * want, want + 32), max(want, VECTOR_REPLY_FLOATS // spec.dimension))
+
+
+def _queries_per_call(limit: int, dimension: int, with_vectors: bool) -> int:
+    """Queries per Milvus search call, so that a reply stays within what Milvus sends."""
+    hits = min(MAX_RESULTS_PER_MILVUS_CALL, VECTOR_REPLY_FLOATS // dimension) if with_vectors \
+        else MAX_RESULTS_PER_MILVUS_CALL
+    return max(1, hits // limit)
 
 
 async def _first_of(window: asyncio.Queue[T], reader: asyncio.Future[None]) -> T:
