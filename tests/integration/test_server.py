@@ -516,3 +516,24 @@ def test_indexes_only_a_milvus_server_builds(client, request, index):
         assert found / (10 * len(queries)) >= 0.99
     finally:
         client.drop_collection(name)
+
+
+def test_a_batch_whose_candidate_vectors_overflow_one_reply_is_split(client):
+    """16 queries at k=1000 on a quantized 1280-d index: 32,000 over-fetched candidates with their vectors
+    (164 MB) would be one Milvus reply, and a Milvus server sends none over 64 MB. They go in several calls,
+    and every query still gets its exact top k."""
+    client.create_collection("wide", "ip", "IVF_SQ8", index_params={"nlist": 16})
+    try:
+        data = unit_rows(2500, seed=31)
+        ids = [f"x{i}" for i in range(len(data))]
+        assert all(r.ok for r in client.ingest(zip(ids, data, strict=True), collection="wide"))
+        queries = unit_rows(16, seed=32)
+        results = client.search_many(list(queries), k=1000, collection="wide", min_recall=0.5)
+        assert [len(hits) for hits in results] == [1000] * 16
+        for q, hits in zip(queries, results, strict=True):
+            scores = data @ q
+            assert hits[0].id == ids[int(np.argmax(scores))]
+            for h in hits[:20]:
+                assert h.score == pytest.approx(float(scores[ids.index(h.id)]), abs=1e-4)
+    finally:
+        client.drop_collection("wide")
