@@ -116,6 +116,13 @@ def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         server.stop()
 
 
+@pytest.fixture(params=["milvus-lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])
+def milvus_server_uri(request: pytest.FixtureRequest) -> str:
+    """A Milvus reached by URI, each kind in turn: a `milvus-lite server`, then the real standalone."""
+    fixture = "milvus_lite_server_uri" if request.param == "milvus-lite-server" else "milvus_standalone_uri"
+    return request.getfixturevalue(fixture)
+
+
 @pytest.fixture(scope="session")
 def milvus_lite_server_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Milvus Lite engine as a shared gRPC server (`milvus-lite server`), for several replicas."""

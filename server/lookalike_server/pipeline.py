@@ -47,8 +47,6 @@ OVERFETCH = OVERFETCH_STEPS[0]
 # (Milvus Lite) and 2.9 s (standalone) against 13.1 s and 58.5 s for reading the set's vectors, and a tag
 # field or a temporary partition costs a rewrite of the set first (40-94 s).
 RESTRICT_FILTER_MAX_IDS = 100_000
-# Indexes whose distances are approximate (quantized codes): their candidates are re-scored exactly from
-# the stored vectors in the native core. Float indexes' distances are exact already.
 # Milvus' largest vector dimension.
 MAX_DIMENSION = 32_768
 # Offset + k beyond Milvus' top-k limit pages through an exact scan, which keeps (offset + k) candidates per

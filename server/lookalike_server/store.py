@@ -421,11 +421,9 @@ class Store:
     ) -> list[list[Candidate]]:
         """search() on the event loop (open_async first)."""
         assert self.aio is not None, "open_async() first"
-        # Milvus Lite returns every field when asked for none: "id" keeps the reply to what is needed.
-        fields = ("id",) + (("vector",) if with_vectors else ()) + (("metadata",) if with_metadata else ())
         rows = await self._call_async(self.aio.search, vectors, limit, search_params(spec.index_type, limit, effort),
-                                      filter_expr, fields, self._level_name(consistency), collection=name,
-                                      filter_expr=filter_expr)
+                                      filter_expr, tuple(_output_fields(with_vectors, with_metadata)),
+                                      self._level_name(consistency), collection=name, filter_expr=filter_expr)
         return _hits_per_query(rows)
 
     def _search_request(
@@ -436,7 +434,7 @@ class Store:
             "data": vectors.tolist(),
             "limit": limit,
             "filter": filter_expr,
-            "output_fields": ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else []),
+            "output_fields": _output_fields(with_vectors, with_metadata),
             "search_params": search_params(spec.index_type, limit, effort),
             **self._level(consistency),
         }
@@ -482,7 +480,7 @@ class Store:
 
     def _get_requests(self, ids: Sequence[str], with_vectors: bool, with_metadata: bool, filter_expr: str,
                       level: dict[str, str]) -> Iterator[dict[str, Any]]:
-        fields = ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else [])
+        fields = _output_fields(with_vectors, with_metadata)
         for start in range(0, len(ids), GET_CHUNK):
             chunk = list(ids[start : start + GET_CHUNK])
             expr = f"id in {quote_ids(chunk)}" + (f" and ({filter_expr})" if filter_expr else "")
@@ -549,6 +547,11 @@ def _candidates(results: Any, with_vectors: bool, with_metadata: bool) -> list[l
         ]
         for hits in results
     ]
+
+
+def _output_fields(with_vectors: bool, with_metadata: bool) -> list[str]:
+    """The fields a search or read asks for: always "id" (Milvus Lite returns every field when asked for none)."""
+    return ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else [])
 
 
 def _hits_per_query(rows: Rows) -> list[list[Candidate]]:

@@ -15,12 +15,6 @@ from lookalike_server.store import CONSISTENCY_LEVELS, CollectionSpec, Store
 DIM = 16
 
 
-@pytest.fixture(params=["milvus-lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])
-def milvus_uri(request: pytest.FixtureRequest) -> str:
-    fixture = "milvus_lite_server_uri" if request.param == "milvus-lite-server" else "milvus_standalone_uri"
-    return request.getfixturevalue(fixture)
-
-
 def _rows(n: int, seed: int) -> tuple[list[str], np.ndarray, list[dict]]:
     vectors = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -28,8 +22,8 @@ def _rows(n: int, seed: int) -> tuple[list[str], np.ndarray, list[dict]]:
 
 
 @pytest.mark.parametrize("index_type", ["HNSW", "IVF_SQ8"])
-def test_event_loop_search_and_reads_match_pymilvus(milvus_uri, index_type, tmp_path):
-    store = Store(ServerConfig(data_dir=tmp_path, milvus_uri=milvus_uri))
+def test_event_loop_search_and_reads_match_pymilvus(milvus_server_uri, index_type, tmp_path):
+    store = Store(ServerConfig(data_dir=tmp_path, milvus_uri=milvus_server_uri))
     spec = CollectionSpec(name=f"parity_{index_type.lower()}", metric="ip", index_type=index_type, model="",
                           dimension=DIM)
     ids, vectors, metadata = _rows(300, seed=1)
@@ -69,8 +63,8 @@ def test_event_loop_search_and_reads_match_pymilvus(milvus_uri, index_type, tmp_
         store.close()
 
 
-def test_event_loop_reads_see_this_servers_writes_and_report_milvus_errors(milvus_uri, tmp_path):
-    store = Store(ServerConfig(data_dir=tmp_path, milvus_uri=milvus_uri))
+def test_event_loop_reads_see_this_servers_writes_and_report_milvus_errors(milvus_server_uri, tmp_path):
+    store = Store(ServerConfig(data_dir=tmp_path, milvus_uri=milvus_server_uri))
     spec = CollectionSpec(name="session_reads", metric="ip", index_type="HNSW", model="", dimension=DIM)
     ids, vectors, metadata = _rows(50, seed=2)
     store.create(spec)

@@ -41,14 +41,19 @@ def _scripted_index(ids: list[str], vectors: np.ndarray, calls: list[tuple[int, 
     return search
 
 
-def test_a_quantized_index_gets_the_over_fetch_that_reaches_the_target(tmp_path):
-    store, spec, ids, vectors = _collection(tmp_path, "IVF_SQ8")
-    calls: list[tuple[int, int]] = []
+def _calibrated(tmp_path, index_type: str, calls: list[tuple[int, int]]):
+    """calibrate() on a real collection of `index_type` whose index needs 8 candidates per result."""
+    store, spec, ids, vectors = _collection(tmp_path, index_type)
     try:
-        calibration = calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8))
+        return calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8))
     finally:
         store.drop(spec.name)
         store.close()
+
+
+def test_a_quantized_index_gets_the_over_fetch_that_reaches_the_target(tmp_path):
+    calls: list[tuple[int, int]] = []
+    calibration = _calibrated(tmp_path, "IVF_SQ8", calls)
     assert calibration is not None
     assert calibration.overfetch == {10: 8, 100: 8}
     assert all(recall >= 0.99 for recall in calibration.recalls.values())
@@ -60,13 +65,8 @@ def test_a_quantized_index_gets_the_over_fetch_that_reaches_the_target(tmp_path)
 
 
 def test_a_float_index_is_never_over_fetched(tmp_path):
-    store, spec, ids, vectors = _collection(tmp_path, "IVF_FLAT")
     calls: list[tuple[int, int]] = []
-    try:
-        calibration = calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8))
-    finally:
-        store.drop(spec.name)
-        store.close()
+    calibration = _calibrated(tmp_path, "IVF_FLAT", calls)
     assert calibration is not None
     assert {f for _, f in calls} == {OVERFETCH_STEPS[0]}
     assert all(recall < 0.99 for recall in calibration.recalls.values())  # scripted to fall short at 2

@@ -8,18 +8,11 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
 from lookalike import ById, Client
 from tests.conftest import ServerProcess
 
 DIM = 1280
-
-
-@pytest.fixture(params=["milvus-lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])
-def shared_milvus(request):
-    fixture = "milvus_lite_server_uri" if request.param == "milvus-lite-server" else "milvus_standalone_uri"
-    return request.getfixturevalue(fixture)
 
 
 def replica(tmp_path_factory, uri: str) -> ServerProcess:
@@ -28,8 +21,8 @@ def replica(tmp_path_factory, uri: str) -> ServerProcess:
     return proc
 
 
-def test_ingest_through_one_replica_search_through_another(shared_milvus, tmp_path_factory, photos_dir):
-    a = replica(tmp_path_factory, shared_milvus)
+def test_ingest_through_one_replica_search_through_another(milvus_server_uri, tmp_path_factory, photos_dir):
+    a = replica(tmp_path_factory, milvus_server_uri)
     b = None
     try:
         with Client(a.address) as through_a:
@@ -37,7 +30,7 @@ def test_ingest_through_one_replica_search_through_another(shared_milvus, tmp_pa
             results = list(through_a.ingest_folder(photos_dir, collection="shared_photos"))
             assert all(r.ok for r in results)
         # A replica started later discovers the collection from Milvus alone.
-        b = replica(tmp_path_factory, shared_milvus)
+        b = replica(tmp_path_factory, milvus_server_uri)
         with Client(b.address) as through_b:
             listed = {c.name: c for c in through_b.list_collections()}
             assert listed["shared_photos"].row_count == len(results)
@@ -54,8 +47,8 @@ def test_ingest_through_one_replica_search_through_another(shared_milvus, tmp_pa
             assert b.stop() == 0
 
 
-def test_creating_the_same_collection_from_two_replicas(shared_milvus, tmp_path_factory):
-    a, b = replica(tmp_path_factory, shared_milvus), replica(tmp_path_factory, shared_milvus)
+def test_creating_the_same_collection_from_two_replicas(milvus_server_uri, tmp_path_factory):
+    a, b = replica(tmp_path_factory, milvus_server_uri), replica(tmp_path_factory, milvus_server_uri)
     try:
         with Client(a.address) as ca, Client(b.address) as cb:
             outcomes: list[str] = []
