@@ -2,10 +2,11 @@
 
 Milvus' approximate indexes trade recall for speed, and how much depends on the data (HNSW's defaults
 gave recall@10 of 0.16 on random 1280-d vectors and 1.0 on clustered photos here). So the server
-measures: sample queries (stored vectors, and new points among them, whose neighbours an index finds less
-easily than a row's own), compute their exact neighbours in the native core, and
-find the smallest ef (HNSW) or nprobe (IVF) whose over-fetched, exactly re-ranked results reach the
-target. Until a collection is calibrated, searches use a generous default.
+measures: sample queries (stored vectors, and new points among them), compute their exact neighbours in
+the native core, and find the smallest ef (HNSW) or nprobe (IVF) whose over-fetched, exactly re-ranked
+results reach the target. Each query is scored without the rows it was made from (leave-one-out): those
+an index finds trivially, and new queries have no such row. Until a collection is calibrated, searches
+use a generous default.
 """
 
 from __future__ import annotations
@@ -115,20 +116,26 @@ def exact_reference(store: Store, spec: CollectionSpec, queries: np.ndarray, k: 
 def midpoints(
     store: Store, spec: CollectionSpec, ids: list[str], rows: np.ndarray,
     search: Callable[[np.ndarray, int, int], list[list[str]]], effort: int,
-) -> np.ndarray:
-    """New query points that lie among the data: halfway between each row and its nearest other row.
+) -> tuple[np.ndarray, list[set[str]]]:
+    """New query points that lie among the data: halfway between each row and its nearest other row, with
+    the two rows each was made from.
 
-    A stored row alone is an optimistic query: it is its own nearest neighbour, which a graph finds easily
-    (1,200 random 1280-d rows, inner product: rows gave recall@10 1.0 at ef 64, new points 0.9). A point drawn
-    from each dimension's spread is a pessimistic one on real data: it lies between the clusters, far from
-    every photo (20,000 clustered rows: recall 0.99 only at ef 512, while new points of the same clusters got
-    1.0 at 64). Midpoints of neighbours stand where new photos and means of similar samples do.
+    A point drawn from each dimension's spread is a pessimistic query on real data: it lies between the
+    clusters, far from every photo (20,000 clustered rows: recall 0.99 only at ef 512, while new points of
+    the same clusters got 1.0 at 64). Midpoints of neighbours stand where new photos and means of similar
+    samples do.
     """
     found = search(rows, 2, effort)
     nearest = [next((hit for hit in hits if hit != own), None) for own, hits in zip(ids, found, strict=True)]
     vectors = store.get(spec.name, [n for n in nearest if n is not None], True, False)
-    points = [(row + vectors[n][0]) / 2 for row, n in zip(rows, nearest, strict=True) if n in vectors]
-    return np.asarray(points, dtype=np.float32).reshape(len(points), rows.shape[1])
+    made = [(row, own, n) for row, own, n in zip(rows, ids, nearest, strict=True) if n in vectors]
+    points = np.asarray([(row + vectors[n][0]) / 2 for row, _, n in made], dtype=np.float32)
+    return points.reshape(len(made), rows.shape[1]), [{own, n} for _, own, n in made]
+
+
+def _without(ranked: list[list[str]], excluded: list[set[str]], k: int) -> list[list[str]]:
+    """Each ranking without the rows its query was made from, cut to k."""
+    return [[i for i in ids if i not in made_from][:k] for ids, made_from in zip(ranked, excluded, strict=True)]
 
 
 def calibrate(
@@ -153,20 +160,25 @@ def calibrate(
     efforts = tuple(e for e in _efforts(spec) if spec.index_type != "HNSW" or e <= max(rows, HNSW_EFFORTS[0]))
     ids, rows_read = store.page(spec.name, offset, SAMPLE_QUERIES)
     half = len(ids) // 2
-    queries = np.concatenate(
-        [rows_read[:half], midpoints(store, spec, ids[half:], rows_read[half:], search, efforts[-1])]
-    )
+    points, parents = midpoints(store, spec, ids[half:], rows_read[half:], search, efforts[-1])
+    queries = np.concatenate([rows_read[:half], points])
+    excluded = [{own} for own in ids[:half]] + parents
+    # Each is searched for k + spare and scored on the first k of the rest.
+    spare = max(len(made_from) for made_from in excluded)
     exact = rows <= EXACT_REFERENCE_MAX_ROWS
     top_k = max(CALIBRATION_KS)
     steps = OVERFETCH_STEPS if spec.index_type in QUANTIZED_INDEXES else OVERFETCH_STEPS[:1]
-    reference = (exact_reference(store, spec, queries, top_k) if exact
-                 else search(queries, top_k, efforts[-1], steps[-1]))
+    reference = _without(
+        exact_reference(store, spec, queries, top_k + spare) if exact
+        else search(queries, top_k + spare, efforts[-1], steps[-1]),
+        excluded, top_k,
+    )
     chosen: dict[int, int] = {}
     recalls: dict[int, float] = {}
     overfetch: dict[int, int] = {}
 
     def measure(k: int, effort: int, factor: int, truth: list[set[str]]) -> float:
-        found = search(queries, k, effort, factor)
+        found = _without(search(queries, k + spare, effort, factor), excluded, k)
         recall = float(np.mean([len(set(f) & t) / max(1, len(t)) for f, t in zip(found, truth, strict=True)]))
         chosen[k], recalls[k], overfetch[k] = effort, recall, factor
         return recall

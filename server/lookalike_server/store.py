@@ -33,6 +33,10 @@ ID_MAX_BYTES = 512
 GET_CHUNK = 1000
 # HNSW searches look at least this many candidates per result wanted, with Milvus' largest ef at most.
 HNSW_EF_PER_RESULT = 2
+# ScaNN's 4-bit scores are coarse: on 50,000 random 1280-d rows, every list probed, re-scoring 100 candidates
+# on the raw vectors gave recall@10 0.991 (0.97 with lists still being indexed), re-scoring 320 gave 1.0.
+SCANN_REORDER_PER_RESULT = 16
+SCANN_MIN_REORDER = 320
 MAX_EF = 32_768
 # A Milvus server's largest offset + limit for one query.
 MAX_QUERY_WINDOW = 16_384
@@ -82,9 +86,11 @@ def build_params(index_type: str, dimension: int, asked: dict[str, Any]) -> dict
     """The index's build parameters: ours by default, the caller's where given."""
     params: dict[str, Any] = dict(DEFAULT_BUILD_PARAMS[index_type])
     if index_type == "IVF_PQ":
-        # m must divide the dimension; sub-vectors of about 8 floats each (1280-d: m 160) keep PQ's error small.
-        params["m"] = max((m for m in range(1, dimension // 4 + 1) if dimension % m == 0 and dimension // m >= 8),
-                          key=lambda m: -abs(dimension // m - 8), default=1)
+        # m must divide the dimension. Sub-vectors of 2 floats (1280-d: m 640, 8x smaller than the vectors):
+        # on 50,000 random 1280-d rows, 8 candidates per result re-ranked gave recall@10 1.0 at m 640, 0.86 at
+        # m 320 and 0.42 at m 160 (where even 32 per result reached only 0.56).
+        params["m"] = max((m for m in range(1, dimension // 2 + 1) if dimension % m == 0),
+                          key=lambda m: -abs(dimension // m - 2), default=1)
     return {**params, **asked}
 
 
@@ -97,7 +103,8 @@ def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any
         return {"params": {"nprobe": effort or 32}}
     if index_type == "SCANN":
         # reorder_k: how many of the quantized candidates ScaNN re-scores on the raw vectors.
-        return {"params": {"nprobe": effort or 32, "reorder_k": max(limit, 100)}}
+        return {"params": {"nprobe": effort or 32, "reorder_k": max(limit, SCANN_REORDER_PER_RESULT * limit,
+                                                                      SCANN_MIN_REORDER)}}
     return {"params": {}}
 
 

@@ -500,7 +500,7 @@ def test_indexes_only_a_milvus_server_builds(client, request, index):
         info = client.describe_collection(name)
         assert info.index_type == index and info.index_params["nlist"] == 16
         if index == "IVF_PQ":
-            assert info.index_params["m"] == 8  # 8 sub-vectors of 8 floats for 64-d
+            assert info.index_params["m"] == 32  # 32 sub-vectors of 2 floats for 64-d
         deadline = time.monotonic() + 180
         while not client.describe_collection(name).calibrations and time.monotonic() < deadline:
             time.sleep(1)
