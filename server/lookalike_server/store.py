@@ -356,8 +356,11 @@ class Store:
             segments = {p.stem for p in partitions.glob("*/data/*.parquet")}
             indexed = {p.name.split(".")[0] for p in partitions.glob("*/indexes/*.idx")}
             return segments <= indexed
+        # A server reports its index "Finished" while sealed segments still wait for theirs (IVF_PQ at 50,000
+        # rows: 21,881 of 50,000 indexed). Pending rows are not waited for: the compactions after a large
+        # ingest keep re-indexing merged segments while the indexed ones serve.
         info = self.describe_index(name)
-        return int(info.get("pending_index_rows", 0)) == 0 and info.get("state", "Finished") == "Finished"
+        return int(info.get("indexed_rows", 0)) >= int(info.get("total_rows", 0))
 
     def page(self, name: str, offset: int, limit: int) -> tuple[list[str], np.ndarray]:
         """Rows `offset` to `offset + limit` in Milvus' own order (a server caps offset + limit at 16,384)."""

@@ -71,3 +71,17 @@ def test_a_float_index_is_never_over_fetched(tmp_path):
     assert {f for _, f in calls} == {OVERFETCH_STEPS[0]}
     assert all(recall < 0.99 for recall in calibration.recalls.values())  # scripted to fall short at 2
     assert calibration.exact_fallback  # 1,500 rows: small enough for exact scans instead
+
+
+def test_an_index_still_being_built_is_not_measured(tmp_path, monkeypatch):
+    """Rows a server has not indexed yet are searched another way: a calibration then would measure that, not
+    the index. It is left for the next check instead."""
+    store, spec, ids, vectors = _collection(tmp_path, "IVF_SQ8")
+    try:
+        monkeypatch.setattr(store, "wait_for_index", lambda name, timeout=120.0: False)
+        calls: list[tuple[int, int]] = []
+        assert calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8)) is None
+        assert calls == []
+    finally:
+        store.drop(spec.name)
+        store.close()
