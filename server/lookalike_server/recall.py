@@ -36,8 +36,8 @@ PAGE_ROWS = 10_000
 HNSW_EFFORTS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 IVF_EFFORTS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Candidates per result re-ranked exactly from a quantized index. Where no effort reaches the target at
-# the first, wider lists are measured in turn: the compressed scores of IVF_PQ on random 1280-d rows (m 160)
-# put only 0.42 of the true top 10 in a list of 20, at every nprobe.
+# the first, wider lists are measured in turn: IVF_PQ built coarser than our default (m 320 on 50,000 random
+# 1280-d rows, every list probed) put 0.57 of the true top 10 in a list of 20, 0.86 in 80 and 0.985 in 320.
 OVERFETCH_STEPS = (2, 8, 32)
 # Before a collection is calibrated (or below the size worth calibrating): generous settings.
 MIN_ROWS = 1_000
