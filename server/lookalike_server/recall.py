@@ -33,7 +33,12 @@ EXACT_REFERENCE_MAX_ROWS = 200_000
 PAGE_ROWS = 10_000
 # From 16: on easy data a narrow beam reaches the target, and each step down saves Milvus Lite work on every
 # search (5,000 rows, k=10: 4.2 ms a search at ef 16, 4.5 at 64). A search's ef is at least 2k anyway.
+# From 16 on Milvus Lite, whose per-search work grows with ef (5,000 rows, k=10: 4.2 ms a search at ef 16,
+# 4.5 at 64). A Milvus server starts at 64: lookalike's own QPS there was the same at ef 16 and 64
+# (998 and 1,020-1,132 from 32 clients), so the narrower beam only gave up recall margin on new data.
+# A search's ef is at least 2k either way.
 HNSW_EFFORTS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+HNSW_SERVER_MIN_EFFORT = 64
 IVF_EFFORTS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 # Candidates per result re-ranked exactly from a quantized index. Where no effort reaches the target at
 # the first, wider lists are measured in turn: IVF_PQ built coarser than our default (m 320 on 50,000 random
@@ -161,8 +166,11 @@ def calibrate(
         # what would be measured now is not the index: measured again at the next check.
         return None
     offset = random.Random(rows).randrange(0, max(1, rows - SAMPLE_QUERIES))
-    # ef beyond the row count adds nothing: the graph either reaches a row or it does not.
-    efforts = tuple(e for e in _efforts(spec) if spec.index_type != "HNSW" or e <= max(rows, HNSW_EFFORTS[0]))
+    efforts = _efforts(spec)
+    if spec.index_type == "HNSW":
+        # ef beyond the row count adds nothing: the graph either reaches a row or it does not.
+        lowest = HNSW_EFFORTS[0] if store.engine_is_lite() else HNSW_SERVER_MIN_EFFORT
+        efforts = tuple(e for e in efforts if lowest <= e <= max(rows, lowest))
     ids, rows_read = store.page(spec.name, offset, SAMPLE_QUERIES)
     half = len(ids) // 2
     points, parents = midpoints(store, spec, ids[half:], rows_read[half:], search, efforts[-1])

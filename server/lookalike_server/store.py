@@ -248,7 +248,7 @@ class Store:
             metric_type=spec.metric.upper(),
             params={"params": built_with},
         )
-        if spec.index_type in SERVER_ONLY_INDEX_TYPES and self._engine_is_lite():
+        if spec.index_type in SERVER_ONLY_INDEX_TYPES and self.engine_is_lite():
             lite_types = ", ".join(t for t in INDEX_TYPES if t not in SERVER_ONLY_INDEX_TYPES)
             raise FailedPrecondition(f"index type {spec.index_type} needs a Milvus server (serve --milvus-uri, or "
                                      f"--milvus-embedded standalone): Milvus Lite builds only {lite_types}")
@@ -283,7 +283,7 @@ class Store:
         log.info("created collection %s (%s, %s, %d-d, model %s)", spec.name, spec.metric, spec.index_type,
                  spec.dimension, spec.model)
 
-    def _engine_is_lite(self) -> bool:
+    def engine_is_lite(self) -> bool:
         """Milvus Lite, in this process or as a `milvus-lite server` (which reports "milvus_lite-3.2.2")."""
         if self.is_lite:
             return True
