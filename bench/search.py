@@ -451,28 +451,6 @@ def wait_index(name: str, db: Path | None, uri: str, cap: Cap, reserve_s: float)
     return out
 
 
-def wait_server_index(uri: str, name: str, timeout: float) -> dict[str, Any]:
-    """Flushes, then waits until a Milvus server has indexed every row (indexed_rows reaches total_rows: its
-    state says Finished before then); past the timeout the wait is cut and says so."""
-    from pymilvus import MilvusClient
-
-    started = time.monotonic()
-    client = MilvusClient(uri)
-    try:
-        client.flush(name)
-    finally:
-        client.close()
-    while True:
-        state = server_index_state(uri, name)
-        built = 0 < int(state.get("total_rows", 0)) <= int(state.get("indexed_rows", 0))
-        if built or time.monotonic() - started > timeout:
-            break
-        time.sleep(5.0)
-    out = {"waited_s": round(time.monotonic() - started, 1), "built": built, "state": state}
-    log(f"  index wait: {out}")
-    return out
-
-
 def server_index_state(uri: str, collection: str) -> dict[str, Any]:
     from pymilvus import MilvusClient
 
@@ -1015,8 +993,11 @@ def standalone_indexes_block(args: argparse.Namespace, workdir: Path, result: di
                 for index_type in SERVER_ONLY_INDEXES:
                     name = f"si_{ds.name}_{index_type.lower()}"
                     log(f"[standalone-indexes] {ds.name} {index_type}")
+                    def wait(name: str = name) -> dict[str, Any]:  # the cap starts once the rows are in
+                        return wait_index(name, None, uri, Cap(args.index_timeout), 0.0)
+
                     entry = prepare_collection(address, name, index_type, ds.rows, ds.queries[0], args,
-                                               index_wait=lambda: wait_server_index(uri, name, args.index_timeout))
+                                               index_wait=wait)
                     entry["describe_index_before_measuring"] = server_index_state(uri, name)
                     entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks,
                                                     args.measure_budget, metrics_port)
@@ -1038,7 +1019,7 @@ def standalone_recall_qps(args: argparse.Namespace, address: str, metrics_port: 
     result.setdefault("data", {})["clustered_standalone_block"] = ds.description
     name = "b_clustered_hnsw"
     entry = prepare_collection(address, name, "HNSW", ds.rows, ds.queries[0], args,
-                               index_wait=lambda: wait_server_index(uri, name, args.index_timeout))
+                               index_wait=lambda: wait_index(name, None, uri, Cap(args.index_timeout), 0.0))
     entry["describe_index_before_measuring"] = server_index_state(uri, name)
     entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks, args.measure_budget,
                                     metrics_port)
