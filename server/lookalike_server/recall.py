@@ -31,8 +31,6 @@ SAMPLE_QUERIES = 64
 # index searched at its highest effort (exact for IVF, near-exact for HNSW) and says so.
 EXACT_REFERENCE_MAX_ROWS = 200_000
 PAGE_ROWS = 10_000
-# From 16: on easy data a narrow beam reaches the target, and each step down saves Milvus Lite work on every
-# search (5,000 rows, k=10: 4.2 ms a search at ef 16, 4.5 at 64). A search's ef is at least 2k anyway.
 # From 16 on Milvus Lite, whose per-search work grows with ef (5,000 rows, k=10: 4.2 ms a search at ef 16,
 # 4.5 at 64). A Milvus server starts at 64: lookalike's own QPS there was the same at ef 16 and 64
 # (998 and 1,020-1,132 from 32 clients), so the narrower beam only gave up recall margin on new data.

@@ -103,8 +103,8 @@ def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any
         return {"params": {"nprobe": effort or 32}}
     if index_type == "SCANN":
         # reorder_k: how many of the quantized candidates ScaNN re-scores on the raw vectors.
-        return {"params": {"nprobe": effort or 32, "reorder_k": max(limit, SCANN_REORDER_PER_RESULT * limit,
-                                                                      SCANN_MIN_REORDER)}}
+        return {"params": {"nprobe": effort or 32,
+                           "reorder_k": max(SCANN_REORDER_PER_RESULT * limit, SCANN_MIN_REORDER)}}
     return {"params": {}}
 
 
