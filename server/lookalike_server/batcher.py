@@ -42,7 +42,9 @@ class _Entry(Generic[T, R]):
 
 
 class MicroBatcher(Generic[T, R]):
-    """Runs `run_batch(items) -> results` (one result per item, in order) on `executor`.
+    """Runs `run_batch(items) -> results` (one result per item, in order) on `executor`. A result that is an
+    exception fails its own item alone: a batch that finds one bad item (an image that does not decode) need
+    not be run again item by item.
 
     With no executor, `run_batch` is a coroutine function awaited on the event loop: for batches whose
     work is itself asynchronous I/O (Milvus calls through an asyncio client).
@@ -250,6 +252,8 @@ class MicroBatcher(Generic[T, R]):
         for entry, result, error in outcomes:
             if entry.future.done():
                 continue
+            if isinstance(result, BaseException):
+                error = result
             if error is not None:
                 entry.future.set_exception(error)
             else:

@@ -91,8 +91,11 @@ def _normalisation_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.
     return (values - np.asarray(mean, dtype=np.float32)[:, None]) / np.asarray(std, dtype=np.float32)[:, None]
 
 
-def preprocess(img: Image.Image, card: ModelCard) -> np.ndarray:
-    """Resizes and crops as the card says and returns a float32 CHW tensor, normalised by mean/std."""
+def preprocess(img: Image.Image, card: ModelCard, out: np.ndarray | None = None) -> np.ndarray:
+    """Resizes and crops as the card says and returns a float32 CHW tensor, normalised by mean/std.
+
+    With `out` (a float32 (3, height, width) array, such as one row of a batch), the tensor is written there.
+    """
     resample = _RESAMPLING[card.interpolation]
     if card.resize == "stretch":
         img = img.resize((card.width, card.height), resample)
@@ -107,13 +110,15 @@ def preprocess(img: Image.Image, card: ModelCard) -> np.ndarray:
     # A table lookup per channel writes the normalised CHW tensor in one pass (0.17 ms against 0.57 ms
     # for convert-to-float, subtract, divide and transpose).
     table = _normalisation_table(card.mean, card.std)
-    tensor = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    tensor = np.empty((3, *pixels.shape[:2]), dtype=np.float32) if out is None else out
     for channel in range(3):
         np.take(table[channel], pixels[:, :, channel], out=tensor[channel])
     return tensor
 
 
-def image_to_tensor(data: bytes, card: ModelCard, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes to the network's input tensor for one image."""
+def image_to_tensor(
+    data: bytes, card: ModelCard, max_pixels: int = DEFAULT_MAX_PIXELS, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Bytes to the network's input tensor for one image (written into `out` when given)."""
     short_side = card.resize_to if card.resize == "shorter_side" else max(card.height, card.width)
-    return preprocess(decode_image(data, max_pixels, short_side), card)
+    return preprocess(decode_image(data, max_pixels, short_side), card, out)

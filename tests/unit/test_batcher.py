@@ -147,6 +147,26 @@ def test_one_bad_item_does_not_fail_its_batch_mates():
     assert isinstance(bad, ValueError)
 
 
+def test_an_error_returned_as_an_items_result_fails_that_item_alone_in_one_run():
+    runs: list[list[str]] = []
+
+    def per_item(items):
+        runs.append(list(items))
+        return [ValueError(f"{i} is bad") if i == "bad" else i.upper() for i in items]
+
+    async def main():
+        batcher = MicroBatcher(per_item, ThreadPoolExecutor(1), max_batch_size=4, max_queue_delay=0.1)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in ("a", "bad", "c")), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    a, bad, c = run(main())
+    assert (a, c) == ("A", "C")
+    assert isinstance(bad, ValueError) and str(bad) == "bad is bad"
+    assert runs == [["a", "bad", "c"]]  # not run again item by item
+
+
 def test_interactive_lane_serves_interactive_items_while_bulk_workers_are_busy():
     """With the only bulk worker stuck on a batch, an interactive item still runs, on the lane's executor."""
     release = threading.Event()
