@@ -54,7 +54,7 @@ class ServerConfig:
     default_index: str = "HNSW"
     max_batch_size: int = 0  # 0: 4 on a CPU (short batches keep interactive calls fast), 64 on a GPU
     max_queue_delay_ms: float = 5.0
-    decode_workers: int = 0  # 0: one per core
+    decode_workers: int = 0  # 0: one per core; on a GPU only (on a CPU the inference threads decode)
     # ONNX Runtime threads per run; 0: one on a CPU (with a run per core side by side), every core on a GPU
     inference_threads: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
