@@ -304,7 +304,9 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path) -> dic
                 prober.join(60)
             rows, waited = _wait_rows(client, collection, len(files), 60)
             during = rss.window(ingest["start"], ingest["end"]) or [rss.sample() or (0.0, 0, 0)]
-            loaded = [e - s for s, e in under_load if probed["start"] <= s and e <= probed["end"]]
+            probes = [(s - probed["start"], e - s) for s, e in under_load
+                      if probed["start"] <= s and e <= probed["end"]]
+            loaded = [took for _, took in probes]
             rate = round(len(files) / ingest["seconds"], 1)
             log(f"ingest_e2e: {rate} img/s ({ingest['seconds']:.1f} s), rows {rows}, "
                 f"{len(loaded)} Embed calls under a second ingest at {probed['seconds']:.1f} s")
@@ -328,6 +330,9 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path) -> dic
             out["latency"] = {
                 "idle": percentiles(idle),
                 "under_ingest": percentiles(loaded),
+                # p99 of ~110 probes is about the second slowest: which probes those were, and when
+                "slowest_under_ingest": [{"at_s": round(at, 2), "ms": round(took * 1e3, 1)}
+                                         for at, took in sorted(probes, key=lambda p: -p[1])[:5]],
                 "probe": f"one single-image Embed call every {args.probe_interval_ms:g} ms (after the previous "
                          f"answer) during a second {args.streams}-stream ingest of the same photos, "
                          f"which took {probed['seconds']:.1f} s ({round(len(files) / probed['seconds'], 1)} img/s)",
@@ -641,9 +646,19 @@ def run(args: argparse.Namespace) -> dict:
     server_cpu = served["ingest"]["cpu"]["watched_process_s"] / n * 1e3
     fiftyone_cpu = (baseline["cpu"]["this_process_s"] + baseline["cpu"]["watched_process_s"]) / n * 1e3 \
         if baseline else None
+    ingest_cpu = served["ingest"]["cpu"]
+    clients_cpu = ingest_cpu["this_process_s"] / n * 1e3
+    others_cpu = ingest_cpu["other_processes_s"] / n * 1e3
+    wall_core = ingest_cpu["cpu_capacity_s"] / n * 1e3
     cpu_per_image = {
         "limit": round(limit_cpu, 2),
         "ingest_server": round(server_cpu, 2),
+        # Where the cores' time went during ingest_e2e, per image: these four add up to ingest_wall_core.
+        "ingest_wall_core": round(wall_core, 2),
+        "ingest_clients": round(clients_cpu, 2),
+        "ingest_other_processes": round(others_cpu, 2),
+        "ingest_idle": round(wall_core - server_cpu - clients_cpu - others_cpu, 2),
+        "ingest_server_beyond_limit": round(server_cpu - limit_cpu, 2),
         "fiftyone_process_and_milvus": round(fiftyone_cpu, 2) if fiftyone_cpu else None,
         "limit_over_ingest_server": _ratio(limit_cpu, server_cpu),
         "fiftyone_over_ingest_server": _ratio(fiftyone_cpu, server_cpu),
