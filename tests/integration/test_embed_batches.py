@@ -8,12 +8,12 @@ import asyncio
 import numpy as np
 import pytest
 
+from lookalike_server.batcher import BULK
 from lookalike_server.config import ServerConfig
 from lookalike_server.embedder import Embedder
 from lookalike_server.errors import InvalidArgument
 from lookalike_server.imaging import image_to_tensor
 from lookalike_server.model_card import load_model_card
-from lookalike_server.batcher import BULK
 from lookalike_server.pipeline import Pipeline, _EmbedJob
 from lookalike_server.store import Store
 

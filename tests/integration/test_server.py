@@ -405,7 +405,11 @@ def test_concurrent_searches_each_get_their_own_answer(server, vectors_collectio
     alone = dict(one(i) for i in range(0, 640, 10))  # one at a time: nothing to share a Milvus call with
     with ThreadPoolExecutor(32) as pool:
         together = dict(pool.map(one, range(0, 640, 10)))
-    assert together == alone
+    # The collection's recall calibration (which sets the HNSW effort) may finish in the background at any
+    # moment, and a different effort may change a third hit: each answer must match the caller's own search
+    # alone, just before or just after.
+    after = dict(one(i) for i in range(0, 640, 10))
+    assert {i: got for i, got in together.items() if got not in (alone[i], after[i])} == {}
     for i, got in together.items():
         if i % 2 == 0:
             assert all(int(h[1:]) % 2 == 0 for h in got)  # each caller's own filter applied
