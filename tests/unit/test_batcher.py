@@ -129,20 +129,26 @@ def test_expired_items_are_dropped_not_computed():
     assert computed == ["blocker"]
 
 
+def submit_a_bad_c_together(run_batch):
+    """Submits "a", "bad" and "c" at once (one batch of up to 4); each one's result or error."""
+
+    async def main():
+        batcher = MicroBatcher(run_batch, ThreadPoolExecutor(1), max_batch_size=4, max_queue_delay=0.1)
+        batcher.start()
+        results = await asyncio.gather(*(batcher.submit(i) for i in ("a", "bad", "c")), return_exceptions=True)
+        await batcher.close()
+        return results
+
+    return run(main())
+
+
 def test_one_bad_item_does_not_fail_its_batch_mates():
     def picky(items):
         if "bad" in items:
             raise ValueError("bad item")
         return [i.upper() for i in items]
 
-    async def main():
-        batcher = MicroBatcher(picky, ThreadPoolExecutor(1), max_batch_size=4, max_queue_delay=0.1)
-        batcher.start()
-        results = await asyncio.gather(*(batcher.submit(i) for i in ("a", "bad", "c")), return_exceptions=True)
-        await batcher.close()
-        return results
-
-    a, bad, c = run(main())
+    a, bad, c = submit_a_bad_c_together(picky)
     assert (a, c) == ("A", "C")
     assert isinstance(bad, ValueError)
 
@@ -154,14 +160,7 @@ def test_an_error_returned_as_an_items_result_fails_that_item_alone_in_one_run()
         runs.append(list(items))
         return [ValueError(f"{i} is bad") if i == "bad" else i.upper() for i in items]
 
-    async def main():
-        batcher = MicroBatcher(per_item, ThreadPoolExecutor(1), max_batch_size=4, max_queue_delay=0.1)
-        batcher.start()
-        results = await asyncio.gather(*(batcher.submit(i) for i in ("a", "bad", "c")), return_exceptions=True)
-        await batcher.close()
-        return results
-
-    a, bad, c = run(main())
+    a, bad, c = submit_a_bad_c_together(per_item)
     assert (a, c) == ("A", "C")
     assert isinstance(bad, ValueError) and str(bad) == "bad is bad"
     assert runs == [["a", "bad", "c"]]  # not run again item by item
