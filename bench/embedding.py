@@ -374,17 +374,16 @@ def _soak(server: str, collection: str, files: list[Path], args: argparse.Namesp
     # The server's RSS swings by a few hundred MB within a round (Milvus Lite's segments and index builds in
     # this process), so one high sample decides a comparison of peaks. A leak raises the typical level:
     # flat means the median of the second half's samples (every 0.1 s) within 5% of the first half's.
-    middle = (start + end) / 2
     samples = rss.window(start, end)
-    first = [mib(s[1]) for s in samples if s[0] < middle]
-    second = [mib(s[1]) for s in samples if s[0] >= middle]
-    medians = [float(np.median(first)), float(np.median(second))] if first and second else None
-    slope = float(np.polyfit([s[0] - start for s in samples], [mib(s[1]) for s in samples], 1)[0]) * 60 \
-        if len(samples) > 2 else None
+    seconds = np.array([s[0] - start for s in samples])
+    mbs = np.array([mib(s[1]) for s in samples])
+    first, second = mbs[seconds < (end - start) / 2], mbs[seconds >= (end - start) / 2]
+    medians = [float(np.median(first)), float(np.median(second))] if len(first) and len(second) else None
+    slope = float(np.polyfit(seconds, mbs, 1)[0]) * 60 if len(samples) > 2 else None
     return {
         "seconds": round(end - start, 1),
         "rounds": rounds,
-        "peak_mb": mib(max(s[1] for s in samples)) if samples else None,
+        "peak_mb": float(mbs.max()) if len(mbs) else None,
         "median_mb_by_half": [round(m, 1) for m in medians] if medians else None,
         "second_half_growth_mb": round(medians[1] - medians[0], 1) if medians else None,
         "trend_mb_per_minute": round(slope, 2) if slope is not None else None,
