@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -251,6 +251,18 @@ class LookalikeServer:
         log.info("stopped")
 
 
+def _ignore_further_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """A second SIGTERM while stopping (an impatient supervisor, a test's stop()) must not kill the drain
+    half-way, nor the exit after it: closing the loop would put back the default handlers, which die at once.
+    From here until the drain is done such signals are logged and ignored; SIGKILL still stops it at once."""
+    def already_stopping(signum: int, _frame: Any) -> None:
+        log.warning("%s while stopping: already stopping (SIGKILL stops at once)", signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, already_stopping)
+
+
 async def _serve(config: ServerConfig) -> None:
     server = LookalikeServer(config)
     stop = asyncio.Event()
@@ -267,11 +279,16 @@ async def _serve(config: ServerConfig) -> None:
     waiter = asyncio.ensure_future(server.wait())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    _ignore_further_stop_signals(loop)
     await server.stop()
     for task in (waiter, stopper):
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    # Python's own exit puts back the default handler for any signal with a Python handler, and atexit work
+    # (Milvus Lite's release) still follows: ignored at the C level, a late signal stays ignored to the end.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def serve(config: ServerConfig) -> None:

@@ -117,6 +117,9 @@ class Supervisor:
             code = self._supervise()
         finally:
             self._stop_all()
+            # Python's exit puts back the default (fatal) handlers: a late SIGTERM must not turn a clean stop into -15.
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
         return code
 
     def _supervise(self) -> int:
