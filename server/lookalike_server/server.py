@@ -263,6 +263,14 @@ def _ignore_further_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
         signal.signal(sig, already_stopping)
 
 
+def ignore_stop_signals_until_exit() -> None:
+    """Once stopped: Python's own exit puts back the default (fatal) handler of any signal with a Python
+    handler, and atexit work (Milvus Lite's release) still follows; ignored at the C level, a late SIGTERM
+    or SIGINT stays ignored to the end instead of turning a clean stop into -15."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 async def _serve(config: ServerConfig) -> None:
     server = LookalikeServer(config)
     stop = asyncio.Event()
@@ -285,10 +293,7 @@ async def _serve(config: ServerConfig) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    # Python's own exit puts back the default handler for any signal with a Python handler, and atexit work
-    # (Milvus Lite's release) still follows: ignored at the C level, a late signal stays ignored to the end.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    ignore_stop_signals_until_exit()
 
 
 def serve(config: ServerConfig) -> None:

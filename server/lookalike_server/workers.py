@@ -105,6 +105,8 @@ class Supervisor:
 
     def run(self) -> int:
         """Serves until SIGTERM or SIGINT; the exit code: 0 after a clean stop, 1 when workers cannot start."""
+        from .server import ignore_stop_signals_until_exit
+
         multiprocessing.current_process().name = "supervisor"  # the log's process column
         check_port_free(self.config.address)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -117,9 +119,7 @@ class Supervisor:
             code = self._supervise()
         finally:
             self._stop_all()
-            # Python's exit puts back the default (fatal) handlers: a late SIGTERM must not turn a clean stop into -15.
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, signal.SIG_IGN)
+            ignore_stop_signals_until_exit()
         return code
 
     def _supervise(self) -> int:
