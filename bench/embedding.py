@@ -10,8 +10,8 @@ run, on the same photos and the same ONNX network, one phase after another so th
                      files read from disk by the clients, first send to last acknowledgement
   fiftyone_baseline  fob.compute_similarity(dataset, model=<ONNX-wrapping model>, backend="milvus") against
                      `milvus-lite server`, dataset of file paths to ready index (in a child process)
-  embed_latency_ms   single-image Embed calls, idle and (one every 100 ms) during a second 8-stream ingest;
-                     server RSS during the streams
+  embed_latency_ms   single-image Embed calls, idle and (one every 100 ms) during 3 more 8-stream ingests,
+                     pooled (--probe-rounds); server RSS during the streams
 
 Run (after `make setup`; FiftyOne, pymilvus and psutil in the same venv; takes a few minutes on 2 cores):
     .venv/bin/python bench/embedding.py [--n 2000] [--data /tmp/lookalike-bench-photos] [--write]
@@ -285,8 +285,8 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path) -> dic
             log(f"idle Embed p50/p99: {percentiles(idle)['p50']}/{percentiles(idle)['p99']} ms; "
                 f"ingesting {len(files)} photos over {args.streams} streams into {collection!r}")
 
-            # ingest_e2e alone first; then the same photos again, into a second collection, with single
-            # Embed calls sent beside them, for the latency under load.
+            # ingest_e2e alone first; then the same photos again, --probe-rounds times, each into a new
+            # collection, with single Embed calls sent beside them, for the latency under load.
             with CpuMeter(proc.pid) as meter:
                 ingest = _ingest_round(server, collection, files, args.streams, "", args.stage_timeout)
             spawn = multiprocessing.get_context("spawn")
