@@ -17,7 +17,8 @@ Run (after `make setup`; FiftyOne, pymilvus and psutil in the same venv; takes a
     .venv/bin/python bench/embedding.py [--n 2000] [--data /tmp/lookalike-bench-photos] [--write]
     [--wait-quiet 900]  wait first for other work on the machine to finish (see "contention" in the JSON)
     [--soak-s 600]      re-ingest the same files for 10 minutes more and report whether the server's RSS stays flat
---write also saves the JSON to bench/results/embedding.json (embedding-gpu.json when a GPU provider is active).
+    [--fp16]            on a GPU: the network in float16, in model_only and in the server (serve --fp16)
+--write also saves the JSON to bench/results/embedding.json (embedding-gpu[-fp16].json when a GPU provider is active).
 """
 
 from __future__ import annotations
@@ -82,13 +83,13 @@ WHY_NOT_TORCH = (
 
 
 def bench_model_only(card: Any, tensors: np.ndarray, batch_sizes: list[int], min_s: float,
-                     only_layout: str = "") -> dict:
+                     only_layout: str = "", fp16: bool = False) -> dict:
     """The server's Embedder on ready tensors, every batch size, all cores, in both layouts that use every core:
     one run over all cores, and (on a CPU) one single-threaded run per core side by side. The best counts.
     only_layout: measure that layout alone (the re-measurement after the server phase)."""
     from lookalike_server.embedder import Embedder
 
-    layouts = {"one_run_all_cores": Embedder(card, device="auto", threads=cores())}
+    layouts = {"one_run_all_cores": Embedder(card, device="auto", threads=cores(), fp16=fp16)}
     if not layouts["one_run_all_cores"].on_gpu and cores() > 1:
         layouts["one_run_per_core"] = Embedder(card, device="auto", threads=1)
     if only_layout:
@@ -117,6 +118,8 @@ def bench_model_only(card: Any, tensors: np.ndarray, batch_sizes: list[int], min
                 by_size[name][str(size)] = round(images / elapsed, 1)
                 cpu_ms[name][str(size)] = round((_own_cpu_s() - cpu) / images * 1e3, 2)
                 log(f"model_only {name} batch {size}: {by_size[name][str(size)]} img/s")
+    agreement = _gpu_agreement(card, layouts["one_run_all_cores"], tensors) \
+        if layouts.get("one_run_all_cores") and layouts["one_run_all_cores"].on_gpu else None
     best_layout, best = max(((n, s) for n in by_size for s in by_size[n]), key=lambda ns: by_size[ns[0]][ns[1]])
     return {
         "images_per_s": by_size[best_layout][best],
@@ -126,8 +129,29 @@ def bench_model_only(card: Any, tensors: np.ndarray, batch_sizes: list[int], min
         "by_layout_and_batch_size": by_size,
         "cpu_ms_per_image_by_batch_size": cpu_ms[best_layout],
         "provider": next(iter(layouts.values())).provider,
+        "precision": next(iter(layouts.values())).precision,
         "threads": cores(),
         "cpu": meter.result,
+        **({"gpu_agreement": agreement} if agreement else {}),
+    }
+
+
+def _gpu_agreement(card: Any, gpu: Any, tensors: np.ndarray) -> dict:
+    """The GPU's embeddings against the CPU's on the same tensors, and one at a time against all at once."""
+    from lookalike_server.embedder import Embedder
+
+    def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+    together = gpu.embed(tensors)
+    one_by_one = np.concatenate([gpu.embed(tensors[i:i + 1]) for i in range(len(tensors))])
+    on_cpu = Embedder(card, device="cpu", threads=cores()).embed(tensors)
+    return {
+        "images": len(tensors),
+        "min_cosine_vs_cpu": round(float(cosines(together, on_cpu).min()), 6),
+        "max_abs_diff_vs_cpu": float(np.abs(together - on_cpu).max()),
+        "min_cosine_batch_1_vs_batch_all": round(float(cosines(one_by_one, together).min()), 6),
+        "max_abs_diff_batch_1_vs_batch_all": float(np.abs(one_by_one - together).max()),
     }
 
 
@@ -256,13 +280,23 @@ def _wait_rows(client: Any, collection: str, n: int, timeout_s: float) -> tuple[
 
 def bench_server(files: list[Path], args: argparse.Namespace, work: Path) -> dict:
     """Starts `lookalike serve`, measures idle Embed latency, then the 8 Ingest streams with latency and RSS."""
-    from lookalike import Client
-
     port = free_port()
     server = f"127.0.0.1:{port}"
     command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
-               "--milvus-embedded", "lite"]
-    jpeg = files[0].read_bytes()
+               "--milvus-embedded", "lite", *(["--fp16"] if args.fp16 else []),
+               *(["--require-gpu"] if args.require_gpu else [])]
+    try:
+        return _serve_and_measure(command, files, files[0].read_bytes(), args, work, server)
+    finally:
+        if args.server_log and (work / "server.log").is_file():  # for a look at a failure on a borrowed machine
+            Path(args.server_log).write_bytes((work / "server.log").read_bytes())
+
+
+def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args: argparse.Namespace, work: Path,
+                       server: str) -> dict:
+    """bench_server's measurements, on the server that command starts."""
+    from lookalike import Client
+
     out: dict[str, Any] = {}
     with ManagedProcess(command, work / "server.log") as proc, Client(server, timeout=60) as client:
         start = time.monotonic()
@@ -610,9 +644,10 @@ def run(args: argparse.Namespace) -> dict:
     from lookalike_server.imaging import image_to_tensor
 
     sample = np.stack([image_to_tensor(b, card, max_pixels) for b in blobs[:32]])
-    model_only = bench_model_only(card, sample, args.batch_sizes, args.model_min_s)
+    model_only = bench_model_only(card, sample, args.batch_sizes, args.model_min_s, fp16=args.fp16)
     preprocess_only = bench_preprocess_only(card, blobs, max_pixels)
     gpu = model_only["provider"] != "CPUExecutionProvider"
+    args.require_gpu = gpu  # the server must then embed on the GPU too, or refuse to start
 
     def limit_of(m: float, p: float) -> float:
         return round(min(m, p), 1) if gpu else round(1 / (1 / m + 1 / p), 1)
@@ -623,7 +658,7 @@ def run(args: argparse.Namespace) -> dict:
         # This machine's speed drifts by up to a quarter within minutes (other tenants of its host): the
         # limit is measured again right after the ingest, and the ingest compared with the mean of the two.
         model_after = bench_model_only(card, sample, [model_only["best_batch_size"]], args.model_min_s,
-                                       only_layout=model_only["best_layout"])
+                                       only_layout=model_only["best_layout"], fp16=args.fp16)
         preprocess_after = bench_preprocess_only(card, blobs, max_pixels)
         limit_before = limit_of(model_only["images_per_s"], preprocess_only["images_per_s"])
         limit_after = limit_of(model_after["images_per_s"], preprocess_after["images_per_s"])
@@ -756,6 +791,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ingests with Embed calls beside them, for the latency under load (default 3)")
     parser.add_argument("--soak-s", type=float, default=0.0, help="re-ingest this long after, to check RSS is flat")
     parser.add_argument("--skip-fiftyone", action="store_true", help="leave out the FiftyOne baseline")
+    parser.add_argument("--fp16", action="store_true", help="on a GPU: the network in float16 (serve --fp16)")
+    parser.add_argument("--server-log", help="also copy the server's log to this file")
     parser.add_argument("--stage-timeout", type=float, default=900.0, help="longest one ingest or baseline may run")
     parser.add_argument("--timeout", type=float, default=3600.0, help="longest the whole benchmark may run")
     parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
@@ -791,7 +828,8 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.write:
         RESULTS.mkdir(exist_ok=True)
-        name = "embedding-gpu.json" if result["machine"]["gpu_path"] else "embedding.json"
+        name = ("embedding-gpu" + ("-fp16" if args.fp16 else "")) if result["machine"]["gpu_path"] else "embedding"
+        name += ".json"
         (RESULTS / name).write_text(text + "\n")
         log(f"wrote {RESULTS / name}")
 

@@ -49,6 +49,7 @@ class ServerConfig:
     model_card: str = ""  # empty: the default model shipped with the server
     device: str = "auto"
     require_gpu: bool = False  # refuse to start unless a GPU execution provider is really active
+    fp16: bool = False  # on a GPU: the network in float16 (its input and output stay float32)
     default_collection: str = "default"
     default_metric: str = "cosine"
     default_index: str = "HNSW"

@@ -138,6 +138,7 @@ class CollectionInfo:
     spec: CollectionSpec
     row_count: int
     execution_provider: str
+    model_precision: str
     calibrations: list[Calibration] = field(default_factory=list)
 
 
@@ -347,7 +348,7 @@ class Pipeline:
         params = {k: int(v) for k, v in index.get("params", {}).items() if str(v).isdigit()}
         calibrations = [c for (name, _), c in self._calibrations.items() if name == spec.name]
         return CollectionInfo(dataclasses.replace(spec, index_params=params), rows, self.embedder.provider,
-                              calibrations)
+                              self.embedder.precision, calibrations)
 
     async def create_collection(
         self,
@@ -384,7 +385,7 @@ class Pipeline:
         )
         await self._in_store(self.store.create, spec)
         self._specs[name] = (spec, time.monotonic())
-        return CollectionInfo(spec, 0, self.embedder.provider)
+        return CollectionInfo(spec, 0, self.embedder.provider, self.embedder.precision)
 
     async def list_collections(self) -> list[CollectionInfo]:
         infos = []

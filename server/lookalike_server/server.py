@@ -180,10 +180,12 @@ class LookalikeServer:
         card = load_model_card(self.config.model_card or None)
         embedder = await loop.run_in_executor(
             None,
-            lambda: Embedder(card, self.config.device, self.config.inference_threads, self.config.require_gpu),
+            lambda: Embedder(card, self.config.device, self.config.inference_threads, self.config.require_gpu,
+                             fp16=self.config.fp16),
         )
-        log.info("model %s (%d-d) runs on ONNX Runtime %s (%d run(s) at once, %d thread(s) each)", card.name,
-                 card.dimension, embedder.provider, embedder.concurrent_runs, embedder.intra_op_threads)
+        log.info("model %s (%d-d, %s) runs on ONNX Runtime %s (%d run(s) at once, %d thread(s) each)", card.name,
+                 card.dimension, embedder.precision, embedder.provider, embedder.concurrent_runs,
+                 embedder.intra_op_threads)
         store_config, self.embedded_milvus = resolve_milvus(self.config)
         if self.embedded_milvus is not None:
             uri = await loop.run_in_executor(None, self.embedded_milvus.start)

@@ -89,6 +89,7 @@ def _collection_to_wire(info: CollectionInfo) -> pb.CollectionInfo:
         dimension=spec.dimension,
         row_count=info.row_count,
         execution_provider=info.execution_provider,
+        model_precision=info.model_precision,
         index_params=spec.index_params,
         min_recall=spec.min_recall,
         calibrations=[

@@ -60,6 +60,7 @@ def test_default_collection_exists_and_describes_the_model(client):
     assert info.model == "efficientnet-lite0"
     assert info.metric == "cosine"
     assert info.execution_provider == "CPUExecutionProvider"
+    assert info.model_precision == "float32"
     assert "default" in [c.name for c in client.list_collections()]
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 
-from lookalike_server.embedder import Embedder
+from lookalike_server.embedder import Embedder, float16_model
 from lookalike_server.imaging import image_to_tensor
 from lookalike_server.model_card import DEFAULT_CARD, load_model_card
 
@@ -50,6 +52,31 @@ def test_cuda_device_without_a_gpu_is_refused_clearly():
 def test_require_gpu_refuses_a_cpu_only_machine():
     with pytest.raises(RuntimeError, match=r"--require-gpu: no GPU execution provider is active"):
         Embedder(load_model_card(), device="auto", require_gpu=True)
+
+
+def test_fp16_without_a_gpu_is_refused_clearly():
+    with pytest.raises(RuntimeError, match=r"--fp16 needs a GPU execution provider"):
+        Embedder(load_model_card(), device="auto", fp16=True)
+
+
+def test_float16_network_keeps_float32_io_and_agrees_with_float32(photos_dir):
+    """--fp16's conversion: same input and output types, same embeddings to float16's precision (run here on
+    the CPU provider, which computes the float16 network through casts: what a GPU runs, at CPU speed)."""
+    card = load_model_card()
+    converted = float16_model(card)
+    weights = onnx.load_from_string(converted).graph.initializer
+    assert {w.data_type for w in weights if len(w.dims) == 4} == {onnx.TensorProto.FLOAT16}  # conv kernels
+    half = ort.InferenceSession(converted, providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in half.get_inputs()] == [(card.input_name, "tensor(float)")]
+    names = ["chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+    batch = np.stack([image_to_tensor((photos_dir / n).read_bytes(), card) for n in names])
+    full = Embedder(card, device="cpu", threads=2).embed(batch)
+    (out,) = half.run([card.output_name], {card.input_name: batch})
+    out = out.reshape(len(names), -1)
+    assert out.dtype == np.float32
+    cosine = (out * full).sum(1) / np.linalg.norm(out, axis=1) / np.linalg.norm(full, axis=1)
+    assert np.all(cosine > 0.999), cosine
+    assert not np.allclose(out, full, rtol=1e-6, atol=1e-6)  # it really ran in float16
 
 
 def test_embeddings_do_not_depend_on_batch_size_or_io_binding(photos_dir):

@@ -195,6 +195,7 @@ class CollectionInfo:
     min_recall: float
     # k -> (effort, recall) as the server's recall calibration measured them.
     calibrations: dict[int, tuple[int, float]]
+    model_precision: str = "float32"  # "float16" where the server runs with --fp16
 
 
 # A query: an image path, image bytes, a vector, or a stored id.
@@ -238,6 +239,7 @@ def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
         index_params=dict(info.index_params),
         min_recall=info.min_recall,
         calibrations={c.k: (c.effort, c.recall) for c in info.calibrations if abs(c.target - info.min_recall) < 1e-4},
+        model_precision=info.model_precision or "float32",
     )
 
 
