@@ -102,9 +102,14 @@ class Embedder:
         if device == "auto":
             # Probing for a GPU must not print ONNX Runtime's error screens on a CPU machine: one line of ours.
             ort.set_default_logger_severity(4)
-        if fp16:
+        options_of = {
+            # The batcher makes batches of any size up to its maximum, and cuDNN's default exhaustive search
+            # for the fastest convolution runs again for every new input shape, under a live request.
+            "CUDAExecutionProvider": {"cudnn_conv_algo_search": "HEURISTIC"},
             # TensorRT builds float16 engines itself from the float32 network.
-            providers = [(p, {"trt_fp16_enable": True}) if p == "TensorrtExecutionProvider" else p for p in providers]
+            "TensorrtExecutionProvider": {"trt_fp16_enable": True} if fp16 else {},
+        }
+        providers = [(p, options_of[p]) if options_of.get(p) else p for p in providers]
         try:
             return ort.InferenceSession(model or str(self.card.model_path), sess_options=options, providers=providers)
         finally:

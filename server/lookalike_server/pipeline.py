@@ -201,15 +201,18 @@ class Pipeline:
         # JPEGs nor share the cores with it evenly.
         # ... and they step aside (between units of work) while an interactive call is in flight.
         self.bulk_gate = BulkGate()
+        # On a GPU the bulk unit that would step aside is a batch on the device, which frees no core for the
+        # interactive call, and the decoders have cores enough beside it at their lower priority.
+        gate = None if embedder.on_gpu else self.bulk_gate
         # On a GPU, decoding threads feed the device beside it. On a CPU, where decoding and inference share
         # the cores anyway, each inference thread decodes its own batch's images straight into the batch:
         # separate decoding threads there only added threads that take turns on the same cores (2 decoders
         # beside 2 inference runs made inference 10% slower per image, 9.5 against 8.7 ms) and one more
         # hand-over per image (8-stream ingest: 12.3-13.0 ms of server CPU an image, against 12.5-13.7).
         self.decode_in_inference = not embedder.on_gpu
-        self._decode_pool = thread_pool(config.decode_workers or cores, "decode", BULK_NICE, self.bulk_gate)
+        self._decode_pool = thread_pool(config.decode_workers or cores, "decode", BULK_NICE, gate)
         self._interactive_pool = thread_pool(2, "decode-interactive")
-        self._inference_pool = thread_pool(embedder.concurrent_runs, "inference", BULK_NICE, self.bulk_gate)
+        self._inference_pool = thread_pool(embedder.concurrent_runs, "inference", BULK_NICE, gate)
         self._interactive_inference_pool = thread_pool(1, "inference-interactive")
         # On a CPU, batches of 4 cost the least CPU per image here (10.0 ms vs 11.3 at 8 and 15.6 at 32), and
         # short batches keep an interactive Embed from waiting long behind bulk ingest.
