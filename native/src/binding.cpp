@@ -1,9 +1,10 @@
 // lookalike_server._native: checks and converts numpy arrays, then calls the plain C++ kernels in
-// kernels.cpp with the GIL released. No algorithm lives here.
+// kernels.cpp, releasing the GIL only for long work (see kReleaseGilFrom). No algorithm lives here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -14,6 +15,23 @@ namespace py = pybind11;
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style>;
+
+// Work (array elements touched) from which a kernel releases the GIL. Getting it back costs up to one
+// switch interval (5 ms) whenever another thread runs Python, as a server's event loop under load does:
+// three numpy calls of 0.06 ms each that release it took 39 ms per image beside a busy Python thread.
+// Below this size (about a millisecond of work) a kernel keeps the GIL and costs only its own time.
+constexpr int64_t kReleaseGilFrom = int64_t{1} << 22;
+
+// Releases the GIL for the scope's lifetime when `work` is at least kReleaseGilFrom.
+class ReleaseGilForLongWork {
+ public:
+  explicit ReleaseGilForLongWork(int64_t work) {
+    if (work >= kReleaseGilFrom) release_.emplace();
+  }
+
+ private:
+  std::optional<py::gil_scoped_release> release_;
+};
 using IndexArray = py::array_t<int64_t, py::array::c_style>;
 
 std::string Shape(const py::array& a) {
@@ -66,8 +84,29 @@ void NormalizeRows(const py::object& obj) {
   float* data = static_cast<float*>(a.mutable_data());
   const int64_t rows = a.shape(0);
   const int64_t dim = a.shape(1);
-  py::gil_scoped_release release;
+  ReleaseGilForLongWork release(rows * dim);
   lookalike::NormalizeRows(data, rows, dim);
+}
+
+void PixelsToTensor(const py::object& pixels_obj, const py::object& table_obj, const py::object& out_obj) {
+  py::array pixels = CheckedArray<uint8_t>(pixels_obj, "pixels", 3, "(height, width, 3)");
+  if (pixels.shape(2) != 3) throw py::value_error("pixels must be (height, width, 3) RGB, got " + Shape(pixels));
+  auto rgb = Contiguous<uint8_t>(pixels);
+  auto table = Contiguous<float>(CheckedArray<float>(table_obj, "table", 2, "(3, 256)"));
+  if (table.shape(0) != 3 || table.shape(1) != 256) {
+    throw py::value_error("table must be (3, 256), got shape " + Shape(table));
+  }
+  py::array out = CheckedArray<float>(out_obj, "out", 3, "(3, height, width)");
+  if (out.shape(0) != 3 || out.shape(1) != rgb.shape(0) || out.shape(2) != rgb.shape(1)) {
+    throw py::value_error("out must be (3, " + std::to_string(rgb.shape(0)) + ", " + std::to_string(rgb.shape(1)) +
+                          ") for pixels " + Shape(rgb) + ", got " + Shape(out));
+  }
+  if (!(out.flags() & py::array::c_style) || !out.writeable()) {
+    throw py::value_error("out must be C-contiguous and writable");
+  }
+  // An image is far below kReleaseGilFrom: this runs with the GIL held, in about a tenth of a millisecond.
+  lookalike::PixelsToTensor(rgb.data(), rgb.shape(0), rgb.shape(1), rgb.shape(1) * 3, table.data(),
+                            static_cast<float*>(out.mutable_data()));
 }
 
 py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj,
@@ -119,7 +158,7 @@ py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj
   int64_t* out_rows_data = out_rows.mutable_data();
   float* out_scores_data = out_scores.mutable_data();
   {
-    py::gil_scoped_release release;
+    ReleaseGilForLongWork release(total * dim);
     lookalike::Rerank(queries.data(), num_queries, candidates.data(), num_candidates, dim, row_data,
                       per_query, k, metric, reverse, threads, out_rows_data, out_scores_data);
   }
@@ -129,7 +168,11 @@ py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "lookalike's native core: row normalisation and exact re-ranking (C++, GIL released).";
+  m.doc() = "lookalike's native core: image tensors, row normalisation and exact re-ranking (C++; the GIL is "
+            "released for long work only).";
+  m.def("pixels_to_tensor", &PixelsToTensor, py::arg("pixels"), py::arg("table"), py::arg("out"),
+        "Write an image's uint8 (height, width, 3) RGB pixels into out, a float32 (3, height, width) "
+        "C-contiguous array: channel c's byte v becomes table[c, v] (table: float32 (3, 256)).");
   m.def("normalize_rows", &NormalizeRows, py::arg("x"),
         "L2-normalise each row of a float32 (rows, dim) C-contiguous writable array in place; zero rows "
         "stay zero.");

@@ -233,6 +233,25 @@ float SquaredL2(const float* a, const float* b, int64_t dim) {
   return out;
 }
 
+void PixelsToTensor(const uint8_t* pixels, int64_t height, int64_t width, int64_t row_stride,
+                    const float* table, float* out) {
+  const int64_t plane = height * width;
+  const float* red = table;
+  const float* green = table + 256;
+  const float* blue = table + 512;
+  for (int64_t y = 0; y < height; ++y) {
+    const uint8_t* p = pixels + y * row_stride;
+    float* r = out + y * width;
+    float* g = r + plane;
+    float* b = g + plane;
+    for (int64_t x = 0; x < width; ++x, p += 3) {
+      r[x] = red[p[0]];
+      g[x] = green[p[1]];
+      b[x] = blue[p[2]];
+    }
+  }
+}
+
 void NormalizeRows(float* x, int64_t rows, int64_t dim, int threads) {
   if (rows <= 0 || dim <= 0) return;
   // Hand rows out in blocks of about 1 MiB, and stay on this thread when there is only one block.

@@ -391,3 +391,54 @@ def test_rerank_rejects_out_of_range_rows(bad: int) -> None:
     rows = np.array([[0, 1, -1, 3, 2], [3, 2, 1, bad, 0]])
     with pytest.raises(ValueError, match=rf"candidate_rows\[1, 3\] = {bad} .*\[0, 4\)"):
         _native.rerank(**{**_valid_args(), "candidate_rows": rows})
+
+
+# --------------------------------------------------------------------------------------------------
+# pixels_to_tensor
+
+
+def _table() -> np.ndarray:
+    values = np.arange(256, dtype=np.float32)[None, :]
+    mean = np.array([123.7, 116.3, 103.5], dtype=np.float32)[:, None]
+    std = np.array([58.4, 57.1, 57.4], dtype=np.float32)[:, None]
+    return (values - mean) / std
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (224, 224), (7, 300), (301, 5)], ids=lambda s: "x".join(map(str, s)))
+def test_pixels_to_tensor_is_the_tables_lookup_per_channel(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    pixels = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    table = _table()
+    out = np.full((3, *shape), np.nan, dtype=np.float32)
+    _native.pixels_to_tensor(pixels, table, out)
+    expected = np.stack([table[c][pixels[:, :, c]] for c in range(3)])
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_pixels_to_tensor_reads_strided_pixels_and_writes_a_batch_row() -> None:
+    rng = np.random.default_rng(7)
+    wide = rng.integers(0, 256, (20, 40, 3), dtype=np.uint8)
+    pixels = wide[:, ::2]  # not contiguous
+    batch = np.zeros((2, 3, 20, 20), dtype=np.float32)
+    _native.pixels_to_tensor(pixels, _table(), batch[1])
+    expected = np.stack([_table()[c][pixels[:, :, c]] for c in range(3)])
+    np.testing.assert_array_equal(batch[1], expected)
+    assert not batch[0].any()  # the neighbouring row is untouched
+
+
+@pytest.mark.parametrize(
+    ("pixels", "table", "out", "message"),
+    [
+        (np.zeros((4, 4, 3), np.float32), _table(), np.zeros((3, 4, 4), np.float32), "pixels must have dtype uint8"),
+        (np.zeros((4, 4, 4), np.uint8), _table(), np.zeros((3, 4, 4), np.float32), r"\(height, width, 3\) RGB"),
+        (np.zeros((4, 4), np.uint8), _table(), np.zeros((3, 4, 4), np.float32), "pixels must be 3-D"),
+        (np.zeros((4, 4, 3), np.uint8), _table()[:, :255], np.zeros((3, 4, 4), np.float32),
+         r"table must be \(3, 256\)"),
+        (np.zeros((4, 4, 3), np.uint8), _table(), np.zeros((3, 4, 5), np.float32), r"out must be \(3, 4, 4\)"),
+        (np.zeros((4, 4, 3), np.uint8), _table(), np.zeros((3, 4, 8), np.float32)[:, :, ::2], "C-contiguous"),
+    ],
+    ids=["float-pixels", "four-channels", "2d-pixels", "short-table", "wrong-out-shape", "strided-out"],
+)
+def test_pixels_to_tensor_rejects_bad_arrays_clearly(pixels, table, out, message) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        _native.pixels_to_tensor(pixels, table, out)
