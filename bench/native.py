@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable
 
@@ -175,6 +176,56 @@ def bench_rerank(
     }
 
 
+def _beside_busy_thread(fn: Callable[[], object], calls: int) -> float:
+    """Mean seconds per call of fn while another thread runs pure Python, as a server's busy event loop
+    does: every time fn releases the GIL it may wait up to a switch interval (5 ms) to get it back."""
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
+    finally:
+        stop.set()
+        spinner.join()
+
+
+def bench_pixels_to_tensor(side: int, repeats: int, rng: np.random.Generator) -> dict:
+    """An image's pixels to its normalised CHW tensor: native (GIL held) against numpy's per-channel
+    lookups (the server's way before; each np.take releases the GIL), alone and beside a busy thread."""
+    pixels = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    values = np.arange(256, dtype=np.float32)[None, :]
+    table = (values - np.float32(127.5)) / np.float32(58.0) * np.ones((3, 1), np.float32)
+    out = np.empty((3, side, side), dtype=np.float32)
+
+    def native() -> None:
+        _native.pixels_to_tensor(pixels, table, out)
+
+    def baseline() -> None:
+        for channel in range(3):
+            np.take(table[channel], pixels[:, :, channel], out=out[channel])
+
+    native_s, baseline_s = _interleaved(native, baseline, repeats)
+    calls = 100
+    busy_native = _beside_busy_thread(native, calls)
+    busy_baseline = _beside_busy_thread(baseline, calls)
+    return {
+        "image": f"{side}x{side}",
+        "alone_ms": {"native": round(native_s * 1e3, 3), "numpy_take": round(baseline_s * 1e3, 3)},
+        "alone_speedup": round(baseline_s / native_s, 2),
+        "beside_busy_python_thread_ms": {"native": round(busy_native * 1e3, 3),
+                                         "numpy_take": round(busy_baseline * 1e3, 3)},
+        "beside_busy_python_thread_speedup": round(busy_baseline / busy_native, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="interleaved timing rounds per kernel")
@@ -190,6 +241,7 @@ def main() -> None:
             "numpy": np.__version__,
         },
         "memory_copy_gb_s": round(memory_bandwidth(), 1),
+        "pixels_to_tensor": bench_pixels_to_tensor(224, args.repeats, rng),
         "normalize_rows": bench_normalize(20_000, 1280, args.repeats, rng),
         # A batch of unrelated queries: lists barely overlap, the shared matrix is ~Q*C rows.
         "rerank": bench_rerank(64, 2000, 1280, 100, 1_000_000, args.repeats, rng),
