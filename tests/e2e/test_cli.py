@@ -132,3 +132,19 @@ def test_grpcurl_search_by_vector(cli_server, ingested):
     hits = reply["results"][0]["hits"]
     assert hits[0]["id"] == "chelsea.jpg"
     assert np.isclose(hits[0]["score"], 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--require-gpu", "cannot start: --require-gpu: no GPU execution provider is active"),
+        ("--fp16", "cannot start: --fp16 needs a GPU execution provider"),
+    ],
+)
+def test_serve_refuses_gpu_only_settings_on_a_cpu_machine(flag, message, tmp_path):
+    """Without a GPU, these flags end `serve` at start-up with one clear line, not a server on the CPU."""
+    result = lookalike("serve", flag, "--address", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+                       "--milvus-embedded", "lite", check=False)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr

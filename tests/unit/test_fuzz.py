@@ -522,7 +522,7 @@ def test_check_vector_refuses_python_floats_beyond_float32():
 INT_SETTINGS = ("max_batch_size", "decode_workers", "inference_threads", "max_message_bytes", "max_image_pixels",
                 "ingest_window")
 FLOAT_SETTINGS = ("max_queue_delay_ms", "max_connection_age_s")
-BOOL_SETTINGS = ("milvus_tls", "require_gpu")
+BOOL_SETTINGS = ("milvus_tls", "require_gpu", "fp16")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
