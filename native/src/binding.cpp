@@ -15,6 +15,7 @@ namespace py = pybind11;
 namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style>;
+using IndexArray = py::array_t<int64_t, py::array::c_style>;
 
 // Work (array elements touched) from which a kernel releases the GIL. Getting it back costs up to one
 // switch interval (5 ms) whenever another thread runs Python, as a server's event loop under load does:
@@ -32,7 +33,6 @@ class ReleaseGilForLongWork {
  private:
   std::optional<py::gil_scoped_release> release_;
 };
-using IndexArray = py::array_t<int64_t, py::array::c_style>;
 
 std::string Shape(const py::array& a) {
   std::string s = "(";
@@ -105,7 +105,7 @@ void PixelsToTensor(const py::object& pixels_obj, const py::object& table_obj, c
     throw py::value_error("out must be C-contiguous and writable");
   }
   // An image is far below kReleaseGilFrom: this runs with the GIL held, in about a tenth of a millisecond.
-  lookalike::PixelsToTensor(rgb.data(), rgb.shape(0), rgb.shape(1), rgb.shape(1) * 3, table.data(),
+  lookalike::PixelsToTensor(rgb.data(), rgb.shape(0), rgb.shape(1), table.data(),
                             static_cast<float*>(out.mutable_data()));
 }
 

@@ -233,14 +233,13 @@ float SquaredL2(const float* a, const float* b, int64_t dim) {
   return out;
 }
 
-void PixelsToTensor(const uint8_t* pixels, int64_t height, int64_t width, int64_t row_stride,
-                    const float* table, float* out) {
+void PixelsToTensor(const uint8_t* pixels, int64_t height, int64_t width, const float* table, float* out) {
   const int64_t plane = height * width;
   const float* red = table;
   const float* green = table + 256;
   const float* blue = table + 512;
   for (int64_t y = 0; y < height; ++y) {
-    const uint8_t* p = pixels + y * row_stride;
+    const uint8_t* p = pixels + y * width * 3;
     float* r = out + y * width;
     float* g = r + plane;
     float* b = g + plane;

@@ -79,10 +79,9 @@ float SquaredL2(const float* a, const float* b, int64_t dim);
 // A zero row stays zero. threads: 0 = all hardware threads; small inputs run on the calling thread.
 void NormalizeRows(float* x, int64_t rows, int64_t dim, int threads = 0);
 
-// An image's pixels (height x width x 3 bytes, RGB, rows `row_stride` bytes apart) to the network's
-// planar input (3 x height x width floats): channel c's byte v becomes table[c * 256 + v].
-void PixelsToTensor(const uint8_t* pixels, int64_t height, int64_t width, int64_t row_stride,
-                    const float* table, float* out);
+// An image's pixels (height x width x 3 bytes, RGB, row-major) to the network's planar input
+// (3 x height x width floats): channel c's byte v becomes table[c * 256 + v].
+void PixelsToTensor(const uint8_t* pixels, int64_t height, int64_t width, const float* table, float* out);
 
 // Exact re-ranking. For each of the num_queries queries (row-major, num_queries x dim), scores the
 // candidates listed in its row of candidate_rows (num_queries x per_query; entries index the
