@@ -278,13 +278,14 @@ def _wait_rows(client: Any, collection: str, n: int, timeout_s: float) -> tuple[
     return rows, round(time.monotonic() - start, 2)
 
 
-def bench_server(files: list[Path], args: argparse.Namespace, work: Path) -> dict:
-    """Starts `lookalike serve`, measures idle Embed latency, then the 8 Ingest streams with latency and RSS."""
+def bench_server(files: list[Path], args: argparse.Namespace, work: Path, gpu: bool) -> dict:
+    """Starts `lookalike serve`, measures idle Embed latency, then the 8 Ingest streams with latency and RSS.
+    gpu: model_only ran on a GPU, so the server must embed there too, or refuse to start (--require-gpu)."""
     port = free_port()
     server = f"127.0.0.1:{port}"
     command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
                "--milvus-embedded", "lite", *(["--fp16"] if args.fp16 else []),
-               *(["--require-gpu"] if args.require_gpu else [])]
+               *(["--require-gpu"] if gpu else [])]
     try:
         return _serve_and_measure(command, files, files[0].read_bytes(), args, work, server)
     finally:
@@ -647,14 +648,13 @@ def run(args: argparse.Namespace) -> dict:
     model_only = bench_model_only(card, sample, args.batch_sizes, args.model_min_s, fp16=args.fp16)
     preprocess_only = bench_preprocess_only(card, blobs, max_pixels)
     gpu = model_only["provider"] != "CPUExecutionProvider"
-    args.require_gpu = gpu  # the server must then embed on the GPU too, or refuse to start
 
     def limit_of(m: float, p: float) -> float:
         return round(min(m, p), 1) if gpu else round(1 / (1 / m + 1 / p), 1)
 
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         work = Path(tmp)
-        served = bench_server(files, args, _mkdir(work / "server"))
+        served = bench_server(files, args, _mkdir(work / "server"), gpu)
         # This machine's speed drifts by up to a quarter within minutes (other tenants of its host): the
         # limit is measured again right after the ingest, and the ingest compared with the mean of the two.
         model_after = bench_model_only(card, sample, [model_only["best_batch_size"]], args.model_min_s,
