@@ -11,7 +11,8 @@ run, on the same photos and the same ONNX network, one phase after another so th
   fiftyone_baseline  fob.compute_similarity(dataset, model=<ONNX-wrapping model>, backend="milvus") against
                      `milvus-lite server`, dataset of file paths to ready index (in a child process)
   embed_latency_ms   single-image Embed calls, idle and (one every 100 ms) during 3 more 8-stream ingests,
-                     pooled (--probe-rounds); server RSS during the streams
+                     pooled (--probe-rounds), and in the 3 s after each (flush and recall calibration);
+                     server RSS during the streams
 
 Run (after `make setup`; FiftyOne, pymilvus and psutil in the same venv; takes a few minutes on 2 cores):
     .venv/bin/python bench/embedding.py [--n 2000] [--data /tmp/lookalike-bench-photos] [--write]
@@ -69,6 +70,7 @@ CPU_TARGETS = {"ingest_over_limit": 0.90, "ingest_over_fiftyone": 1.2}
 GPU_TARGETS = {"ingest_over_limit": 0.80, "ingest_over_fiftyone": 3.0}
 LATENCY_TARGET = 3.0  # p99 under ingest load / idle p99, at most
 RSS_TARGET_MB = 1536  # below, during the 8 streams
+SETTLE_S = 3.0  # pause after each probed ingest: its flush and recall calibration run in the background
 QUIET_SHARE = 0.05  # most of the machine's CPU that other processes may use for a run to count as undisturbed
 WHY_NOT_TORCH = (
     "FiftyOne's Torch wrappers (fiftyone.utils.torch) need torchvision, and PyPI's torchvision does not import "
@@ -336,7 +338,7 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                     loaded_collection = client.create_collection(f"{collection}_probe{round_no}").name
                     probed_rounds.append(_ingest_round(server, loaded_collection, files, args.streams, "",
                                                        args.stage_timeout))
-                    time.sleep(3)  # as before the first: the last round's flush and calibration settle
+                    time.sleep(SETTLE_S)  # as before the first: the last round's flush and calibration settle
             finally:
                 stop.set()
                 under_load: list[tuple[float, float]] = times.get(timeout=60)
@@ -347,6 +349,10 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
             probes = [(i, s - r["start"], e - s) for i, r in enumerate(probed_rounds) for s, e in under_load
                       if r["start"] <= s and e <= r["end"]]
             loaded = [took for _, _, took in probes]
+            # calls made wholly in the SETTLE_S after a probed round: the server flushes the new collection and
+            # measures its recall calibration in the background then
+            settling = [e - s for r in probed_rounds for s, e in under_load
+                        if r["end"] <= s and e <= r["end"] + SETTLE_S]
             rate = round(len(files) / ingest["seconds"], 1)
             log(f"ingest_e2e: {rate} img/s ({ingest['seconds']:.1f} s), rows {rows}, "
                 f"{len(loaded)} Embed calls under {len(probed_rounds)} more ingests")
@@ -377,6 +383,9 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                     for round_no in range(len(probed_rounds))],
                 "slowest_under_ingest": [{"round": i, "at_s": round(at, 2), "ms": round(took * 1e3, 1)}
                                          for i, at, took in sorted(probes, key=lambda p: -p[2])[:8]],
+                "after_ingest": percentiles(settling),
+                "after_ingest_is": f"the calls in the {SETTLE_S:g} s after each probed ingest, while the server "
+                                   "flushes the new collection and measures its recall calibration",
                 "probe": f"one single-image Embed call every {args.probe_interval_ms:g} ms (after the previous "
                          f"answer) during {len(probed_rounds)} more {args.streams}-stream ingests of the same "
                          f"photos, each into a new collection, at "

@@ -520,7 +520,7 @@ def test_check_vector_refuses_python_floats_beyond_float32():
 # Settings from the environment
 
 INT_SETTINGS = ("max_batch_size", "decode_workers", "inference_threads", "max_message_bytes", "max_image_pixels",
-                "ingest_window")
+                "ingest_window", "stream_window_bytes")
 FLOAT_SETTINGS = ("max_queue_delay_ms", "max_connection_age_s")
 BOOL_SETTINGS = ("milvus_tls", "require_gpu", "fp16")
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -558,6 +558,7 @@ def test_settings_from_the_environment_load_or_raise_value_error(name, raw):
         ("max_connection_age_s", "inf"),  # LookalikeServer(): int(inf * 1000) -> OverflowError at start
         ("ingest_window", "0"),  # asyncio.Queue(0) has no bound: an Ingest stream is read without limit
         ("ingest_window", "-1"),
+        ("stream_window_bytes", "1024"),  # below HTTP/2's initial window: every stream would crawl
         ("decode_workers", "-1"),  # Pipeline(): ThreadPoolExecutor(-1) -> ValueError at start, not at load
     ],
 )

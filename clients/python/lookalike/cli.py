@@ -73,6 +73,8 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-inflight-requests", type=int, help="calls in flight before RESOURCE_EXHAUSTED (1024)")
     p.add_argument("--max-streams-per-client", type=int, help="open streams per client host (default 64)")
     p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
+    p.add_argument("--stream-window-bytes", type=int,
+                   help="bytes a client may send ahead of the server on one stream (default 1 MiB)")
     p.add_argument("--max-image-bytes", type=int, help="largest image assembled from chunks (default 256 MiB)")
     p.add_argument("--max-image-pixels", type=int, help="decompression-bomb limit in pixels (default 89478485)")
     p.add_argument("--max-connection-age-s", type=float,
