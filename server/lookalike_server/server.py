@@ -9,7 +9,6 @@ import gc
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,7 +38,6 @@ SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in ("Col
 # follows Milvus, liveness must not, or an outage of Milvus would restart every replica).
 LIVENESS = "liveness"
 HEALTH_CHECK_SECONDS = 5.0
-GIL_SWITCH_INTERVAL_S = 0.001
 
 
 class EmbeddedMilvus(Protocol):
@@ -305,11 +303,6 @@ async def _serve(config: ServerConfig) -> None:
 
 def serve(config: ServerConfig) -> None:
     """Runs the server until SIGINT or SIGTERM."""
-    # Milvus Lite answers in this process, in Python: while it runs a long call (a recall calibration's
-    # searches after an ingest), a thread waiting for the interpreter lock got it only every 5 ms (Python's
-    # default), once per step of an Embed call. At 1 ms, Embed calls in the 4 s after an 8-stream ingest
-    # took p90 26-31 ms against 55-66 (idle: 15), with no loss of ingest speed measured.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     several = config.workers > 1 or config.reuse_port
     logging.basicConfig(
         level=config.log_level.upper(),
