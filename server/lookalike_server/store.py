@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,10 @@ class Store:
         # deletes, and a Get right after a Delete must not return the row. Milvus Lite is always strong.
         self._consistency = {} if self.is_lite else {"consistency_level": "Session"}
         self._strong = {} if self.is_lite else {"consistency_level": "Strong"}
+        # Milvus Lite in this process takes one call at a time, whichever thread makes it: its flush swaps in
+        # an empty memtable before the flushed segment is visible, and its searches read both without a
+        # lock, so a search beside a flush (the recall calibration flushes from its own thread) missed rows.
+        self._one_call = threading.RLock() if self.is_lite else contextlib.nullcontext()
 
     def close(self) -> None:
         self.client.close()
@@ -203,20 +208,22 @@ class Store:
     @contextlib.contextmanager
     def _translated(self, operation: str, collection: str, filter_expr: str = "") -> Iterator[None]:
         """Times a Milvus call and turns its failures into lookalike errors (a bad filter named as such)."""
-        started = time.perf_counter()
-        try:
-            yield
-        except MilvusException as e:
-            metrics.MILVUS_ERRORS.labels(operation).inc()
-            error = self._translate(e, collection)
-            if filter_expr and isinstance(error, InvalidArgument):
-                raise InvalidArgument(f"filter {filter_expr!r} is not a valid Milvus expression: {e.message}") from e
-            raise error from e
-        except (ConnectionError, TimeoutError, OSError, grpc.RpcError) as e:
-            metrics.MILVUS_ERRORS.labels(operation).inc()
-            raise Unavailable(f"Milvus at {self.uri} does not answer: {e}") from e
-        finally:
-            metrics.MILVUS_SECONDS.labels(operation).observe(time.perf_counter() - started)
+        with self._one_call:
+            started = time.perf_counter()
+            try:
+                yield
+            except MilvusException as e:
+                metrics.MILVUS_ERRORS.labels(operation).inc()
+                error = self._translate(e, collection)
+                if filter_expr and isinstance(error, InvalidArgument):
+                    why = f"filter {filter_expr!r} is not a valid Milvus expression: {e.message}"
+                    raise InvalidArgument(why) from e
+                raise error from e
+            except (ConnectionError, TimeoutError, OSError, grpc.RpcError) as e:
+                metrics.MILVUS_ERRORS.labels(operation).inc()
+                raise Unavailable(f"Milvus at {self.uri} does not answer: {e}") from e
+            finally:
+                metrics.MILVUS_SECONDS.labels(operation).observe(time.perf_counter() - started)
 
     @staticmethod
     def _translate(e: MilvusException, collection: str) -> LookalikeError:
