@@ -73,14 +73,18 @@ py::array_t<T, py::array::c_style> Contiguous(const py::array& a) {
   return c;
 }
 
+// An array a kernel writes in place must be C-contiguous and writable; the error says which it is not.
+void RequireWritableContiguous(const py::array& a, const char* name, const char* why, const char* advice) {
+  const bool contiguous = a.flags() & py::array::c_style;
+  if (contiguous && a.writeable()) return;
+  throw py::value_error(std::string(name) + " must be C-contiguous and writable: " + why + " (got " +
+                        (contiguous ? "C-contiguous" : "non-contiguous") + ", " +
+                        (a.writeable() ? "writable" : "read-only") + ")" + advice);
+}
+
 void NormalizeRows(const py::object& obj) {
   py::array a = CheckedArray<float>(obj, "x", 2, "(rows, dim)");
-  if (!(a.flags() & py::array::c_style) || !a.writeable()) {
-    throw py::value_error(
-        "x must be C-contiguous and writable: it is normalised in place (got " +
-        std::string((a.flags() & py::array::c_style) ? "C-contiguous" : "non-contiguous") + ", " +
-        (a.writeable() ? "writable" : "read-only") + "); normalise y = np.array(x, order='C') and use y");
-  }
+  RequireWritableContiguous(a, "x", "it is normalised in place", "; normalise y = np.array(x, order='C') and use y");
   float* data = static_cast<float*>(a.mutable_data());
   const int64_t rows = a.shape(0);
   const int64_t dim = a.shape(1);
@@ -101,9 +105,7 @@ void PixelsToTensor(const py::object& pixels_obj, const py::object& table_obj, c
     throw py::value_error("out must be (3, " + std::to_string(rgb.shape(0)) + ", " + std::to_string(rgb.shape(1)) +
                           ") for pixels " + Shape(rgb) + ", got " + Shape(out));
   }
-  if (!(out.flags() & py::array::c_style) || !out.writeable()) {
-    throw py::value_error("out must be C-contiguous and writable");
-  }
+  RequireWritableContiguous(out, "out", "the tensor is written into it", "");
   // An image is far below kReleaseGilFrom: this runs with the GIL held, in about a tenth of a millisecond.
   lookalike::PixelsToTensor(rgb.data(), rgb.shape(0), rgb.shape(1), table.data(),
                             static_cast<float*>(out.mutable_data()));
