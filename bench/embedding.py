@@ -8,7 +8,7 @@ run, on the same photos and the same ONNX network, one phase after another so th
   limit              CPU: 1 / (1/model_only + 1/preprocess_only); GPU: min(model_only, preprocess_only)
   ingest_e2e         the real server (`lookalike serve`, Milvus Lite) fed by 8 concurrent Ingest streams,
                      files read from disk by the clients, first send to last acknowledgement
-  ingest_vectors     the same streams sending a unit vector per photo instead of the photo: the path without
+  ingest_vectors     the same streams sending each photo's embedding instead of the photo: the path without
                      decoding and inference (client, gRPC, event loop, Milvus Lite), and so limit.with_storage,
                      the limit with that path added, which ingest_e2e could reach by overlapping perfectly
   fiftyone_baseline  fob.compute_similarity(dataset, model=<ONNX-wrapping model>, backend="milvus") against
@@ -272,6 +272,18 @@ def _ingest_round(server: str, collection: str, files: list[Path], streams: int,
     }
 
 
+def _wait_calibrated(client: Any, collection: str, timeout_s: float) -> float:
+    """Waits until the server has flushed the collection after an ingest and measured its recall calibration
+    (background work that would otherwise fall inside the next timed phase); the seconds waited."""
+    start = time.monotonic()
+    while not client.describe_collection(collection).calibrations:
+        if time.monotonic() - start > timeout_s:
+            log(f"{collection}: no recall calibration after {timeout_s:.0f} s; going on")
+            break
+        time.sleep(0.2)
+    return round(time.monotonic() - start, 2)
+
+
 def _wait_rows(client: Any, collection: str, n: int, timeout_s: float) -> tuple[int, float]:
     """Polls the collection's row count until it reaches n; (rows, seconds waited)."""
     start = time.monotonic()
@@ -330,12 +342,14 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
             # collection, with single Embed calls sent beside them, for the latency under load.
             with CpuMeter(proc.pid) as meter:
                 ingest = _ingest_round(server, collection, files, args.streams, "", args.stage_timeout)
-            # The same streams with the embedding left out: unit vectors in place of the photos, into a new
-            # collection. Everything else of the path (client, gRPC, the server's event loop, Milvus Lite's
-            # upserts) still runs on these cores, so this prices the part of ingest_e2e that is not embedding.
-            time.sleep(SETTLE_S)  # the first ingest's flush and calibration must not fall inside it
-            vectors = np.random.default_rng(args.seed).standard_normal((len(files), info.dimension))
-            vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+            # The same streams with the embedding left out: each photo's embedding (as this ingest stored it) in
+            # place of the photo, into a new collection. Everything else of the path (client, gRPC, the server's
+            # event loop, Milvus Lite's upserts) still runs on these cores: this prices the rest of ingest_e2e.
+            _wait_calibrated(client, collection, 60)  # its flush and calibration must not fall inside the round
+            stored_rows: dict[str, Any] = {}
+            for start in range(0, len(files), 200):
+                stored_rows.update(client.get([p.name for p in files[start:start + 200]], collection, metadata=False))
+            vectors = np.stack([stored_rows[p.name][0] for p in files])
             vectors_collection = client.create_collection(f"{collection}_vectors").name
             with CpuMeter(proc.pid) as vectors_meter:
                 stored = _ingest_round(server, vectors_collection, files, args.streams, "", args.stage_timeout,
@@ -344,10 +358,11 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                 "images_per_s": round(len(files) / stored["seconds"], 1),
                 "seconds": round(stored["seconds"], 2),
                 "all_ok": stored["acknowledged"] - stored["failed_count"] == len(files),
-                "is": f"the same {args.streams} Ingest streams sending a {info.dimension}-d unit vector per photo "
-                      "instead of the photo: the path without decoding and inference",
+                "is": f"the same {args.streams} Ingest streams sending each photo's {info.dimension}-d embedding "
+                      "(as the ingest above stored it) instead of the photo: the path without decoding and inference",
                 "cpu": vectors_meter.result,
             }
+            _wait_calibrated(client, vectors_collection, 60)
             spawn = multiprocessing.get_context("spawn")
             stop, times = spawn.Event(), spawn.Queue()
             prober = spawn.Process(target=_embed_loop, daemon=True,
