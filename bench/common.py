@@ -251,6 +251,19 @@ def wait_serving(server: Any, timeout_s: float = 180.0) -> None:
                         f"lookalike serve not SERVING in {timeout_s:.0f} s:\n{server.log()[-3000:]}") from None
 
 
+def wait_for_calibration(server: str, collection: str, timeout_s: float = 60.0) -> bool:
+    """Waits until the lookalike server reports a recall calibration for the collection (measured in the
+    background after an ingest, once its rows are flushed); False if none came within timeout_s."""
+    from lookalike import Client
+
+    deadline = time.monotonic() + timeout_s
+    with Client(server) as client:
+        while not client.describe_collection(collection).calibrations:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
+    return True
+
 def stop_processes_under(marker: str) -> list[int]:
     """Stops this user's processes that name marker (a unique temp path) in their command line or environment:
     the ones a child started and left behind (FiftyOne's mongod and its service). Returns their pids."""

@@ -64,6 +64,7 @@ from common import (  # noqa: E402
     percentiles,
     stop_processes_under,
     time_limit,
+    wait_for_calibration,
     wait_for_port,
 )
 
@@ -272,17 +273,6 @@ def _ingest_round(server: str, collection: str, files: list[Path], streams: int,
     }
 
 
-def _wait_calibrated(client: Any, collection: str, timeout_s: float) -> None:
-    """Waits until the server has flushed the collection after an ingest and measured its recall calibration:
-    background work that would otherwise fall inside the next timed phase."""
-    deadline = time.monotonic() + timeout_s
-    while not client.describe_collection(collection).calibrations:
-        if time.monotonic() > deadline:
-            log(f"{collection}: no recall calibration after {timeout_s:.0f} s; going on")
-            return
-        time.sleep(0.2)
-
-
 def _wait_rows(client: Any, collection: str, n: int, timeout_s: float) -> tuple[int, float]:
     """Polls the collection's row count until it reaches n; (rows, seconds waited)."""
     start = time.monotonic()
@@ -344,7 +334,9 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
             # The same streams with the embedding left out: each photo's embedding (as this ingest stored it) in
             # place of the photo, into a new collection. Everything else of the path (client, gRPC, the server's
             # event loop, Milvus Lite's upserts) still runs on these cores: this prices the rest of ingest_e2e.
-            _wait_calibrated(client, collection, 60)  # its flush and calibration must not fall inside the round
+            # Its flush and recall calibration run in the background after it: they must not fall inside the round.
+            if not wait_for_calibration(server, collection):
+                log(f"{collection}: no recall calibration within 60 s; going on")
             stored_rows: dict[str, Any] = {}
             for start in range(0, len(files), 200):
                 stored_rows.update(client.get([p.name for p in files[start:start + 200]], collection, metadata=False))
@@ -361,7 +353,8 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                       "(as the ingest above stored it) instead of the photo: the path without decoding and inference",
                 "cpu": vectors_meter.result,
             }
-            _wait_calibrated(client, vectors_collection, 60)
+            if not wait_for_calibration(server, vectors_collection):
+                log(f"{vectors_collection}: no recall calibration within 60 s; going on")
             spawn = multiprocessing.get_context("spawn")
             stop, times = spawn.Event(), spawn.Queue()
             prober = spawn.Process(target=_embed_loop, daemon=True,

@@ -43,6 +43,7 @@ sys.modules["common"] = common
 _spec.loader.exec_module(common)
 ManagedProcess, free_port, machine_info = common.ManagedProcess, common.free_port, common.machine_info
 make_photos, percentiles, wait_for_port = common.make_photos, common.percentiles, common.wait_for_port
+wait_for_calibration = common.wait_for_calibration
 
 DIM = 1280
 WARMUP_QUERIES = 5
@@ -74,19 +75,6 @@ def wait_for_indexes(data_dir: Path, names: list[str], timeout_s: float = 60.0) 
         if all(built.values()) or time.monotonic() > deadline:
             return built
         time.sleep(0.5)
-
-
-def wait_for_calibration(server: str, collection: str, timeout_s: float = 60.0) -> bool:
-    """Waits until the lookalike server reports a recall calibration for the collection."""
-    from lookalike import Client
-
-    deadline = time.monotonic() + timeout_s
-    with Client(server) as client:
-        while not client.describe_collection(collection).calibrations:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.5)
-    return True
 
 
 def index_and_query(fo, fob, args: argparse.Namespace, server: str, milvus_uri: str, milvus_dir: Path) -> dict:
