@@ -207,7 +207,8 @@ class Store:
 
     @contextlib.contextmanager
     def _translated(self, operation: str, collection: str, filter_expr: str = "") -> Iterator[None]:
-        """Times a Milvus call and turns its failures into lookalike errors (a bad filter named as such)."""
+        """Times a Milvus call and turns its failures into lookalike errors (a bad filter named as such); for
+        Milvus Lite in this process, it also lets one call in at a time (see _one_call)."""
         with self._one_call:
             started = time.perf_counter()
             try:
