@@ -365,19 +365,27 @@ def mib(n_bytes: float) -> float:
 @dataclass
 class CpuMeter:
     """Busy CPU seconds of the whole machine over a phase, split into this process (and the children it has
-    waited for), one watched process (e.g. the server), and everything else on the machine."""
+    waited for), one watched process (e.g. the server), and everything else on the machine.
+    tree: the watched process's live children count as watched too (a server and the Milvus it started)."""
 
     watched_pid: int | None = None
     result: dict = field(default_factory=dict)
+    tree: bool = False
     _start: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
 
     def _watched_s(self) -> float:
         if self.watched_pid is None:
             return 0.0
+        total = 0.0
         with contextlib.suppress(psutil.NoSuchProcess):
-            t = psutil.Process(self.watched_pid).cpu_times()
-            return t.user + t.system + t.children_user + t.children_system
-        return 0.0
+            watched = psutil.Process(self.watched_pid)
+            t = watched.cpu_times()
+            total = t.user + t.system + t.children_user + t.children_system
+            for child in watched.children(recursive=True) if self.tree else ():
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = child.cpu_times()
+                    total += t.user + t.system
+        return total
 
     def _snapshot(self) -> tuple[float, float, float, float]:
         machine = psutil.cpu_times()

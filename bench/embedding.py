@@ -6,8 +6,12 @@ run, on the same photos and the same ONNX network, one phase after another so th
   model_only         the ONNX session alone on ready tensors, each batch size, the best one reported
   preprocess_only    the server's decode + preprocess (lookalike_server.imaging.image_to_tensor), all cores
   limit              CPU: 1 / (1/model_only + 1/preprocess_only); GPU: min(model_only, preprocess_only)
-  ingest_e2e         the real server (`lookalike serve`, Milvus Lite) fed by 8 concurrent Ingest streams,
-                     files read from disk by the clients, first send to last acknowledgement
+  ingest_e2e         the real server (`lookalike serve`) fed by 8 concurrent Ingest streams, files read from
+                     disk by the clients, first send to last acknowledgement, rows stored in Milvus Lite run as
+                     `milvus-lite server` (--store lite-server, the default): the same Milvus engine, run the same
+                     way, as fiftyone_baseline's
+  ingest_by_store    ingest_e2e once more on a fresh server with Milvus Lite inside its own process
+                     (`--milvus-embedded lite`), for comparison; --skip-store-comparison leaves it out
   ingest_vectors     the same streams sending each photo's embedding instead of the photo: the path without
                      decoding and inference (client, gRPC, event loop, Milvus Lite), and so limit.with_storage,
                      the limit with that path added, which ingest_e2e could reach by overlapping perfectly
@@ -75,6 +79,8 @@ GPU_TARGETS = {"ingest_over_limit": 0.80, "ingest_over_fiftyone": 3.0}
 LATENCY_TARGET = 3.0  # p99 under ingest load / idle p99, at most
 RSS_TARGET_MB = 1536  # below, during the 8 streams
 SETTLE_S = 3.0  # pause after each probed ingest: its flush and recall calibration run in the background
+# ingest_e2e's store (--store), and the one ingest_by_store compares it with.
+OTHER_STORE = {"lite-server": "lite", "lite": "lite-server"}
 QUIET_SHARE = 0.05  # most of the machine's CPU that other processes may use for a run to count as undisturbed
 WHY_NOT_TORCH = (
     "FiftyOne's Torch wrappers (fiftyone.utils.torch) need torchvision, and PyPI's torchvision does not import "
@@ -291,7 +297,7 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path, gpu: b
     port = free_port()
     server = f"127.0.0.1:{port}"
     command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
-               "--milvus-embedded", "lite", *(["--fp16"] if args.fp16 else []),
+               "--milvus-embedded", args.store, *(["--fp16"] if args.fp16 else []),
                *(["--require-gpu"] if gpu else [])]
     try:
         return _serve_and_measure(command, files, files[0].read_bytes(), args, work, server)
@@ -322,27 +328,24 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                 t = time.perf_counter()
                 client.embed([jpeg])
                 idle.append(time.perf_counter() - t)
-            collection = f"bench_{os.getpid()}_{int(time.time())}"
-            info = client.create_collection(collection)
             log(f"idle Embed p50/p99: {percentiles(idle)['p50']}/{percentiles(idle)['p99']} ms; "
-                f"ingesting {len(files)} photos over {args.streams} streams into {collection!r}")
+                f"ingesting {len(files)} photos over {args.streams} streams, {args.ingest_rounds} times")
 
             # ingest_e2e alone first; then the same photos again, --probe-rounds times, each into a new
             # collection, with single Embed calls sent beside them, for the latency under load.
-            with CpuMeter(proc.pid) as meter:
-                ingest = _ingest_round(server, collection, files, args.streams, "", args.stage_timeout)
+            rounds = _ingest_rounds(server, client, proc.pid, files, args)
+            ingest = _median_round(rounds)
+            collection = rounds[0]["collection"]
+            info = client.describe_collection(collection)
             # The same streams with the embedding left out: each photo's embedding (as this ingest stored it) in
             # place of the photo, into a new collection. Everything else of the path (client, gRPC, the server's
             # event loop, Milvus Lite's upserts) still runs on these cores: this prices the rest of ingest_e2e.
-            # Its flush and recall calibration run in the background after it: they must not fall inside the round.
-            if not wait_for_calibration(server, collection):
-                log(f"{collection}: no recall calibration within 60 s; going on")
             stored_rows: dict[str, Any] = {}
             for start in range(0, len(files), 200):
                 stored_rows.update(client.get([p.name for p in files[start:start + 200]], collection, metadata=False))
             vectors = np.stack([stored_rows[p.name][0] for p in files])
             vectors_collection = client.create_collection(f"{collection}_vectors").name
-            with CpuMeter(proc.pid) as vectors_meter:
+            with CpuMeter(proc.pid, tree=True) as vectors_meter:
                 stored = _ingest_round(server, vectors_collection, files, args.streams, "", args.stage_timeout,
                                        vectors=vectors)
             out["ingest_vectors"] = {
@@ -372,8 +375,7 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                 stop.set()
                 under_load: list[tuple[float, float]] = times.get(timeout=60)
                 prober.join(60)
-            rows, waited = _wait_rows(client, collection, len(files), 60)
-            during = rss.window(ingest["start"], ingest["end"]) or [rss.sample() or (0.0, 0, 0)]
+            during = [s for r in rounds for s in rss.window(r["start"], r["end"])] or [rss.sample() or (0.0, 0, 0)]
             # (round, seconds into that round's ingest, latency) of each call made wholly inside an ingest
             probes = [(i, s - r["start"], e - s) for i, r in enumerate(probed_rounds) for s, e in under_load
                       if r["start"] <= s and e <= r["end"]]
@@ -383,24 +385,29 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
             settling = [e - s for r in probed_rounds for s, e in under_load
                         if r["end"] <= s and e <= r["end"] + SETTLE_S]
             rate = round(len(files) / ingest["seconds"], 1)
-            log(f"ingest_e2e: {rate} img/s ({ingest['seconds']:.1f} s), rows {rows}, "
+            log(f"ingest_e2e: {rate} img/s ({ingest['seconds']:.1f} s, the median of {len(rounds)} rounds), "
                 f"{len(loaded)} Embed calls under {len(probed_rounds)} more ingests")
             ok = ingest["acknowledged"] - ingest["failed_count"]
             out["ingest"] = {
                 "images_per_s": rate,
                 "seconds": round(ingest["seconds"], 2),
+                "rounds_images_per_s": [round(len(files) / r["seconds"], 1) for r in rounds],
+                "which": f"the median of {len(rounds)} rounds, each into a new collection once the last one's "
+                         "flush and recall calibration had finished",
                 "streams": args.streams,
                 "images": len(files),
                 "acknowledged_ok": ok,
                 "failed": ingest["failed"],
                 "unacknowledged": ingest["unacknowledged"],
-                "row_count": rows,
-                "row_count_waited_s": waited,
-                "all_ok": ok == len(files) and rows == len(files),
+                "row_count": ingest["rows"],
+                "row_count_waited_s": ingest["rows_waited_s"],
+                "all_ok": all(r["acknowledged"] - r["failed_count"] == len(files) and r["rows"] == len(files)
+                              for r in rounds),
                 "collection": {"metric": info.metric, "index": info.index_type, "provider": info.execution_provider},
+                "milvus": f"--milvus-embedded {args.store}",
                 "client_reads_files": True,
-                # this_process: the 8 client streams and the Embed prober; watched_process: the server
-                "cpu": meter.result,
+                # this_process: the 8 client streams; watched_process: the server and the Milvus it started
+                "cpu": ingest["cpu"],
             }
             out["latency"] = {
                 "idle": percentiles(idle),
@@ -436,8 +443,59 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
     return out
 
 
+def bench_other_store(files: list[Path], args: argparse.Namespace, work: Path, store: str) -> dict:
+    """ingest_e2e once more, alone, on a fresh server that stores in `store` (another --milvus-embedded)."""
+    from lookalike import Client
+
+    server = f"127.0.0.1:{free_port()}"
+    command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
+               "--milvus-embedded", store, *(["--fp16"] if args.fp16 else [])]
+    with ManagedProcess(command, work / "server.log") as proc, Client(server, timeout=60) as client:
+        try:
+            client.wait_until_ready(timeout=180)
+        except TimeoutError as e:
+            raise RuntimeError(f"{e}\nserver log:\n{proc.log_tail()}") from None
+        for _ in range(10):
+            client.embed([files[0].read_bytes()])  # warm-up, as before ingest_e2e
+        rounds = _ingest_rounds(server, client, proc.pid, files, args)
+        proc.stop()
+    ingest = _median_round(rounds)
+    rate = round(len(files) / ingest["seconds"], 1)
+    log(f"ingest_e2e with --milvus-embedded {store}: {rate} img/s")
+    return {
+        "images_per_s": rate,
+        "seconds": round(ingest["seconds"], 2),
+        "rounds_images_per_s": [round(len(files) / r["seconds"], 1) for r in rounds],
+        "all_ok": all(r["acknowledged"] - r["failed_count"] == len(files) and r["rows"] == len(files) for r in rounds),
+        "cpu": ingest["cpu"],
+    }
+
+
+def _ingest_rounds(server: str, client: Any, server_pid: int, files: list[Path],
+                   args: argparse.Namespace) -> list[dict]:
+    """--ingest-rounds 8-stream ingests of the photos, each into a new collection and each once the last one's
+    flush and recall calibration (background work after every ingest) have finished; each with its CPU split."""
+    rounds = []
+    for round_no in range(args.ingest_rounds):
+        collection = client.create_collection(f"bench_{os.getpid()}_{int(time.time())}_{round_no}").name
+        with CpuMeter(server_pid, tree=True) as meter:
+            result = _ingest_round(server, collection, files, args.streams, "", args.stage_timeout)
+        rows, waited = _wait_rows(client, collection, len(files), 60)
+        rounds.append({**result, "collection": collection, "rows": rows, "rows_waited_s": waited, "cpu": meter.result})
+        log(f"ingest round {round_no}: {len(files) / result['seconds']:.1f} img/s")
+        if not wait_for_calibration(server, collection):
+            log(f"{collection}: no recall calibration within 60 s; going on")
+    return rounds
+
+
+def _median_round(rounds: list[dict]) -> dict:
+    """The round of median speed (of an even number, the slower of the middle two)."""
+    return sorted(rounds, key=lambda r: r["seconds"])[len(rounds) // 2]
+
+
 def _soak(server: str, collection: str, files: list[Path], args: argparse.Namespace, rss: RssSampler) -> dict:
-    """Re-ingests the same ids (replacing rows) until soak_s has passed; the server's RSS after every round."""
+    """Re-ingests the same ids (replacing rows) until soak_s has passed; the RSS of the server and the Milvus it
+    started (with --store lite-server), after every round."""
     start = time.monotonic()
     rounds: list[dict] = []
     while time.monotonic() - start < args.soak_s:
@@ -446,7 +504,7 @@ def _soak(server: str, collection: str, files: list[Path], args: argparse.Namesp
         rounds.append({
             "t_s": round(time.monotonic() - start, 1),
             "images_per_s": round(len(files) / result["seconds"], 1),
-            "rss_mb": mib(point[1]) if point else None,
+            "rss_mb": mib(point[2]) if point else None,
             "failed": result["failed_count"],
         })
         log(f"soak round {len(rounds)}: {rounds[-1]}")
@@ -454,12 +512,12 @@ def _soak(server: str, collection: str, files: list[Path], args: argparse.Namesp
     rss_values = [r["rss_mb"] for r in rounds if r["rss_mb"] is not None]
     half = len(rss_values) // 2
     peak_growth = (max(rss_values[half:]) - max(rss_values[:half])) if half else 0.0
-    # The server's RSS swings by a few hundred MB within a round (Milvus Lite's segments and index builds in
-    # this process), so one high sample decides a comparison of peaks. A leak raises the typical level:
+    # The RSS swings by a few hundred MB within a round (Milvus Lite's segments and index builds), so one high
+    # sample decides a comparison of peaks. A leak raises the typical level:
     # flat means the median of the second half's samples (every 0.1 s) within 5% of the first half's.
     samples = rss.window(start, end)
     seconds = np.array([s[0] - start for s in samples])
-    mbs = np.array([mib(s[1]) for s in samples])
+    mbs = np.array([mib(s[2]) for s in samples])
     first, second = mbs[seconds < (end - start) / 2], mbs[seconds >= (end - start) / 2]
     medians = [float(np.median(first)), float(np.median(second))] if len(first) and len(second) else None
     slope = float(np.polyfit(seconds, mbs, 1)[0]) * 60 if len(samples) > 2 else None
@@ -693,6 +751,11 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         work = Path(tmp)
         served = bench_server(files, args, _mkdir(work / "server"), gpu)
+        other_store = OTHER_STORE[args.store]
+        by_store = {args.store: {key: served["ingest"][key]
+                                 for key in ("images_per_s", "seconds", "rounds_images_per_s", "all_ok", "cpu")}}
+        if not args.skip_store_comparison:
+            by_store[other_store] = bench_other_store(files, args, _mkdir(work / other_store), other_store)
         # This machine's speed drifts by up to a quarter within minutes (other tenants of its host): the
         # limit is measured again right after the ingest, and the ingest compared with the mean of the two.
         model_after = bench_model_only(card, sample, [model_only["best_batch_size"]], args.model_min_s,
@@ -717,10 +780,12 @@ def run(args: argparse.Namespace) -> dict:
     ratios = {
         "ingest_over_limit": _ratio(ingest, limit),
         "ingest_over_limit_with_storage": _ratio(ingest, with_storage),
+        "ingest_over_limit_by_store": {store: _ratio(r["images_per_s"], limit) for store, r in by_store.items()},
         "ingest_over_fiftyone": _ratio(ingest, fiftyone_rate),
         "embed_p99_under_ingest_over_idle": _ratio(load_p99, idle_p99),
     }
-    peak_rss = served["rss"]["peak_mb"]
+    # The server with the Milvus it started: in-process Milvus Lite counts in the server's own RSS.
+    peak_rss = served["rss"]["peak_with_children_mb"]
     fo_ratio, lat_ratio = ratios["ingest_over_fiftyone"], ratios["embed_p99_under_ingest_over_idle"]
     soak = served.get("soak")
     checks = {
@@ -798,6 +863,12 @@ def run(args: argparse.Namespace) -> dict:
         "ingest_e2e": ingest,
         "fiftyone_baseline": fiftyone_rate,
         "ingest": served["ingest"],
+        "ingest_by_store": {
+            **by_store,
+            "is": "ingest_e2e (the same streams and photos, the median of --ingest-rounds rounds) with each "
+                  "embedded Milvus Lite: lite-server runs Milvus Lite's engine (pure Python) as a child process, "
+                  "`milvus-lite server`, as fiftyone_baseline does; lite runs it inside the server's own process",
+        },
         "ingest_vectors": served["ingest_vectors"],
         "fiftyone": baseline or {"skipped": "--skip-fiftyone"},
         "embed_latency_ms": served["latency"],
@@ -844,6 +915,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ingests with Embed calls beside them, for the latency under load (default 3)")
     parser.add_argument("--soak-s", type=float, default=0.0, help="re-ingest this long after, to check RSS is flat")
     parser.add_argument("--skip-fiftyone", action="store_true", help="leave out the FiftyOne baseline")
+    parser.add_argument("--ingest-rounds", type=int, default=3,
+                        help="ingest_e2e is the median of this many rounds, each into a new collection (default 3)")
+    parser.add_argument("--store", choices=sorted(OTHER_STORE), default="lite-server",
+                        help="the server's embedded Milvus Lite for ingest_e2e: lite-server (default; `milvus-lite "
+                             "server`, as the FiftyOne baseline uses) or lite (in the server's process)")
+    parser.add_argument("--skip-store-comparison", action="store_true",
+                        help="leave out ingest_by_store's second server (with the other --store)")
     parser.add_argument("--fp16", action="store_true", help="on a GPU: the network in float16 (serve --fp16)")
     parser.add_argument("--server-log", help="also copy the server's log to this file")
     parser.add_argument("--stage-timeout", type=float, default=900.0, help="longest one ingest or baseline may run")
