@@ -6,12 +6,12 @@ run, on the same photos and the same ONNX network, one phase after another so th
   model_only         the ONNX session alone on ready tensors, each batch size, the best one reported
   preprocess_only    the server's decode + preprocess (lookalike_server.imaging.image_to_tensor), all cores
   limit              CPU: 1 / (1/model_only + 1/preprocess_only); GPU: min(model_only, preprocess_only)
-  ingest_e2e         the real server (`lookalike serve`) fed by 8 concurrent Ingest streams, files read from
-                     disk by the clients, first send to last acknowledgement, rows stored in Milvus Lite run as
-                     `milvus-lite server` (--store lite-server, the default): the same Milvus engine, run the same
-                     way, as fiftyone_baseline's
-  ingest_by_store    ingest_e2e once more on a fresh server with Milvus Lite inside its own process
-                     (`--milvus-embedded lite`), for comparison; --skip-store-comparison leaves it out
+  ingest_e2e         the real server (`lookalike serve`, Milvus Lite in its process: --store lite) fed by 8
+                     concurrent Ingest streams, files read from disk by the clients, first send to last
+                     acknowledgement; the median of 3 rounds (--ingest-rounds)
+  ingest_by_store    ingest_e2e once more on a fresh server whose Milvus Lite runs as a child process,
+                     `milvus-lite server` (--milvus-embedded lite-server), the way fiftyone_baseline runs it;
+                     --skip-store-comparison leaves it out
   ingest_vectors     the same streams sending each photo's embedding instead of the photo: the path without
                      decoding and inference (client, gRPC, event loop, Milvus Lite), and so limit.with_storage,
                      the limit with that path added, which ingest_e2e could reach by overlapping perfectly
@@ -917,9 +917,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-fiftyone", action="store_true", help="leave out the FiftyOne baseline")
     parser.add_argument("--ingest-rounds", type=int, default=3,
                         help="ingest_e2e is the median of this many rounds, each into a new collection (default 3)")
-    parser.add_argument("--store", choices=sorted(OTHER_STORE), default="lite-server",
-                        help="the server's embedded Milvus Lite for ingest_e2e: lite-server (default; `milvus-lite "
-                             "server`, as the FiftyOne baseline uses) or lite (in the server's process)")
+    parser.add_argument("--store", choices=sorted(OTHER_STORE), default="lite",
+                        help="the server's embedded Milvus Lite for ingest_e2e: lite (default: in the server's "
+                             "process) or lite-server (`milvus-lite server`, as the FiftyOne baseline runs it)")
     parser.add_argument("--skip-store-comparison", action="store_true",
                         help="leave out ingest_by_store's second server (with the other --store)")
     parser.add_argument("--fp16", action="store_true", help="on a GPU: the network in float16 (serve --fp16)")
