@@ -17,9 +17,9 @@ run, on the same photos and the same ONNX network, one phase after another so th
                      the limit with that path added, which ingest_e2e could reach by overlapping perfectly
   fiftyone_baseline  fob.compute_similarity(dataset, model=<ONNX-wrapping model>, backend="milvus") against
                      `milvus-lite server`, dataset of file paths to ready index (in a child process)
-  embed_latency_ms   single-image Embed calls, idle and (one every 100 ms) during 3 more 8-stream ingests,
-                     pooled (--probe-rounds), and in the 3 s after each (flush and recall calibration);
-                     server RSS during the streams
+  embed_latency_ms   single-image Embed calls: idle (before the ingests and after them, pooled), one every
+                     100 ms during 3 more 8-stream ingests, pooled (--probe-rounds), and in the 3 s after each
+                     (flush and recall calibration); server RSS during the streams
 
 Run (after `make setup`; FiftyOne, pymilvus and psutil in the same venv; takes a few minutes on 2 cores):
     .venv/bin/python bench/embedding.py [--n 2000] [--data /tmp/lookalike-bench-photos] [--write]
@@ -294,16 +294,19 @@ def _wait_rows(client: Any, collection: str, n: int, timeout_s: float) -> tuple[
 def bench_server(files: list[Path], args: argparse.Namespace, work: Path, gpu: bool) -> dict:
     """Starts `lookalike serve`, measures idle Embed latency, then the 8 Ingest streams with latency and RSS.
     gpu: model_only ran on a GPU, so the server must embed there too, or refuse to start (--require-gpu)."""
-    port = free_port()
-    server = f"127.0.0.1:{port}"
-    command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
-               "--milvus-embedded", args.store, *(["--fp16"] if args.fp16 else []),
-               *(["--require-gpu"] if gpu else [])]
+    server = f"127.0.0.1:{free_port()}"
+    command = _serve_command(server, work, args.store, args, gpu)
     try:
         return _serve_and_measure(command, files, files[0].read_bytes(), args, work, server)
     finally:
         if args.server_log and (work / "server.log").is_file():  # for a look at a failure on a borrowed machine
             Path(args.server_log).write_bytes((work / "server.log").read_bytes())
+
+
+def _serve_command(server: str, work: Path, store: str, args: argparse.Namespace, gpu: bool) -> list[str]:
+    """`lookalike serve` on `server` with its data in work and Milvus Lite run as `store` (--milvus-embedded)."""
+    return [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
+            "--milvus-embedded", store, *(["--fp16"] if args.fp16 else []), *(["--require-gpu"] if gpu else [])]
 
 
 def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args: argparse.Namespace, work: Path,
@@ -323,11 +326,7 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
         try:
             for _ in range(10):
                 client.embed([jpeg])  # warm-up: first inference, channel
-            idle: list[float] = []
-            for _ in range(args.idle_calls):
-                t = time.perf_counter()
-                client.embed([jpeg])
-                idle.append(time.perf_counter() - t)
+            idle = _idle_embeds(client, jpeg, args.idle_calls)
             log(f"idle Embed p50/p99: {percentiles(idle)['p50']}/{percentiles(idle)['p99']} ms; "
                 f"ingesting {len(files)} photos over {args.streams} streams, {args.ingest_rounds} times")
 
@@ -364,6 +363,7 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                                    args=(server, jpeg, stop, times, args.probe_interval_ms / 1000))
             prober.start()
             probed_rounds: list[dict] = []
+            loaded_collection = vectors_collection  # the last one written to
             try:
                 time.sleep(3)  # the prober's start-up (imports, channel) must not fall inside the ingest
                 for round_no in range(args.probe_rounds):
@@ -375,6 +375,11 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                 stop.set()
                 under_load: list[tuple[float, float]] = times.get(timeout=60)
                 prober.join(60)
+            # Idle again, once the last probed ingest's background work is done: the machine's speed drifts (the
+            # limit is measured twice for the same reason), and the under-load calls fall between the two.
+            if not wait_for_calibration(server, loaded_collection):
+                log(f"{loaded_collection}: no recall calibration within 60 s; going on")
+            idle_after = _idle_embeds(client, jpeg, args.idle_calls)
             during = [s for r in rounds for s in rss.window(r["start"], r["end"])] or [rss.sample() or (0.0, 0, 0)]
             # (round, seconds into that round's ingest, latency) of each call made wholly inside an ingest
             probes = [(i, s - r["start"], e - s) for i, r in enumerate(probed_rounds) for s, e in under_load
@@ -410,7 +415,10 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                 "cpu": ingest["cpu"],
             }
             out["latency"] = {
-                "idle": percentiles(idle),
+                "idle": percentiles(idle + idle_after),
+                "idle_is": f"{len(idle)} calls before the ingests and {len(idle_after)} after them, pooled",
+                "idle_before": percentiles(idle),
+                "idle_after": percentiles(idle_after),
                 # the calls of every probed round together: one round's ~110 calls make its p99 the second
                 # slowest call, which one start-up stall decides (2.1x to 5.3x idle in single rounds, 2026-11-28)
                 "under_ingest": percentiles(loaded),
@@ -443,13 +451,22 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
     return out
 
 
-def bench_other_store(files: list[Path], args: argparse.Namespace, work: Path, store: str) -> dict:
+def _idle_embeds(client: Any, jpeg: bytes, calls: int) -> list[float]:
+    """Seconds each of `calls` single-image Embed calls took, one after another, on an otherwise idle server."""
+    took = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        client.embed([jpeg])
+        took.append(time.perf_counter() - start)
+    return took
+
+
+def bench_other_store(files: list[Path], args: argparse.Namespace, work: Path, store: str, gpu: bool) -> dict:
     """ingest_e2e once more, alone, on a fresh server that stores in `store` (another --milvus-embedded)."""
     from lookalike import Client
 
     server = f"127.0.0.1:{free_port()}"
-    command = [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
-               "--milvus-embedded", store, *(["--fp16"] if args.fp16 else [])]
+    command = _serve_command(server, work, store, args, gpu)
     with ManagedProcess(command, work / "server.log") as proc, Client(server, timeout=60) as client:
         try:
             client.wait_until_ready(timeout=180)
@@ -755,7 +772,7 @@ def run(args: argparse.Namespace) -> dict:
         by_store = {args.store: {key: served["ingest"][key]
                                  for key in ("images_per_s", "seconds", "rounds_images_per_s", "all_ok", "cpu")}}
         if not args.skip_store_comparison:
-            by_store[other_store] = bench_other_store(files, args, _mkdir(work / other_store), other_store)
+            by_store[other_store] = bench_other_store(files, args, _mkdir(work / other_store), other_store, gpu)
         # This machine's speed drifts by up to a quarter within minutes (other tenants of its host): the
         # limit is measured again right after the ingest, and the ingest compared with the mean of the two.
         model_after = bench_model_only(card, sample, [model_only["best_batch_size"]], args.model_min_s,
@@ -900,6 +917,12 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+def _at_least_one(value: str) -> int:
+    if int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return int(value)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--data", default="/tmp/lookalike-bench-photos", help="photo folder (made once, reused)")
@@ -915,7 +938,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="ingests with Embed calls beside them, for the latency under load (default 3)")
     parser.add_argument("--soak-s", type=float, default=0.0, help="re-ingest this long after, to check RSS is flat")
     parser.add_argument("--skip-fiftyone", action="store_true", help="leave out the FiftyOne baseline")
-    parser.add_argument("--ingest-rounds", type=int, default=3,
+    parser.add_argument("--ingest-rounds", type=_at_least_one, default=3,
                         help="ingest_e2e is the median of this many rounds, each into a new collection (default 3)")
     parser.add_argument("--store", choices=sorted(OTHER_STORE), default="lite",
                         help="the server's embedded Milvus Lite for ingest_e2e: lite (default: in the server's "
