@@ -316,16 +316,10 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
 
     out: dict[str, Any] = {}
     with ManagedProcess(command, work / "server.log") as proc, Client(server, timeout=60) as client:
-        start = time.monotonic()
-        try:
-            client.wait_until_ready(timeout=180)
-        except TimeoutError as e:
-            raise RuntimeError(f"{e}\nserver log:\n{proc.log_tail()}") from None
-        out["startup_s"] = round(time.monotonic() - start, 2)
+        out["startup_s"] = _wait_ready(client, proc)
         rss = RssSampler(proc.pid).start()
         try:
-            for _ in range(10):
-                client.embed([jpeg])  # warm-up: first inference, channel
+            _idle_embeds(client, jpeg, 10)  # warm-up: first inference, channel
             idle = _idle_embeds(client, jpeg, args.idle_calls)
             log(f"idle Embed p50/p99: {percentiles(idle)['p50']}/{percentiles(idle)['p99']} ms; "
                 f"ingesting {len(files)} photos over {args.streams} streams, {args.ingest_rounds} times")
@@ -389,14 +383,12 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
             # measures its recall calibration in the background then
             settling = [e - s for r in probed_rounds for s, e in under_load
                         if r["end"] <= s and e <= r["end"] + SETTLE_S]
-            rate = round(len(files) / ingest["seconds"], 1)
-            log(f"ingest_e2e: {rate} img/s ({ingest['seconds']:.1f} s, the median of {len(rounds)} rounds), "
-                f"{len(loaded)} Embed calls under {len(probed_rounds)} more ingests")
+            summary = _rounds_summary(rounds, len(files))
+            log(f"ingest_e2e: {summary['images_per_s']} img/s ({ingest['seconds']:.1f} s, the median of "
+                f"{len(rounds)} rounds), {len(loaded)} Embed calls under {len(probed_rounds)} more ingests")
             ok = ingest["acknowledged"] - ingest["failed_count"]
             out["ingest"] = {
-                "images_per_s": rate,
-                "seconds": round(ingest["seconds"], 2),
-                "rounds_images_per_s": [round(len(files) / r["seconds"], 1) for r in rounds],
+                **summary,
                 "which": f"the median of {len(rounds)} rounds, each into a new collection once the last one's "
                          "flush and recall calibration had finished",
                 "streams": args.streams,
@@ -406,13 +398,10 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                 "unacknowledged": ingest["unacknowledged"],
                 "row_count": ingest["rows"],
                 "row_count_waited_s": ingest["rows_waited_s"],
-                "all_ok": all(r["acknowledged"] - r["failed_count"] == len(files) and r["rows"] == len(files)
-                              for r in rounds),
                 "collection": {"metric": info.metric, "index": info.index_type, "provider": info.execution_provider},
                 "milvus": f"--milvus-embedded {args.store}",
                 "client_reads_files": True,
-                # this_process: the 8 client streams; watched_process: the server and the Milvus it started
-                "cpu": ingest["cpu"],
+                # cpu: this_process is the 8 client streams; watched_process the server and the Milvus it started
             }
             out["latency"] = {
                 "idle": percentiles(idle + idle_after),
@@ -468,24 +457,23 @@ def bench_other_store(files: list[Path], args: argparse.Namespace, work: Path, s
     server = f"127.0.0.1:{free_port()}"
     command = _serve_command(server, work, store, args, gpu)
     with ManagedProcess(command, work / "server.log") as proc, Client(server, timeout=60) as client:
-        try:
-            client.wait_until_ready(timeout=180)
-        except TimeoutError as e:
-            raise RuntimeError(f"{e}\nserver log:\n{proc.log_tail()}") from None
-        for _ in range(10):
-            client.embed([files[0].read_bytes()])  # warm-up, as before ingest_e2e
+        _wait_ready(client, proc)
+        _idle_embeds(client, files[0].read_bytes(), 10)  # warm-up, as before ingest_e2e
         rounds = _ingest_rounds(server, client, proc.pid, files, args)
         proc.stop()
-    ingest = _median_round(rounds)
-    rate = round(len(files) / ingest["seconds"], 1)
-    log(f"ingest_e2e with --milvus-embedded {store}: {rate} img/s")
-    return {
-        "images_per_s": rate,
-        "seconds": round(ingest["seconds"], 2),
-        "rounds_images_per_s": [round(len(files) / r["seconds"], 1) for r in rounds],
-        "all_ok": all(r["acknowledged"] - r["failed_count"] == len(files) and r["rows"] == len(files) for r in rounds),
-        "cpu": ingest["cpu"],
-    }
+    summary = _rounds_summary(rounds, len(files))
+    log(f"ingest_e2e with --milvus-embedded {store}: {summary['images_per_s']} img/s")
+    return summary
+
+
+def _wait_ready(client: Any, proc: ManagedProcess) -> float:
+    """Seconds until the server reports SERVING; its log's tail in the error if it never does."""
+    start = time.monotonic()
+    try:
+        client.wait_until_ready(timeout=180)
+    except TimeoutError as e:
+        raise RuntimeError(f"{e}\nserver log:\n{proc.log_tail()}") from None
+    return round(time.monotonic() - start, 2)
 
 
 def _ingest_rounds(server: str, client: Any, server_pid: int, files: list[Path],
@@ -508,6 +496,23 @@ def _ingest_rounds(server: str, client: Any, server_pid: int, files: list[Path],
 def _median_round(rounds: list[dict]) -> dict:
     """The round of median speed (of an even number, the slower of the middle two)."""
     return sorted(rounds, key=lambda r: r["seconds"])[len(rounds) // 2]
+
+
+# What ingest_by_store reports of each store's rounds (ingest reports these and more).
+ROUND_FIGURES = ("images_per_s", "seconds", "rounds_images_per_s", "all_ok", "cpu")
+
+
+def _rounds_summary(rounds: list[dict], images: int) -> dict:
+    """ROUND_FIGURES of _ingest_rounds' rounds: the median round's speed, seconds and CPU; every round's speed;
+    whether every round stored every image."""
+    median = _median_round(rounds)
+    return {
+        "images_per_s": round(images / median["seconds"], 1),
+        "seconds": round(median["seconds"], 2),
+        "rounds_images_per_s": [round(images / r["seconds"], 1) for r in rounds],
+        "all_ok": all(r["acknowledged"] - r["failed_count"] == images and r["rows"] == images for r in rounds),
+        "cpu": median["cpu"],
+    }
 
 
 def _soak(server: str, collection: str, files: list[Path], args: argparse.Namespace, rss: RssSampler) -> dict:
@@ -769,8 +774,7 @@ def run(args: argparse.Namespace) -> dict:
         work = Path(tmp)
         served = bench_server(files, args, _mkdir(work / "server"), gpu)
         other_store = OTHER_STORE[args.store]
-        by_store = {args.store: {key: served["ingest"][key]
-                                 for key in ("images_per_s", "seconds", "rounds_images_per_s", "all_ok", "cpu")}}
+        by_store = {args.store: {key: served["ingest"][key] for key in ROUND_FIGURES}}
         if not args.skip_store_comparison:
             by_store[other_store] = bench_other_store(files, args, _mkdir(work / other_store), other_store, gpu)
         # This machine's speed drifts by up to a quarter within minutes (other tenants of its host): the
