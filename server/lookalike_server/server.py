@@ -8,7 +8,9 @@ import dataclasses
 import gc
 import logging
 import os
+import re
 import signal
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +48,8 @@ class EmbeddedMilvus(Protocol):
     def exited(self) -> bool: ...
 
 
+# The Milvus Lite release lookalike's embedded store is written and tested against (Milvus Lite 3, pure Python).
+MIN_MILVUS_LITE = (3, 2, 2)
 # Where each embedded store keeps its data inside data_dir.
 EMBEDDED_DATA = {"lite": "milvus.db", "lite-server": "milvus-lite-server", "standalone": "milvus-standalone"}
 
@@ -77,12 +81,42 @@ def start_embedded_milvus(config: ServerConfig) -> EmbeddedMilvus:
     return milvus_standalone.MilvusStandalone(Path(config.data_dir).resolve() / EMBEDDED_DATA["standalone"], venv)
 
 
+def require_milvus_lite() -> None:
+    """Refuses to start on a Milvus Lite other than the one lookalike is written for, saying which to install.
+
+    Milvus Lite 2 (a C++ child process) still satisfies an old `milvus-lite>=2.5` pin, and with it the
+    server died on its default collection: Lite 2 drops collection properties (where lookalike records each
+    collection's model and metric) and builds no HNSW.
+    """
+    fix = f"pip install 'milvus-lite>={_dotted(MIN_MILVUS_LITE)},<{MIN_MILVUS_LITE[0] + 1}', or give --milvus-uri"
+    try:
+        installed = metadata.version("milvus-lite")
+    except metadata.PackageNotFoundError:
+        raise StartupError(f"the embedded Milvus Lite is not installed: {fix}") from None
+    if not MIN_MILVUS_LITE <= _release(installed) < (MIN_MILVUS_LITE[0] + 1,):
+        raise StartupError(
+            f"milvus-lite {installed} is installed, and lookalike's embedded store needs Milvus Lite "
+            f"{MIN_MILVUS_LITE[0]} ({_dotted(MIN_MILVUS_LITE)} or newer): {fix}"
+        )
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version string: "3.2.2" -> (3, 2, 2), "3.3.0rc1" -> (3, 3, 0)."""
+    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3])
+
+
+def _dotted(release: tuple[int, ...]) -> str:
+    return ".".join(map(str, release))
+
+
 def resolve_milvus(config: ServerConfig) -> tuple[ServerConfig, EmbeddedMilvus | None]:
     """The settings with the embedded store chosen, and the child-process Milvus to start for it: None when a
     URI is given or the store is Milvus Lite in this process."""
     if config.milvus_uri:
         return config, None
     embedded, why = choose_embedded_milvus(config)
+    if embedded in ("lite", "lite-server"):
+        require_milvus_lite()
     log.info("embedded Milvus: %s (%s)", embedded, why)
     config = dataclasses.replace(config, milvus_embedded=embedded)
     return config, None if embedded == "lite" else start_embedded_milvus(config)

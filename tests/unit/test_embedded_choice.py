@@ -1,11 +1,16 @@
-"""`--milvus-embedded auto`: the store already holding the data directory's data, else standalone if installed."""
+"""`--milvus-embedded auto`: the store already holding the data directory's data, else standalone if installed;
+and Milvus Lite only in the release the server is written for."""
 
 from __future__ import annotations
 
+import re
+from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 from lookalike_server.config import ServerConfig
-from lookalike_server.server import choose_embedded_milvus
+from lookalike_server.server import StartupError, choose_embedded_milvus, resolve_milvus
 
 
 def _fake_milvus_venv(root: Path) -> Path:
@@ -47,3 +52,56 @@ def test_auto_keeps_the_store_that_already_holds_the_data(tmp_path):
 def test_a_named_store_is_used_as_configured(tmp_path):
     config = ServerConfig(data_dir=tmp_path, milvus_embedded="lite", milvus_standalone_venv=str(tmp_path))
     assert choose_embedded_milvus(config) == ("lite", "as configured")
+
+
+def _installed_milvus_lite(monkeypatch, version: str | None) -> None:
+    """Makes the package metadata report this milvus-lite version (None: not installed)."""
+    real = metadata.version
+
+    def fake(name: str) -> str:
+        if name != "milvus-lite":
+            return real(name)
+        if version is None:
+            raise metadata.PackageNotFoundError(name)
+        return version
+
+    monkeypatch.setattr(metadata, "version", fake)
+
+
+def test_the_installed_milvus_lite_is_one_the_server_accepts(tmp_path):
+    config = ServerConfig(data_dir=tmp_path, milvus_embedded="lite")
+    assert resolve_milvus(config) == (config, None)
+
+
+@pytest.mark.parametrize("mode", ["lite", "lite-server"])
+def test_milvus_lite_2_is_refused_with_the_version_to_install(tmp_path, monkeypatch, mode):
+    _installed_milvus_lite(monkeypatch, "2.5.1")
+    config = ServerConfig(data_dir=tmp_path, milvus_embedded=mode)
+    with pytest.raises(StartupError, match=r"milvus-lite 2\.5\.1 is installed.*pip install 'milvus-lite>=3\.2\.2,<4'"):
+        resolve_milvus(config)
+
+
+def test_a_missing_milvus_lite_names_the_package_and_the_uri_alternative(tmp_path, monkeypatch):
+    _installed_milvus_lite(monkeypatch, None)
+    with pytest.raises(StartupError, match=r"not installed: pip install 'milvus-lite.*--milvus-uri"):
+        resolve_milvus(ServerConfig(data_dir=tmp_path, milvus_embedded="lite"))
+
+
+@pytest.mark.parametrize("version", ["3.2.2", "3.3.0rc1", "3.10.1+local"])
+def test_later_milvus_lite_3_releases_are_accepted(tmp_path, monkeypatch, version):
+    _installed_milvus_lite(monkeypatch, version)
+    config = ServerConfig(data_dir=tmp_path, milvus_embedded="lite")
+    assert resolve_milvus(config)[0].milvus_embedded == "lite"
+
+
+@pytest.mark.parametrize("version", ["3.2.1", "4.0.0"])
+def test_milvus_lite_outside_the_tested_major_release_is_refused(tmp_path, monkeypatch, version):
+    _installed_milvus_lite(monkeypatch, version)
+    with pytest.raises(StartupError, match=f"milvus-lite {re.escape(version)} is installed"):
+        resolve_milvus(ServerConfig(data_dir=tmp_path, milvus_embedded="lite"))
+
+
+def test_a_milvus_uri_needs_no_milvus_lite(tmp_path, monkeypatch):
+    _installed_milvus_lite(monkeypatch, None)
+    config = ServerConfig(data_dir=tmp_path, milvus_uri="http://127.0.0.1:19530")
+    assert resolve_milvus(config) == (config, None)
