@@ -1,10 +1,10 @@
-"""Milvus Lite in this process takes one call at a time: a flush from one thread never hides rows from a
-search on another.
+"""Milvus Lite in this process runs a write alone: a flush from one thread never hides rows from a search on
+another. Reads run side by side: a long read (the recall calibration reads every row) holds up no search.
 
 Milvus Lite's flush swaps in an empty memtable first and shows the flushed segment only once its file is
 written, and its searches read both without a lock: a search in between missed every row of the memtable.
 The server calls Milvus from more than one thread (the store pool, and the recall calibration, which
-flushes), so the Store itself lets one call in at a time.
+flushes), so the Store itself lets a write in only alone.
 """
 
 from __future__ import annotations
@@ -57,3 +57,82 @@ def test_a_flush_on_another_thread_never_hides_stored_rows_from_a_search(tmp_pat
         store.close()
     assert stored == ROWS_PER_FLUSH * FLUSHES
     assert not shortfalls, f"reads beside a flush missed stored rows (call, stored, seen): {shortfalls[:5]}"
+
+
+def _lite_store_with_rows(tmp_path, rows: int = 50) -> tuple[Store, CollectionSpec, np.ndarray]:
+    store = Store(ServerConfig(data_dir=tmp_path / "data", milvus_embedded="lite"))
+    spec = CollectionSpec(name="shared", metric="ip", index_type="FLAT", model="", dimension=DIM)
+    store.create(spec)
+    vectors = np.random.default_rng(5).standard_normal((rows, DIM)).astype(np.float32)
+    store.upsert(spec.name, [f"r{i}" for i in range(rows)], vectors, [{} for _ in range(rows)])
+    return store, spec, vectors
+
+
+def _hold_the_next_query(store: Store, events: list[str] | None = None) -> tuple[threading.Event, threading.Event]:
+    """The next query Milvus gets blocks inside Milvus until released: a long read in progress. It notes
+    "read done" in events as it returns, still inside the store's call."""
+    entered, release = threading.Event(), threading.Event()
+    real_query = store.client.query
+
+    def held_query(*args, **kwargs):
+        if entered.is_set():
+            return real_query(*args, **kwargs)
+        entered.set()
+        release.wait(30)
+        rows = real_query(*args, **kwargs)
+        if events is not None:
+            events.append("read done")
+        return rows
+
+    held_query.__name__ = "query"
+    store.client.query = held_query
+    return entered, release
+
+
+def test_a_search_runs_while_a_long_read_is_in_progress(tmp_path):
+    store, spec, vectors = _lite_store_with_rows(tmp_path)
+    entered, release = _hold_the_next_query(store)
+    counter = threading.Thread(target=store.row_count, args=(spec.name,))
+    counter.start()
+    try:
+        assert entered.wait(10)
+        found: list[int] = []
+        searcher = threading.Thread(
+            target=lambda: found.append(len(store.search(spec.name, spec, vectors[:1], 5, with_vectors=False)[0]))
+        )
+        searcher.start()
+        searcher.join(10)
+        assert found == [5], "the search waited for the read in progress"
+    finally:
+        release.set()
+        counter.join(30)
+        store.close()
+
+
+def test_a_flush_waits_until_the_read_in_progress_is_done(tmp_path):
+    store, spec, _ = _lite_store_with_rows(tmp_path)
+    events: list[str] = []
+    entered, release = _hold_the_next_query(store, events)
+    real_flush = store.client.flush
+
+    def flush(*args, **kwargs):
+        events.append("flush")
+        return real_flush(*args, **kwargs)
+
+    flush.__name__ = "flush"
+    store.client.flush = flush
+
+    counter = threading.Thread(target=store.row_count, args=(spec.name,))
+    counter.start()
+    try:
+        assert entered.wait(10)
+        flusher = threading.Thread(target=store.flush, args=(spec.name,))
+        flusher.start()
+        flusher.join(0.5)
+        assert "flush" not in events, "Milvus Lite flushed beside a read"
+    finally:
+        release.set()
+        counter.join(30)
+    flusher.join(30)
+    store.close()
+    assert events == ["read done", "flush"]
