@@ -63,25 +63,18 @@ def ingest(address: str, vectors: np.ndarray) -> None:
         raise RuntimeError(f"{len(failures)} rows failed, first: {failures[0]}")
 
 
-def search_until(address: str, queries: np.ndarray, pause_s: float, done: Any) -> list[tuple[float, float]]:
-    """(seconds since start, latency in s) of one search every pause_s until done() says stop."""
+def search_until(client: Client, queries: np.ndarray, pause_s: float, done: Any) -> list[tuple[float, float]]:
+    """(seconds since the first call, latency in s) of one search every pause_s until done() says stop."""
     calls: list[tuple[float, float]] = []
-    start = time.monotonic()
-    with Client(address, collection=COLLECTION, timeout=120) as client:
-        while not done(time.monotonic() - start, len(calls)):
-            query = queries[len(calls) % len(queries)]
-            began = time.perf_counter()
-            hits = client.search(query, k=10)
-            calls.append((time.monotonic() - start - (time.perf_counter() - began), time.perf_counter() - began))
-            if len(hits) != 10:
-                raise RuntimeError(f"a search returned {len(hits)} hits, not 10")
-            time.sleep(pause_s)
+    start = time.perf_counter()
+    while not done(time.perf_counter() - start, len(calls)):
+        began = time.perf_counter()
+        hits = client.search(queries[len(calls) % len(queries)], k=10)
+        calls.append((began - start, time.perf_counter() - began))
+        if len(hits) != 10:
+            raise RuntimeError(f"a search returned {len(hits)} hits, not 10")
+        time.sleep(pause_s)
     return calls
-
-
-def calibrated(address: str) -> bool:
-    with Client(address) as client:
-        return bool(client.describe_collection(COLLECTION).calibrations)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,17 +94,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ingest(address, vectors)
             log(f"ingested in {time.monotonic() - began:.1f} s; searching until calibrated")
             calibrated_at: list[float] = []
+            with Client(address, collection=COLLECTION, timeout=120) as client:
 
-            def after_done(elapsed: float, calls: int) -> bool:
-                if not calibrated_at and calls % 5 == 0 and calibrated(address):
-                    calibrated_at.append(elapsed)
-                if elapsed > args.timeout_s:
-                    raise RuntimeError(f"no calibration within {args.timeout_s:.0f} s:\n{server.log_tail()}")
-                return bool(calibrated_at) and elapsed > calibrated_at[0] + args.settle_s
+                def after_done(elapsed: float, calls: int) -> bool:
+                    if not calibrated_at and calls % 5 == 0 and client.describe_collection(COLLECTION).calibrations:
+                        calibrated_at.append(elapsed)
+                    if elapsed > args.timeout_s:
+                        raise RuntimeError(f"no calibration within {args.timeout_s:.0f} s:\n{server.log_tail()}")
+                    return bool(calibrated_at) and elapsed > calibrated_at[0] + args.settle_s
 
-            after = search_until(address, queries, args.pause_ms / 1000, after_done)
-            log(f"calibrated after {calibrated_at[0]:.1f} s; {len(after)} searches; now idle")
-            idle = search_until(address, queries, args.pause_ms / 1000, lambda _, calls: calls >= args.idle_calls)
+                after = search_until(client, queries, args.pause_ms / 1000, after_done)
+                log(f"calibrated after {calibrated_at[0]:.1f} s; {len(after)} searches; now idle")
+                idle = search_until(client, queries, args.pause_ms / 1000, lambda _, calls: calls >= args.idle_calls)
     after_ms, idle_ms = percentiles([s for _, s in after]), percentiles([s for _, s in idle])
     return {
         "benchmark": "search_after_ingest",
