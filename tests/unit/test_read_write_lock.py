@@ -23,6 +23,16 @@ def _in_thread(fn) -> tuple[threading.Thread, threading.Event]:
     return thread, done
 
 
+def _noting(section, events: list[str], label: str):
+    """A function that takes the lock's section (lock.reading or lock.writing) and notes label inside it."""
+
+    def run() -> None:
+        with section():
+            events.append(label)
+
+    return run
+
+
 def _wait_for_writers(lock: ReadWriteLock, count: int) -> None:
     for _ in range(1000):
         if lock.writers_waiting == count:
@@ -44,12 +54,7 @@ def test_a_writer_waits_for_the_readers_and_then_runs_alone():
     events: list[str] = []
     reading = lock.reading()
     reading.__enter__()
-
-    def write() -> None:
-        with lock.writing():
-            events.append("write")
-
-    writer, wrote = _in_thread(write)
+    writer, wrote = _in_thread(_noting(lock.writing, events, "write"))
     assert not wrote.wait(0.3), "the writer ran while a reader held the lock"
     events.append("reader left")
     reading.__exit__(None, None, None)
@@ -62,18 +67,9 @@ def test_a_waiting_writer_goes_before_readers_that_come_after_it():
     order: list[str] = []
     first = lock.reading()
     first.__enter__()
-
-    def write() -> None:
-        with lock.writing():
-            order.append("write")
-
-    def read() -> None:
-        with lock.reading():
-            order.append("late read")
-
-    writer, _ = _in_thread(write)
+    writer, _ = _in_thread(_noting(lock.writing, order, "write"))
     _wait_for_writers(lock, 1)
-    late_reader, late_read = _in_thread(read)
+    late_reader, late_read = _in_thread(_noting(lock.reading, order, "late read"))
     assert not late_read.wait(0.3), "a reader overtook the waiting writer"
     first.__exit__(None, None, None)
     writer.join(JOIN_S)
@@ -97,15 +93,9 @@ def test_a_writer_that_writes_again_at_once_lets_the_waiting_writer_go_first():
     order: list[str] = []
     first = lock.writing()
     first.__enter__()
-
-    def other() -> None:
-        with lock.writing():
-            order.append("other")
-
-    waiting, _ = _in_thread(other)
+    waiting, _ = _in_thread(_noting(lock.writing, order, "other"))
     _wait_for_writers(lock, 1)
     first.__exit__(None, None, None)
-    with lock.writing():  # straight back: the plain condition let this in before the waiting writer
-        order.append("again")
+    _noting(lock.writing, order, "again")()  # straight back: a plain condition let this in before the other
     waiting.join(JOIN_S)
     assert order == ["other", "again"]
