@@ -2,11 +2,12 @@
 
 When an Ingest stream ends the server flushes the collection and measures its recall calibration in the
 background; on Milvus Lite that work reads every row back (2-4 s a page at 20,000 x 1280). One server (a fresh
-data folder, `--milvus-embedded lite`) gets --rows clustered 1280-d vectors through 8 Ingest streams; from the
-moment the last stream is acknowledged, one client searches (k=10, a stored vector plus noise) every
---pause-ms until the calibration is reported and --settle-s more have passed: `after_ingest`. Then the same
-searches on the same, now calibrated and indexed, collection: `idle`. Reported: p50/p99/max of both and
-their ratios, the calibration's duration, and the slowest calls with their time after the ingest.
+data folder, `--milvus-embedded lite`) gets --rows clustered 1280-d vectors (search.py's Clusters) through 8
+Ingest streams (search.py's ingest); from the moment the last stream is acknowledged, one client searches
+(k=10, a stored vector plus noise) every --pause-ms until the calibration is reported and --settle-s more
+have passed: `after_ingest`. Then the same searches on the same, now calibrated and indexed, collection:
+`idle`. Reported: p50/p99/max of both and their ratios, the calibration's duration, and the slowest calls
+with their time after the ingest.
 
 Run (after `make setup`; about 2 minutes at the default 20,000 rows):
     .venv/bin/python bench/search_after_ingest.py [--rows 20000] [--write]
@@ -20,7 +21,6 @@ import datetime as dt
 import json
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,37 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ManagedProcess, free_port, installed_server, log, machine_info, percentiles
+from search import Clusters, ingest, random_unit
 
 from lookalike import Client
 
 COLLECTION = "after_ingest"
 STREAMS = 8
 DIM = 1280  # the default model's: the collection is the model's own, fed precomputed vectors
-
-
-def clustered(rows: int, seed: int) -> np.ndarray:
-    """Rows around 50 centres, like photos' embeddings (random vectors make HNSW's recall a different test)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((50, DIM)).astype(np.float32)
-    return centres[rng.integers(0, 50, rows)] + 0.3 * rng.standard_normal((rows, DIM)).astype(np.float32)
-
-
-def ingest(address: str, vectors: np.ndarray) -> None:
-    """The rows through STREAMS concurrent Ingest streams; raises if any row is not acknowledged OK."""
-    failures: list[str] = []
-
-    def stream(first: int) -> None:
-        with Client(address, collection=COLLECTION, timeout=600) as client:
-            rows = ((f"v{i}", vectors[i]) for i in range(first, len(vectors), STREAMS))
-            failures.extend(f"{r.id}: {r.code} {r.message}" for r in client.ingest(rows) if not r.ok)
-
-    threads = [threading.Thread(target=stream, args=(s,)) for s in range(STREAMS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if failures:
-        raise RuntimeError(f"{len(failures)} rows failed, first: {failures[0]}")
+CLUSTERS = 50
 
 
 def search_until(client: Client, queries: np.ndarray, pause_s: float, done: Any) -> list[tuple[float, float]]:
@@ -78,8 +55,11 @@ def search_until(client: Client, queries: np.ndarray, pause_s: float, done: Any)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    vectors = clustered(args.rows, args.seed)
-    queries = vectors[:: max(1, args.rows // 500)] + 0.05 * np.random.default_rng(1).standard_normal(DIM)
+    # Clustered rows, like photos' embeddings (random vectors make HNSW's recall, hence calibration, another test).
+    vectors = Clusters.make(random_unit(CLUSTERS, DIM, args.seed), "random centres", args.seed).sample(
+        args.rows, args.seed + 1)
+    stored = vectors[:: max(1, args.rows // 500)]
+    queries = stored + np.random.default_rng(args.seed + 2).standard_normal(stored.shape) * (0.05 / np.sqrt(DIM))
     port = free_port()
     address = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as work:
@@ -90,9 +70,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 client.wait_until_ready(timeout=180)
                 client.create_collection(COLLECTION)
             log(f"ingesting {args.rows} rows")
-            began = time.monotonic()
-            ingest(address, vectors)
-            log(f"ingested in {time.monotonic() - began:.1f} s; searching until calibrated")
+            stored_in = ingest(address, COLLECTION, vectors, streams=STREAMS)
+            log(f"ingested in {stored_in['seconds']} s; searching until calibrated")
             calibrated_at: list[float] = []
             with Client(address, collection=COLLECTION, timeout=120) as client:
 
