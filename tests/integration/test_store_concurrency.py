@@ -9,7 +9,9 @@ flushes), so the Store itself lets a write in only alone.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -68,9 +70,11 @@ def _lite_store_with_rows(tmp_path, rows: int = 50) -> tuple[Store, CollectionSp
     return store, spec, vectors
 
 
-def _hold_the_next_query(store: Store, events: list[str] | None = None) -> tuple[threading.Event, threading.Event]:
-    """The next query Milvus gets blocks inside Milvus until released: a long read in progress. It notes
-    "read done" in events as it returns, still inside the store's call."""
+@contextlib.contextmanager
+def _a_read_in_progress(store: Store, collection: str, events: list[str] | None = None) -> Iterator[None]:
+    """Inside, a read (a row count of the collection, from another thread) is blocked inside Milvus: a long
+    read in progress. On leaving, it is let go and finishes; it notes "read done" in events as it returns,
+    still inside the store's call."""
     entered, release = threading.Event(), threading.Event()
     real_query = store.client.query
 
@@ -86,33 +90,34 @@ def _hold_the_next_query(store: Store, events: list[str] | None = None) -> tuple
 
     held_query.__name__ = "query"
     store.client.query = held_query
-    return entered, release
+    counter = threading.Thread(target=store.row_count, args=(collection,))
+    counter.start()
+    try:
+        assert entered.wait(10)
+        yield
+    finally:
+        release.set()
+        counter.join(30)
 
 
 def test_a_search_runs_while_a_long_read_is_in_progress(tmp_path):
     store, spec, vectors = _lite_store_with_rows(tmp_path)
-    entered, release = _hold_the_next_query(store)
-    counter = threading.Thread(target=store.row_count, args=(spec.name,))
-    counter.start()
     try:
-        assert entered.wait(10)
-        found: list[int] = []
-        searcher = threading.Thread(
-            target=lambda: found.append(len(store.search(spec.name, spec, vectors[:1], 5, with_vectors=False)[0]))
-        )
-        searcher.start()
-        searcher.join(10)
-        assert found == [5], "the search waited for the read in progress"
+        with _a_read_in_progress(store, spec.name):
+            found: list[int] = []
+            searcher = threading.Thread(
+                target=lambda: found.append(len(store.search(spec.name, spec, vectors[:1], 5, with_vectors=False)[0]))
+            )
+            searcher.start()
+            searcher.join(10)
+            assert found == [5], "the search waited for the read in progress"
     finally:
-        release.set()
-        counter.join(30)
         store.close()
 
 
 def test_a_flush_waits_until_the_read_in_progress_is_done(tmp_path):
     store, spec, _ = _lite_store_with_rows(tmp_path)
     events: list[str] = []
-    entered, release = _hold_the_next_query(store, events)
     real_flush = store.client.flush
 
     def flush(*args, **kwargs):
@@ -122,17 +127,11 @@ def test_a_flush_waits_until_the_read_in_progress_is_done(tmp_path):
     flush.__name__ = "flush"
     store.client.flush = flush
 
-    counter = threading.Thread(target=store.row_count, args=(spec.name,))
-    counter.start()
-    try:
-        assert entered.wait(10)
+    with _a_read_in_progress(store, spec.name, events):
         flusher = threading.Thread(target=store.flush, args=(spec.name,))
         flusher.start()
         flusher.join(0.5)
         assert "flush" not in events, "Milvus Lite flushed beside a read"
-    finally:
-        release.set()
-        counter.join(30)
     flusher.join(30)
     store.close()
     assert events == ["read done", "flush"]
