@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-SOURCES := pyproject.toml CMakeLists.txt $(shell find proto native server clients models -type f \
+SOURCES := pyproject.toml CMakeLists.txt $(shell find proto native server clients/python models -type f \
 	-not -path '*/__pycache__/*' -not -path 'clients/python/lookalike/v1/*' 2>/dev/null)
 
 .PHONY: setup serve test test-fast lint bench milvus-standalone clean
