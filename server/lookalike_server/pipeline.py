@@ -66,7 +66,7 @@ MAX_RESULTS_PER_MILVUS_CALL = 32_768
 VECTOR_REPLY_FLOATS = 10_000_000
 # A collection's calibration is checked at most this often, and redone when older than the maximum age
 # or when its row count moved by more than 10% (Milvus Lite also builds indexes late, in the background).
-CALIBRATION_CHECK_SECONDS = 30.0
+CALIBRATION_CHECK_SECONDS = 10.0
 CALIBRATION_MAX_AGE_SECONDS = 600.0
 # An Ingest stream's end is when its collection is flushed (sealed, so Milvus indexes it) and its recall
 # calibration checked; streams ending within this many seconds of each other share one flush and one check.
@@ -782,10 +782,20 @@ class Pipeline:
         """Runs on the calibration thread: re-measures when the collection grew, shrank or aged."""
         current = self._calibrations.get(key)
         if current is not None:
-            rows = self.store.row_count(spec.name)
-            fresh = time.time() - current.measured_at < CALIBRATION_MAX_AGE_SECONDS
-            if fresh and abs(rows - current.rows) <= 0.1 * current.rows:
-                return current
+            state = self.store.index_state(spec.name)
+            if state is not None and current.index_state is not None and not current.index_state <= state:
+                # Some segment it was measured on is no longer searched as it was (an index rebuilt or handed
+                # over, segments compacted): the measured effort says nothing about its successor. Until that
+                # is measured, searches use the generous default. (Segments only added are covered by the row
+                # count below; rows not yet indexed are searched exactly.)
+                self._calibrations.pop(key, None)
+                log.info("collection %s: the segments or indexes Milvus searches changed since its recall "
+                         "calibration; measuring again", spec.name)
+            else:
+                rows = self.store.row_count(spec.name)
+                fresh = time.time() - current.measured_at < CALIBRATION_MAX_AGE_SECONDS
+                if fresh and abs(rows - current.rows) <= 0.1 * current.rows:
+                    return current
 
         def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH) -> list[list[str]]:
             quantized = spec.index_type in QUANTIZED_INDEXES

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _native
 from .config import QUANTIZED_INDEXES
+from .served_index import IndexState
 from .store import CollectionSpec, Store
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class Calibration:
     # True when no effort reached the target: searches fall back to exact scans in the native core.
     exact_fallback: bool = False
     overfetch: dict[int, int] = field(default_factory=dict)  # k -> candidates per result (quantized indexes)
+    # The segments and indexes it was measured on (served_index): another state needs another measurement.
+    index_state: IndexState | None = None
 
     def overfetch_for(self, k: int) -> int:
         """Over-fetch for any k: the calibrated one for the nearest k at or above, else the widest measured."""
@@ -159,9 +162,10 @@ def calibrate(
     if rows < MIN_ROWS or spec.index_type == "FLAT":
         return None
     started = time.monotonic()
-    if not store.wait_for_index(spec.name):
-        # Rows not yet indexed are searched another way (exactly, or through a server's interim index), so
-        # what would be measured now is not the index: measured again at the next check.
+    index_state = store.wait_for_index(spec.name)
+    if index_state is None:
+        # Rows not yet served by their index are searched another way (exactly, or through a server's interim
+        # index), so what would be measured now is not the index: measured again at the next check.
         return None
     offset = random.Random(rows).randrange(0, max(1, rows - SAMPLE_QUERIES))
     efforts = _efforts(spec)
@@ -218,5 +222,9 @@ def calibrate(
         log.info("calibration of %s discarded: its rows went from %d to %d while it was measured; "
                  "it is measured again once they settle", spec.name, rows, rows_after)
         return None
+    if store.index_state(spec.name) != index_state:
+        log.info("calibration of %s discarded: Milvus changed the segments or indexes that answer its searches "
+                 "while it was measured; it is measured again at the next check", spec.name)
+        return None
     fallback = any(recall < target for recall in recalls.values()) and rows <= EXACT_FALLBACK_MAX_ROWS
-    return Calibration(target, rows, chosen, recalls, exact, time.time(), fallback, overfetch)
+    return Calibration(target, rows, chosen, recalls, exact, time.time(), fallback, overfetch, index_state)

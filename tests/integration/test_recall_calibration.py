@@ -7,9 +7,13 @@ argument: a quantized index whose compressed scores put only part of the true to
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+from milvus_lite.storage.segment import Segment
 
 from lookalike_server.config import ServerConfig
+from lookalike_server.pipeline import rank_by_distance
 from lookalike_server.recall import OVERFETCH_STEPS, calibrate
 from lookalike_server.store import CollectionSpec, Store
 
@@ -78,10 +82,73 @@ def test_an_index_still_being_built_is_not_measured(tmp_path, monkeypatch):
     the index. It is left for the next check instead."""
     store, spec, ids, vectors = _collection(tmp_path, "IVF_SQ8")
     try:
-        monkeypatch.setattr(store, "wait_for_index", lambda name, timeout=120.0: False)
+        monkeypatch.setattr(store, "wait_for_index", lambda name, timeout=120.0: None)
         calls: list[tuple[int, int]] = []
         assert calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8)) is None
         assert calls == []
+    finally:
+        store.drop(spec.name)
+        store.close()
+
+
+def _real_search(store: Store, spec: CollectionSpec):
+    """lookalike's own float-index search path: Milvus' candidates ordered by their exact distances."""
+
+    def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH_STEPS[0]) -> list[list[str]]:
+        found = store.search(spec.name, spec, queries, k, "", False, effort, "", with_vectors=False)
+        return [[hit.id for hit in hits] for hits in rank_by_distance(found, k, spec.metric)]
+
+    return search
+
+
+def test_a_calibration_measures_the_index_milvus_then_searches_with(tmp_path, monkeypatch):
+    """Issue 22: Milvus Lite writes a segment's index file, then attaches the index; a Milvus server's query node
+    loads an index some time after it is built. Meanwhile those rows are searched exactly, so a calibration then
+    finds the lowest effort good enough (nprobe 8 of 128 lists, recall 1.0), and once the index serves, that
+    effort misses most neighbours. Here Milvus Lite's attach is held back 3 s: the calibration must wait for
+    it, and its effort must reach the target on new queries afterwards."""
+    attached: list[float] = []
+    original = Segment.attach_index
+
+    def held_back(segment, index, field_name=None):
+        time.sleep(3.0)
+        attached.append(time.monotonic())
+        return original(segment, index, field_name=field_name)
+
+    monkeypatch.setattr(Segment, "attach_index", held_back)
+    store = Store(ServerConfig(data_dir=tmp_path / "data", milvus_embedded="lite"))
+    spec = CollectionSpec(name="held_back", metric="ip", index_type="IVF_FLAT", model="", dimension=DIM,
+                          index_params={"nlist": 128})
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((3000, DIM)).astype(np.float32)
+    ids = [f"h{i}" for i in range(len(vectors))]
+    try:
+        store.create(spec)
+        store.upsert(spec.name, ids, vectors, [{} for _ in ids])
+        calibration = calibrate(store, spec, 0.99, _real_search(store, spec))
+        assert attached, "the calibration ended before Milvus Lite attached the index"
+        assert calibration is not None and calibration.index_state is not None
+        assert calibration.measured_at - time.time() + time.monotonic() >= attached[-1] - 1.0
+        queries = rng.standard_normal((50, DIM)).astype(np.float32)
+        found = _real_search(store, spec)(queries, 10, calibration.effort_for(10))
+        truth = [{ids[i] for i in np.argsort(-(vectors @ q))[:10]} for q in queries]
+        recall = np.mean([len(set(f) & t) / 10 for f, t in zip(found, truth, strict=True)])
+        assert recall >= 0.97, (calibration, recall)
+    finally:
+        store.drop(spec.name)
+        store.close()
+
+
+def test_a_calibration_is_discarded_when_the_served_index_changes_while_it_is_measured(tmp_path, monkeypatch):
+    """A compaction or an index hand-over in the middle of a calibration: what it measured is not what serves."""
+    store, spec, ids, vectors = _collection(tmp_path, "IVF_SQ8")
+    try:
+        states = iter([frozenset({("segment-1", 1)}), frozenset({("segment-2", 2)})])
+        monkeypatch.setattr(store, "wait_for_index", lambda name, timeout=120.0: next(states))
+        monkeypatch.setattr(store, "index_state", lambda name: next(states))
+        calls: list[tuple[int, int]] = []
+        assert calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8)) is None
+        assert calls  # it was measured, then thrown away
     finally:
         store.drop(spec.name)
         store.close()
