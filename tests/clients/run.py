@@ -3,10 +3,11 @@
 Starts one `lookalike serve` (Milvus Lite in its process, a temporary data directory) on a free loopback
 port, ingests the test photos into the model's default collection, asks the Python client for the top 3 ids
 of one photo, then runs each command given with LOOKALIKE_SERVER, LOOKALIKE_TEST_IMAGE and LOOKALIKE_TEST_TOP3
-set, so every client must find the same 3. Each client's tests use a collection of their own; the server
-is stopped at the end. Exits non-zero if any command failed.
+set, so every client must find the same 3; each --example command (an example printing `rank score id`
+lines for that photo) must print those same 3 ids. Each client's tests use a collection of their own; the
+server is stopped at the end. Exits non-zero if any command failed.
 
-    .venv/bin/python -m tests.clients.run 'npm --prefix clients/typescript test' 'ctest --test-dir build/x'
+    .venv/bin/python -m tests.clients.run 'ctest --test-dir build/x' --example 'search-cpp "$LOOKALIKE_TEST_IMAGE"'
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ QUERY_PHOTO = "chelsea.jpg"
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("commands", nargs="+", help="shell commands, each run from the repository root")
+    parser.add_argument("commands", nargs="*", help="shell commands, each run from the repository root")
+    parser.add_argument("--example", action="append", default=[],
+                        help="a shell command that must print the same top 3 ids as the Python client")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="lookalike-clients-") as tmp:
         workdir = Path(tmp)
@@ -52,10 +55,19 @@ def main(argv: list[str] | None = None) -> int:
                 "LOOKALIKE_TEST_TOP3": ",".join(top3),
             }
             results = []
-            for command in args.commands:
+            for command in [*args.commands, *args.example]:
                 print(f"clients-test: $ {command}", flush=True)
                 began = time.monotonic()
-                code = subprocess.run(command, shell=True, cwd=REPO, env=env, check=False).returncode
+                if command in args.example:
+                    run = subprocess.run(command, shell=True, cwd=REPO, env=env, check=False, capture_output=True,
+                                         text=True)
+                    print(run.stdout + run.stderr, end="", flush=True)
+                    ids = [line.split()[-1] for line in run.stdout.splitlines() if line.strip()]
+                    code = run.returncode or (ids != top3 and 1)
+                    if ids != top3:
+                        print(f"clients-test: printed {ids}, the Python client {top3}", flush=True)
+                else:
+                    code = subprocess.run(command, shell=True, cwd=REPO, env=env, check=False).returncode
                 results.append((command, code, time.monotonic() - began))
         finally:
             code_on_stop = server.stop()
