@@ -61,8 +61,9 @@ from common import installed_server, log, machine_info, percentiles, time_limit,
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server import milvus_standalone  # noqa: E402
+from lookalike_server.expressions import ids_in  # noqa: E402
 from lookalike_server.pipeline import RESTRICT_FILTER_MAX_IDS  # noqa: E402
-from lookalike_server.store import GET_CHUNK, quote_ids  # noqa: E402
+from lookalike_server.store import GET_CHUNK  # noqa: E402
 from tests.conftest import ServerProcess  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -137,7 +138,7 @@ class Deadline:
 
 
 def id_filter(ids: Sequence[str]) -> str:
-    return f"id in {quote_ids(list(ids))}"
+    return ids_in(ids)
 
 
 def filter_bytes_chunked(ids: Sequence[str], chunk: int) -> int:

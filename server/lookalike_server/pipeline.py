@@ -23,9 +23,10 @@ from .batcher import BULK, INTERACTIVE, MicroBatcher
 from .config import INDEX_TYPES, MAX_K, METRICS, QUANTIZED_INDEXES, ServerConfig
 from .embedder import Embedder
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
+from .expressions import ids_in
 from .imaging import image_to_tensor
 from .recall import OVERFETCH_STEPS, Calibration, calibrate, default_effort
-from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store, quote_ids
+from .store import ID_MAX_BYTES, Candidate, CollectionSpec, Store
 from .thread_priority import BULK_NICE, BulkGate, thread_pool
 
 log = logging.getLogger(__name__)
@@ -705,7 +706,7 @@ class Pipeline:
         want = options.k + options.offset
         filter_expr = options.filter_expr
         if options.restrict_ids and len(options.restrict_ids) <= RESTRICT_FILTER_MAX_IDS:
-            filter_expr = _and(f"id in {quote_ids(list(options.restrict_ids))}", filter_expr)
+            filter_expr = _and(ids_in(options.restrict_ids), filter_expr)
         if len(options.restrict_ids) > RESTRICT_FILTER_MAX_IDS:
             found = await self._in_store(
                 self._exact_over_ids, spec, vectors, want, options

@@ -24,6 +24,7 @@ from pymilvus.exceptions import MilvusException
 from . import metrics, served_index
 from .config import INDEX_TYPES, SERVER_ONLY_INDEX_TYPES, ServerConfig
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
+from .expressions import ids_in
 from .milvus_rpc import MilvusRpc, Rows
 from .read_write_lock import ReadWriteLock
 from .served_index import IndexState
@@ -116,10 +117,6 @@ def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any
 def _released(error: MilvusException) -> bool:
     text = str(error.message).lower()
     return "released" in text or "not loaded" in text or "call load()" in text
-
-
-def quote_ids(ids: list[str]) -> str:
-    return "[" + ", ".join('"' + i.replace("\\", "\\\\").replace('"', '\\"') + '"' for i in ids) + "]"
 
 
 class Store:
@@ -532,7 +529,7 @@ class Store:
         fields = _output_fields(with_vectors, with_metadata)
         for start in range(0, len(ids), GET_CHUNK):
             chunk = list(ids[start : start + GET_CHUNK])
-            expr = f"id in {quote_ids(chunk)}" + (f" and ({filter_expr})" if filter_expr else "")
+            expr = ids_in(chunk) + (f" and ({filter_expr})" if filter_expr else "")
             yield {"filter": expr, "output_fields": fields, **level}
 
     def scan(self, name: str, filter_expr: str = "", with_metadata: bool = False,
@@ -577,9 +574,9 @@ class Store:
 
     def delete(self, name: str, ids: list[str]) -> int:
         """Deletes the ids and returns how many of them were stored."""
-        present = self.get(name, ids, with_vectors=False, with_metadata=False)
-        if present:
-            self._call(self.client.delete, name, ids=list(present), collection=name)
+        present = list(self.get(name, ids, with_vectors=False, with_metadata=False))
+        for start in range(0, len(present), GET_CHUNK):
+            self._call(self.client.delete, name, filter=ids_in(present[start : start + GET_CHUNK]), collection=name)
         return len(present)
 
 
