@@ -1,7 +1,9 @@
-"""lookalike's Python client: `Client` talks to a lookalike server over gRPC."""
+"""lookalike's Python client: `Client` talks to a lookalike server over gRPC, `AsyncClient` from asyncio."""
 
+from .async_client import AsyncClient
 from .client import ById, ByIds, Client, CollectionInfo, Hit, IngestResult, LookalikeClientError, MeanOf, Text
 
 __all__ = [
-    "ById", "ByIds", "Client", "CollectionInfo", "Hit", "IngestResult", "LookalikeClientError", "MeanOf", "Text",
+    "AsyncClient", "ById", "ByIds", "Client", "CollectionInfo", "Hit", "IngestResult", "LookalikeClientError",
+    "MeanOf", "Text",
 ]

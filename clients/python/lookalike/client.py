@@ -243,6 +243,164 @@ def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
     )
 
 
+# Requests and replies, shared by Client and AsyncClient: plain Python values in, wire messages out, and back.
+
+
+def channel_options(server_name: str | None = None) -> list[tuple[str, Any]]:
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
+        # Each client its own connections: gRPC otherwise shares one among all its channels to a target,
+        # and a server's workers (serve --workers) are picked per connection.
+        ("grpc.use_local_subchannel_pool", 1),
+    ]
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return options
+
+
+def channel_credentials(
+    secure: bool,
+    ca_cert: str | os.PathLike | None,
+    client_cert: str | os.PathLike | None,
+    client_key: str | os.PathLike | None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials when any TLS setting is given; None means plaintext."""
+    if not (secure or ca_cert or client_cert):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
+        private_key=Path(client_key).read_bytes() if client_key else None,
+        certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
+    )
+
+
+def create_collection_request(
+    name: str, metric: str, index_type: str, index_params: Mapping[str, int] | None, min_recall: float, dimension: int
+) -> pb.CreateCollectionRequest:
+    return pb.CreateCollectionRequest(
+        name=name,
+        metric=_METRICS[metric],
+        index_type=_INDEXES[index_type],
+        index_params=dict(index_params or {}),
+        min_recall=min_recall,
+        dimension=dimension,
+    )
+
+
+def ingest_requests(item: ItemLike, collection: str) -> list[pb.IngestRequest]:
+    """One request per item; images over CHUNK_BYTES go as several chunk requests of the same id."""
+    item_id, content, *rest = item
+    metadata = _struct(rest[0] if rest else None)
+    if isinstance(content, (str, os.PathLike)):
+        content = Path(content).read_bytes()
+    if isinstance(content, (bytes, bytearray, memoryview)):
+        data = bytes(content)
+        if len(data) <= CHUNK_BYTES:
+            return [pb.IngestRequest(collection=collection, id=item_id, metadata=metadata, image=data)]
+        starts = range(0, len(data), CHUNK_BYTES)
+        return [
+            pb.IngestRequest(
+                collection=collection, id=item_id, metadata=metadata if start == 0 else None,
+                chunk=pb.ImageChunk(data=data[start : start + CHUNK_BYTES], last=start == starts[-1]),
+            )
+            for start in starts
+        ]
+    request = pb.IngestRequest(collection=collection, id=item_id, metadata=metadata)
+    request.vector.values.extend(np.asarray(content, dtype=np.float32).ravel().tolist())
+    return [request]
+
+
+def embed_request(images: Sequence[str | os.PathLike | bytes]) -> pb.EmbedRequest:
+    return pb.EmbedRequest(items=[
+        pb.ImageItem(id=str(i), image=Path(img).read_bytes() if isinstance(img, (str, os.PathLike)) else img)
+        for i, img in enumerate(images)
+    ])
+
+
+def embeddings_from_reply(reply: pb.EmbedResponse) -> np.ndarray:
+    """The (N, dim) array of an Embed reply; raises on the first image the server could not embed."""
+    for result in reply.results:
+        if result.code != pb.OK:
+            raise LookalikeClientError(pb.StatusCode.Name(result.code), result.message)
+    return np.array([r.vector.values for r in reply.results], dtype=np.float32)
+
+
+def query_message(query: QueryLike) -> pb.Query:
+    if isinstance(query, ById):
+        return pb.Query(id=query.id)
+    if isinstance(query, ByIds):
+        return pb.Query(ids=pb.IdList(ids=list(query.ids)))
+    if isinstance(query, MeanOf):
+        vectors = [pb.Vector(values=np.asarray(v, dtype=np.float32).ravel().tolist()) for v in query.vectors]
+        return pb.Query(vectors=pb.VectorList(vectors=vectors))
+    if isinstance(query, Text):
+        return pb.Query(text=query.text)
+    if isinstance(query, (str, os.PathLike)):
+        return pb.Query(image=Path(query).read_bytes())
+    if isinstance(query, (bytes, bytearray)):
+        return pb.Query(image=bytes(query))
+    return pb.Query(vector=pb.Vector(values=np.asarray(query, dtype=np.float32).ravel().tolist()))
+
+
+def search_request(
+    queries: Sequence[QueryLike],
+    k: int,
+    collection: str,
+    filter: str,
+    include_metadata: bool,
+    include_vectors: bool,
+    reverse: bool,
+    offset: int,
+    restrict_ids: Sequence[str],
+    consistency: str,
+    min_recall: float,
+) -> pb.SearchRequest:
+    return pb.SearchRequest(
+        collection=collection,
+        queries=[query_message(q) for q in queries],
+        k=k,
+        filter=filter,
+        include_metadata=include_metadata,
+        include_vectors=include_vectors,
+        reverse=reverse,
+        offset=offset,
+        restrict_ids=list(restrict_ids),
+        consistency=CONSISTENCY_LEVELS[consistency],
+        min_recall=min_recall,
+    )
+
+
+def hits_from_reply(reply: pb.SearchResponse, include_metadata: bool, include_vectors: bool) -> list[list[Hit]]:
+    return [
+        [
+            Hit(
+                h.id,
+                h.score,
+                _to_dict(h.metadata, include_metadata),
+                np.asarray(h.vector.values, dtype=np.float32) if include_vectors else None,
+            )
+            for h in result.hits
+        ]
+        for result in reply.results
+    ]
+
+
+def rows_from_reply(
+    reply: pb.GetResponse, vectors: bool, metadata: bool
+) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
+    return {
+        item.id: (
+            np.asarray(item.vector.values, dtype=np.float32) if vectors else None,
+            _to_dict(item.metadata, metadata),
+        )
+        for item in reply.items
+    }
+
+
 def image_files(root: Path | str, all_files: bool = False) -> Iterator[Path]:
     """Image files under root, recursively, in a stable order; hidden files and folders are skipped."""
     root = Path(root)
@@ -284,25 +442,10 @@ class Client:
         self.timeout = timeout
         self.ingest_retries = ingest_retries
         self.ingest_window = ingest_window
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.lb_policy_name", "round_robin"),
-            ("grpc.enable_retries", 1),
-            ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-            # Each Client its own connections: gRPC otherwise shares one among all its channels to a target,
-            # and a server's workers (serve --workers) are picked per connection.
-            ("grpc.use_local_subchannel_pool", 1),
-        ]
+        options = channel_options(server_name)
         target = grpc_target(server)
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        if secure or ca_cert or client_cert:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
-                private_key=Path(client_key).read_bytes() if client_key else None,
-                certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
-            )
+        credentials = channel_credentials(secure, ca_cert, client_cert, client_key)
+        if credentials:
             channel = grpc.secure_channel(target, credentials, options=options)
         else:
             channel = grpc.insecure_channel(target, options=options)
@@ -352,14 +495,7 @@ class Client:
 
         A `dimension` other than the model's makes a vectors-only collection, for embeddings computed elsewhere.
         """
-        request = pb.CreateCollectionRequest(
-            name=name,
-            metric=_METRICS[metric],
-            index_type=_INDEXES[index_type],
-            index_params=dict(index_params or {}),
-            min_recall=min_recall,
-            dimension=dimension,
-        )
+        request = create_collection_request(name, metric, index_type, index_params, min_recall, dimension)
         try:
             return _collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))
         except grpc.RpcError as e:
@@ -386,28 +522,6 @@ class Client:
             raise _raise(e) from None
 
     # Ingest
-
-    def _ingest_requests(self, item: ItemLike, collection: str) -> list[pb.IngestRequest]:
-        """One request per item; images over CHUNK_BYTES go as several chunk requests of the same id."""
-        item_id, content, *rest = item
-        metadata = _struct(rest[0] if rest else None)
-        if isinstance(content, (str, os.PathLike)):
-            content = Path(content).read_bytes()
-        if isinstance(content, (bytes, bytearray, memoryview)):
-            data = bytes(content)
-            if len(data) <= CHUNK_BYTES:
-                return [pb.IngestRequest(collection=collection, id=item_id, metadata=metadata, image=data)]
-            starts = range(0, len(data), CHUNK_BYTES)
-            return [
-                pb.IngestRequest(
-                    collection=collection, id=item_id, metadata=metadata if start == 0 else None,
-                    chunk=pb.ImageChunk(data=data[start : start + CHUNK_BYTES], last=start == starts[-1]),
-                )
-                for start in starts
-            ]
-        request = pb.IngestRequest(collection=collection, id=item_id, metadata=metadata)
-        request.vector.values.extend(np.asarray(content, dtype=np.float32).ravel().tolist())
-        return [request]
 
     def ingest(self, items: Iterable[ItemLike], collection: str = "") -> Iterator[IngestResult]:
         """Streams items and yields one result per item as the server stores it.
@@ -446,7 +560,7 @@ class Client:
                         slots.release()
                         return
                 try:
-                    item_requests = self._ingest_requests(item, collection)
+                    item_requests = ingest_requests(item, collection)
                 except OSError as e:
                     slots.release()
                     unreadable.put(IngestResult(str(item[0]), "INVALID_ARGUMENT", f"cannot read file: {e}"))
@@ -489,37 +603,13 @@ class Client:
 
     def embed(self, images: Sequence[str | os.PathLike | bytes]) -> np.ndarray:
         """Embeddings of images (paths or bytes) as an (N, dim) array; raises on the first bad image."""
-        items = [
-            pb.ImageItem(id=str(i), image=Path(img).read_bytes() if isinstance(img, (str, os.PathLike)) else img)
-            for i, img in enumerate(images)
-        ]
         try:
-            reply = self._images.Embed(pb.EmbedRequest(items=items), timeout=self.timeout)
+            reply = self._images.Embed(embed_request(images), timeout=self.timeout)
         except grpc.RpcError as e:
             raise _raise(e) from None
-        for result in reply.results:
-            if result.code != pb.OK:
-                raise LookalikeClientError(pb.StatusCode.Name(result.code), result.message)
-        return np.array([r.vector.values for r in reply.results], dtype=np.float32)
+        return embeddings_from_reply(reply)
 
     # Search
-
-    @staticmethod
-    def _query(query: QueryLike) -> pb.Query:
-        if isinstance(query, ById):
-            return pb.Query(id=query.id)
-        if isinstance(query, ByIds):
-            return pb.Query(ids=pb.IdList(ids=list(query.ids)))
-        if isinstance(query, MeanOf):
-            vectors = [pb.Vector(values=np.asarray(v, dtype=np.float32).ravel().tolist()) for v in query.vectors]
-            return pb.Query(vectors=pb.VectorList(vectors=vectors))
-        if isinstance(query, Text):
-            return pb.Query(text=query.text)
-        if isinstance(query, (str, os.PathLike)):
-            return pb.Query(image=Path(query).read_bytes())
-        if isinstance(query, (bytes, bytearray)):
-            return pb.Query(image=bytes(query))
-        return pb.Query(vector=pb.Vector(values=np.asarray(query, dtype=np.float32).ravel().tolist()))
 
     def search_many(
         self,
@@ -540,35 +630,15 @@ class Client:
         `restrict_ids` limits the candidates to those ids; `reverse` returns the least similar first;
         `consistency` is a Milvus level (Strong, Session, Bounded, Eventually; default Session).
         """
-        request = pb.SearchRequest(
-            collection=collection or self.collection,
-            queries=[self._query(q) for q in queries],
-            k=k,
-            filter=filter,
-            include_metadata=include_metadata,
-            include_vectors=include_vectors,
-            reverse=reverse,
-            offset=offset,
-            restrict_ids=list(restrict_ids),
-            consistency=CONSISTENCY_LEVELS[consistency],
-            min_recall=min_recall,
+        request = search_request(
+            queries, k, collection or self.collection, filter, include_metadata, include_vectors, reverse, offset,
+            restrict_ids, consistency, min_recall,
         )
         try:
             reply = self._images.Search(request, timeout=self.timeout)
         except grpc.RpcError as e:
             raise _raise(e) from None
-        return [
-            [
-                Hit(
-                    h.id,
-                    h.score,
-                    _to_dict(h.metadata, include_metadata),
-                    np.asarray(h.vector.values, dtype=np.float32) if include_vectors else None,
-                )
-                for h in result.hits
-            ]
-            for result in reply.results
-        ]
+        return hits_from_reply(reply, include_metadata, include_vectors)
 
     def search(self, query: QueryLike, k: int = 10, **kwargs: Any) -> list[Hit]:
         """The k nearest stored images to one query (a path, bytes, a vector, or ById)."""
@@ -588,13 +658,7 @@ class Client:
             reply = self._images.Get(request, timeout=self.timeout)
         except grpc.RpcError as e:
             raise _raise(e) from None
-        return {
-            item.id: (
-                np.asarray(item.vector.values, dtype=np.float32) if vectors else None,
-                _to_dict(item.metadata, metadata),
-            )
-            for item in reply.items
-        }
+        return rows_from_reply(reply, vectors, metadata)
 
     def delete(self, ids: Sequence[str], collection: str = "") -> int:
         """Deletes rows by id; returns how many were stored."""
