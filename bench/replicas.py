@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import ManagedProcess, cores, free_port, installed_server, log, machine_info, percentiles, time_limit  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
-from lookalike_server.milvus_standalone import MilvusStandalone, available  # noqa: E402
+from lookalike_server.embedded_milvus.standalone import MilvusStandalone, available  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 MILVUS_VENV = REPO / ".venv-milvus"  # the PyPI `milvus` server package, apart (`make milvus-standalone`)

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from lookalike import Client
-from lookalike_server import milvus_standalone
-from lookalike_server.milvus_lite_server import MilvusLiteServer
+from lookalike_server.embedded_milvus import MilvusLiteServer, standalone
 from tests.photos import write_photos
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,9 +103,9 @@ def collection(client: Client, request: pytest.FixtureRequest) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real Milvus standalone server (PyPI `milvus`), started and stopped here."""
-    if not milvus_standalone.available():
+    if not standalone.available():
         pytest.skip("the Milvus standalone venv is missing: run `make milvus-standalone` (make test does)")
-    server = milvus_standalone.MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"))
+    server = standalone.MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"))
     started = time.monotonic()
     uri = server.start()
     print(f"Milvus standalone up at {uri} in {time.monotonic() - started:.1f} s")

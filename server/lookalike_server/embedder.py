@@ -8,6 +8,7 @@ import os
 import numpy as np
 import onnxruntime as ort
 
+from .errors import StartupError
 from .model_card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def _wanted_providers(device: str) -> list[str]:
     else:
         wanted = [p for p in _GPU_PROVIDERS[device] if p in available]
         if not wanted:
-            raise RuntimeError(
+            raise StartupError(
                 f"--device {device} asked for {_GPU_PROVIDERS[device][0]}, but this onnxruntime build "
                 f"offers only {sorted(available)}"
             )
@@ -63,7 +64,7 @@ class Embedder:
             raise ValueError(f"model {card.name} has no output {card.output_name!r}; it has {sorted(outputs)}")
         self.on_gpu = self.provider != "CPUExecutionProvider"
         if fp16 and not self.on_gpu:
-            raise RuntimeError(
+            raise StartupError(
                 f"--fp16 needs a GPU execution provider, and none is active (device {device}): on a CPU, "
                 "ONNX Runtime runs float16 networks through casts, slower than float32"
             )
@@ -76,12 +77,12 @@ class Embedder:
                         self.provider)
         if not self.on_gpu:
             if require_gpu:
-                raise RuntimeError(
+                raise StartupError(
                     f"--require-gpu: no GPU execution provider is active (device {device}; this onnxruntime "
                     f"offers {ort.get_available_providers()}, and none of the GPU ones could start)"
                 )
             if device != "auto" and device != "cpu":
-                raise RuntimeError(f"--device {device}: no GPU execution provider could start; see the log")
+                raise StartupError(f"--device {device}: no GPU execution provider could start; see the log")
             if device == "auto":
                 log.info("no GPU execution provider is usable here; embedding on the CPU")
         # Runs at once: one per core's worth of threads on a CPU; a GPU takes one bulk run at a time.

@@ -43,3 +43,8 @@ class Internal(LookalikeError):
 
 class DeadlineExceeded(LookalikeError):
     code = "DEADLINE_EXCEEDED"
+
+
+class StartupError(RuntimeError):
+    """The server cannot start (a taken port, a missing Milvus, no GPU where one is required); the message
+    says why and what to change. Raised before any call is served, so it carries no status code."""

@@ -1,18 +1,14 @@
-"""Starts lookalike: the gRPC server with health and reflection, the model, and the Milvus store."""
+"""One lookalike server: the gRPC server with health and reflection, the model, and the Milvus store.
+
+`main.serve` runs it in a process (signals, logging, `--workers`); this module only puts it together."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import logging
-import os
-import re
-import signal
-from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -21,13 +17,12 @@ from grpc_reflection.v1alpha import reflection
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
-from . import milvus_standalone
 from .config import ServerConfig
+from .embedded_milvus import EmbeddedMilvus, resolve_milvus, restart_embedded_milvus
 from .embedder import Embedder
-from .errors import LookalikeError
+from .errors import LookalikeError, StartupError
 from .interceptors import AuthInterceptor, LimitsInterceptor, MetricsInterceptor, load_tokens
 from .metrics import serve_metrics
-from .milvus_lite_server import MilvusLiteServer
 from .model_card import load_model_card
 from .pipeline import Pipeline
 from .service import CollectionsService, ImagesService
@@ -40,106 +35,6 @@ SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[s].full_name for s in ("Col
 # follows Milvus, liveness must not, or an outage of Milvus would restart every replica).
 LIVENESS = "liveness"
 HEALTH_CHECK_SECONDS = 5.0
-
-
-class EmbeddedMilvus(Protocol):
-    def start(self) -> str: ...
-    def stop(self) -> None: ...
-    def exited(self) -> bool: ...
-
-
-# The Milvus Lite release lookalike's embedded store is written and tested against (Milvus Lite 3, pure Python).
-MIN_MILVUS_LITE = (3, 2, 2)
-# Where each embedded store keeps its data inside data_dir.
-EMBEDDED_DATA = {"lite": "milvus.db", "lite-server": "milvus-lite-server", "standalone": "milvus-standalone"}
-
-
-def choose_embedded_milvus(config: ServerConfig) -> tuple[str, str]:
-    """The embedded store `--milvus-embedded` names, resolving "auto"; and why, for the log."""
-    if config.milvus_embedded != "auto":
-        return config.milvus_embedded, "as configured"
-    # Data already in the data directory decides: switching stores would hide it.
-    for mode, name in EMBEDDED_DATA.items():
-        if (Path(config.data_dir) / name).exists():
-            return mode, f"auto: {Path(config.data_dir) / name} holds this data directory's collections"
-    venv = Path(config.milvus_standalone_venv).resolve()
-    if milvus_standalone.available(venv):
-        return "standalone", f"auto: a new data directory, and Milvus standalone is installed in {venv}"
-    return "lite", (f"auto: Milvus standalone is not installed in {venv} (`make milvus-standalone` installs it; "
-                    "it serves large collections faster)")
-
-
-def start_embedded_milvus(config: ServerConfig) -> EmbeddedMilvus:
-    """The child-process Milvus that `--milvus-embedded` names, keeping its data under the data directory."""
-    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
-    if config.milvus_embedded == "lite-server":
-        return MilvusLiteServer(Path(config.data_dir) / EMBEDDED_DATA["lite-server"])
-    venv = Path(config.milvus_standalone_venv).resolve()
-    if not milvus_standalone.available(venv):
-        raise StartupError(f"--milvus-embedded standalone needs the PyPI package `milvus` in {venv}: "
-                           f"run .ci/install-milvus-standalone.sh or pass --milvus-standalone-venv")
-    return milvus_standalone.MilvusStandalone(Path(config.data_dir).resolve() / EMBEDDED_DATA["standalone"], venv)
-
-
-def require_milvus_lite() -> None:
-    """Refuses to start on a Milvus Lite other than the one lookalike is written for, saying which to install.
-
-    Milvus Lite 2 (a C++ child process) still satisfies an old `milvus-lite>=2.5` pin, and with it the
-    server died on its default collection: Lite 2 drops collection properties (where lookalike records each
-    collection's model and metric) and builds no HNSW.
-    """
-    fix = f"pip install 'milvus-lite>={_dotted(MIN_MILVUS_LITE)},<{MIN_MILVUS_LITE[0] + 1}', or give --milvus-uri"
-    try:
-        installed = metadata.version("milvus-lite")
-    except metadata.PackageNotFoundError:
-        raise StartupError(f"the embedded Milvus Lite is not installed: {fix}") from None
-    if not MIN_MILVUS_LITE <= _release(installed) < (MIN_MILVUS_LITE[0] + 1,):
-        raise StartupError(
-            f"milvus-lite {installed} is installed, and lookalike's embedded store needs Milvus Lite "
-            f"{MIN_MILVUS_LITE[0]} ({_dotted(MIN_MILVUS_LITE)} or newer): {fix}"
-        )
-
-
-def _release(version: str) -> tuple[int, ...]:
-    """The leading numbers of a version string: "3.2.2" -> (3, 2, 2), "3.3.0rc1" -> (3, 3, 0)."""
-    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3])
-
-
-def _dotted(release: tuple[int, ...]) -> str:
-    return ".".join(map(str, release))
-
-
-def resolve_milvus(config: ServerConfig) -> tuple[ServerConfig, EmbeddedMilvus | None]:
-    """The settings with the embedded store chosen, and the child-process Milvus to start for it: None when a
-    URI is given or the store is Milvus Lite in this process."""
-    if config.milvus_uri:
-        return config, None
-    embedded, why = choose_embedded_milvus(config)
-    if embedded in ("lite", "lite-server"):
-        require_milvus_lite()
-    log.info("embedded Milvus: %s (%s)", embedded, why)
-    config = dataclasses.replace(config, milvus_embedded=embedded)
-    return config, None if embedded == "lite" else start_embedded_milvus(config)
-
-
-def restart_embedded_milvus(embedded: EmbeddedMilvus, uri: str) -> None:
-    """Starts a crashed embedded Milvus again on its data and address (blocking); a failure is logged, and the
-    caller's next check tries again."""
-    log.warning("the embedded Milvus exited; starting it again on the same data")
-    try:
-        embedded.stop()  # reaps what is left of it
-        new_uri = embedded.start()
-    except (RuntimeError, OSError) as e:
-        log.error("restarting the embedded Milvus failed (tried again at the next check): %s", e)
-        return
-    if new_uri != uri:
-        log.error("the embedded Milvus came back at %s, not %s: restart lookalike to use it", new_uri, uri)
-    else:
-        log.info("the embedded Milvus is back at %s", uri)
-
-
-class StartupError(Exception):
-    """The server cannot start; the message says why and what to change."""
 
 
 class LookalikeServer:
@@ -288,79 +183,3 @@ class LookalikeServer:
         if self.embedded_milvus:
             await asyncio.get_running_loop().run_in_executor(None, self.embedded_milvus.stop)
         log.info("stopped")
-
-
-def _ignore_further_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
-    """A second SIGTERM while stopping (an impatient supervisor, a test's stop()) must not kill the drain
-    half-way, nor the exit after it: closing the loop would put back the default handlers, which die at once.
-    From here until the drain is done such signals are logged and ignored; SIGKILL still stops it at once."""
-    def already_stopping(signum: int, _frame: Any) -> None:
-        log.warning("%s while stopping: already stopping (SIGKILL stops at once)", signal.Signals(signum).name)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
-        signal.signal(sig, already_stopping)
-
-
-def ignore_stop_signals_until_exit() -> None:
-    """Once stopped: Python's own exit puts back the default (fatal) handler of any signal with a Python
-    handler, and atexit work (Milvus Lite's release) still follows; ignored at the C level, a late SIGTERM
-    or SIGINT stays ignored to the end instead of turning a clean stop into -15."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
-
-
-async def _serve(config: ServerConfig) -> None:
-    server = LookalikeServer(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await server.start()
-    except BaseException:
-        await server.grpc_server.stop(0)
-        if server.embedded_milvus:
-            server.embedded_milvus.stop()
-        raise
-    waiter = asyncio.ensure_future(server.wait())
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    _ignore_further_stop_signals(loop)
-    await server.stop()
-    for task in (waiter, stopper):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    ignore_stop_signals_until_exit()
-
-
-def serve(config: ServerConfig) -> None:
-    """Runs the server until SIGINT or SIGTERM."""
-    several = config.workers > 1 or config.reuse_port
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s " + ("[%(processName)s] " if several else "") + "%(name)s: %(message)s",
-    )
-    # pymilvus logs every failed call with a traceback; our own log line says what the caller needs.
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-    # Milvus Lite's in-process gRPC server logs calls it does not implement; faiss logs its CPU probing.
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
-    logging.getLogger("faiss").setLevel(logging.WARNING)
-    log.info("settings: %s", config.redacted())
-    if config.workers > 1:
-        from .workers import Supervisor
-
-        try:
-            code = Supervisor(config).run()
-        except (StartupError, RuntimeError, OSError) as e:
-            log.error("cannot start: %s", e)
-            raise SystemExit(1) from None
-        if code:
-            raise SystemExit(code)
-        return
-    try:
-        asyncio.run(_serve(config))
-    except (StartupError, FileNotFoundError, RuntimeError, ValueError) as e:
-        log.error("cannot start: %s", e)
-        raise SystemExit(1) from None

@@ -14,10 +14,14 @@ import multiprocessing
 import signal
 import socket
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .config import ServerConfig
+from .embedded_milvus import resolve_milvus, restart_embedded_milvus
+from .errors import StartupError
+from .stop_signals import STOP_SIGNALS, ignore_stop_signals_until_exit
 
 log = logging.getLogger("lookalike_server.workers")
 
@@ -30,8 +34,6 @@ MAX_EARLY_DEATHS = 3
 
 def check_port_free(address: str) -> None:
     """Fails clearly when the address is taken: the workers share the port only with each other."""
-    from .server import StartupError
-
     host, _, port = address.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
     if not port.isdigit() or int(port) == 0:
@@ -56,18 +58,16 @@ def worker_config(config: ServerConfig, uri: str, index: int) -> ServerConfig:
     )
 
 
-def _run_worker(config: ServerConfig, index: int) -> None:
-    from .server import serve
-
-    multiprocessing.current_process().name = f"worker-{index}"
-    serve(config)
-
-
 class Supervisor:
-    """Starts the shared Milvus (when embedded) and the workers; keeps them running until stopped."""
+    """Starts the shared Milvus (when embedded) and the workers; keeps them running until stopped.
 
-    def __init__(self, config: ServerConfig) -> None:
+    `run_worker(config, index)` runs one worker in its (spawned) process: a module-level function, so that
+    the new interpreter can import it (main.run_worker).
+    """
+
+    def __init__(self, config: ServerConfig, run_worker: Callable[[ServerConfig, int], None]) -> None:
         self.config = config
+        self.run_worker = run_worker
         self.embedded: Any = None
         self.uri = config.milvus_uri
         self._context = multiprocessing.get_context("spawn")  # a fresh interpreter: no gRPC state forked
@@ -77,8 +77,6 @@ class Supervisor:
         self._stopping = False
 
     def _start_milvus(self) -> None:
-        from .server import StartupError, resolve_milvus
-
         config, self.embedded = resolve_milvus(self.config)
         if config.milvus_uri:
             return
@@ -93,7 +91,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         process = self._context.Process(
-            target=_run_worker, args=(worker_config(self.config, self.uri, index), index), name=f"worker-{index}"
+            target=self.run_worker, args=(worker_config(self.config, self.uri, index), index), name=f"worker-{index}"
         )
         process.start()
         self._workers[index] = process
@@ -105,11 +103,9 @@ class Supervisor:
 
     def run(self) -> int:
         """Serves until SIGTERM or SIGINT; the exit code: 0 after a clean stop, 1 when workers cannot start."""
-        from .server import ignore_stop_signals_until_exit
-
         multiprocessing.current_process().name = "supervisor"  # the log's process column
         check_port_free(self.config.address)
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, self._stop_requested)
         code = 0
         try:
@@ -123,8 +119,6 @@ class Supervisor:
         return code
 
     def _supervise(self) -> int:
-        from .server import restart_embedded_milvus
-
         while not self._stopping:
             time.sleep(POLL_SECONDS)
             if self.embedded is not None and self.embedded.exited():

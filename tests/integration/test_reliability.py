@@ -17,8 +17,7 @@ from lookalike import Client, LookalikeClientError
 from lookalike.client import CHUNK_BYTES
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
-from lookalike_server import milvus_standalone
-from lookalike_server.milvus_lite_server import MilvusLiteServer
+from lookalike_server.embedded_milvus import MilvusLiteServer, standalone
 from tests.conftest import ServerProcess
 
 DIM = 1280
@@ -186,10 +185,10 @@ def test_sigterm_finishes_what_is_in_flight_and_exits_0(tmp_path):
 def test_milvus_outage_fails_fast_turns_not_serving_and_recovers(engine, tmp_path):
     """Milvus stops (the `milvus-lite server`, or the real standalone server) and comes back on the same
     address with the same data: lookalike fails fast meanwhile and recovers without a restart."""
-    if engine == "standalone" and not milvus_standalone.available():
+    if engine == "standalone" and not standalone.available():
         pytest.skip("the Milvus standalone venv is missing: run `make milvus-standalone` (make test does)")
     milvus = (MilvusLiteServer(tmp_path / "milvus") if engine == "milvus-lite server"
-              else milvus_standalone.MilvusStandalone(tmp_path / "milvus"))
+              else standalone.MilvusStandalone(tmp_path / "milvus"))
     milvus.start()
     uri = milvus.uri
     proc = ServerProcess(tmp_path / "serve", "--milvus-uri", uri)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from lookalike_server.config import ServerConfig
-from lookalike_server.server import StartupError, choose_embedded_milvus, resolve_milvus
+from lookalike_server.embedded_milvus import choose_embedded_milvus, resolve_milvus
+from lookalike_server.errors import StartupError
 
 
 def _fake_milvus_venv(root: Path) -> Path:

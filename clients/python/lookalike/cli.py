@@ -88,7 +88,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     from lookalike_server.config import ServerConfig
-    from lookalike_server.server import serve
+    from lookalike_server.main import serve
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
     try:
