@@ -8,12 +8,12 @@ import os
 import numpy as np
 import onnxruntime as ort
 
+from .config import DEVICES
 from .errors import StartupError
 from .model_card import ModelCard
 
 log = logging.getLogger(__name__)
 
-DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 _GPU_PROVIDERS = {
     "cuda": ["CUDAExecutionProvider"],
     "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider"],

@@ -1,5 +1,6 @@
 """The server process: `serve(config)` runs one server, or `--workers N` of them under a supervisor, until
-SIGTERM or SIGINT."""
+SIGTERM or SIGINT; `main(argv)` is the command (`lookalike-server`, `python -m lookalike_server`,
+`lookalike serve`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,17 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import sys
+from collections.abc import Sequence
 
 from .config import ServerConfig
 from .errors import StartupError
+from .flags import build_parser, config_from_args
 from .stop_signals import STOP_SIGNALS, ignore_further_stop_signals, ignore_stop_signals_until_exit
 
 log = logging.getLogger("lookalike_server")
+
+INSTALL_SERVER = 'pip install "lookalike[server]"'
 
 
 def configure_logging(config: ServerConfig) -> None:
@@ -30,7 +36,7 @@ def configure_logging(config: ServerConfig) -> None:
 
 async def _serve_one(config: ServerConfig) -> None:
     """One server in this process, until SIGINT or SIGTERM; then it drains its calls in flight."""
-    from .server import LookalikeServer
+    from .server import LookalikeServer  # the server's dependencies, only once it runs (see serve)
 
     server = LookalikeServer(config)
     stop = asyncio.Event()
@@ -83,3 +89,29 @@ def serve(config: ServerConfig) -> None:
     except (StartupError, FileNotFoundError, RuntimeError, ValueError) as e:
         log.error("cannot start: %s", e)
         raise SystemExit(1) from None
+
+
+def missing_server_dependency() -> str:
+    """Empty when the server's own dependencies (the `server` extra) import; otherwise what to install."""
+    try:
+        from . import server, workers  # noqa: F401
+    except ModuleNotFoundError as e:
+        return f"the server needs the Python package that provides `{e.name}`, which is not installed: " \
+               f"{INSTALL_SERVER}"
+    return ""
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "lookalike-server") -> int:
+    """The serve command: flags (generated from ServerConfig) > LOOKALIKE_* > config file > defaults."""
+    args = build_parser(prog).parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (ValueError, OSError) as e:
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
+    missing = missing_server_dependency()
+    if missing:
+        print(f"{prog}: {missing}", file=sys.stderr)
+        return 2
+    serve(config)
+    return 0

@@ -35,69 +35,20 @@ def _client(args: argparse.Namespace, collection: str = "") -> Client:
                   client_key=args.client_key)
 
 
-def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the server", description="Run the lookalike gRPC server.")
-    # Defaults are None so that LOOKALIKE_* variables and the config file apply unless a flag is given.
-    p.add_argument("--config", help="TOML file with settings (flags and LOOKALIKE_* variables win)")
-    p.add_argument("--address", help="listen address (default localhost:50051)")
-    p.add_argument("--data-dir", help="where Milvus Lite keeps its data (default ./lookalike-data)")
-    p.add_argument("--milvus-uri", help="use this Milvus instead of an embedded one, e.g. http://host:19530")
-    p.add_argument("--milvus-embedded", choices=["auto", "lite", "lite-server", "standalone"],
-                   help="embedded Milvus without --milvus-uri: Milvus Lite in-process, Milvus Lite as a child "
-                        "server, or the real Milvus standalone server as a managed child process; auto (default): "
-                        "the one already holding the data directory's data, else standalone when installed, else lite")
-    p.add_argument("--milvus-standalone-venv", help="venv with the PyPI package `milvus` (default .venv-milvus)")
-    p.add_argument("--milvus-user")
-    p.add_argument("--milvus-password")
-    p.add_argument("--milvus-token")
-    p.add_argument("--milvus-db-name")
-    p.add_argument("--milvus-tls", action="store_true", default=None, help="connect to Milvus over TLS")
-    p.add_argument("--milvus-ca-cert", help="CA certificate (PEM) for Milvus TLS")
-    p.add_argument("--milvus-client-cert", help="client certificate (PEM) for Milvus mutual TLS")
-    p.add_argument("--milvus-client-key", help="client key (PEM) for Milvus mutual TLS")
-    p.add_argument("--milvus-server-name", help="expected server name in Milvus' certificate")
-    p.add_argument("--model-card", help="card.toml of the ONNX model to serve (default: EfficientNet-Lite0)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], help="where to embed (default auto)")
-    p.add_argument("--default-collection", help="collection used when a call names none (default 'default')")
-    p.add_argument("--require-gpu", action="store_true", default=None,
-                   help="refuse to start unless a GPU execution provider is really active")
-    p.add_argument("--fp16", action="store_true", default=None,
-                   help="on a GPU, run the network in float16 (faster; embeddings agree to about 1e-3)")
-    p.add_argument("--max-batch-size", type=int, help="images per inference batch (default: 4 on CPU, 64 on GPU)")
-    p.add_argument("--max-queue-delay-ms", type=float, help="longest wait to fill a batch (default 5)")
-    p.add_argument("--auth-tokens-file", help="file of 'read TOKEN' / 'write TOKEN' lines: require bearer tokens")
-    p.add_argument("--tls-cert", help="server certificate (PEM): serve over TLS")
-    p.add_argument("--tls-key", help="server private key (PEM)")
-    p.add_argument("--tls-client-ca", help="CA (PEM) that signs client certificates: require mutual TLS")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
-    p.add_argument("--max-inflight-requests", type=int, help="calls in flight before RESOURCE_EXHAUSTED (1024)")
-    p.add_argument("--max-streams-per-client", type=int, help="open streams per client host (default 64)")
-    p.add_argument("--max-message-bytes", type=int, help="largest gRPC message (default 64 MiB)")
-    p.add_argument("--stream-window-bytes", type=int,
-                   help="bytes a client may send ahead of the server on one stream (default 1 MiB)")
-    p.add_argument("--max-image-bytes", type=int, help="largest image assembled from chunks (default 256 MiB)")
-    p.add_argument("--max-image-pixels", type=int, help="decompression-bomb limit in pixels (default 89478485)")
-    p.add_argument("--max-connection-age-s", type=float,
-                   help="close client connections after this long so balanced clients find new replicas (off)")
-    p.add_argument("--shutdown-grace-s", type=float, help="seconds to finish calls in flight on SIGTERM (10)")
-    p.add_argument("--log-level", help="DEBUG, INFO, WARNING (default INFO)")
-    p.add_argument("--workers", type=int,
-                   help="server processes sharing the port (default 1): more cores for many small searches; "
-                        "needs a Milvus server (--milvus-uri, or --milvus-embedded standalone / lite-server)")
+INSTALL_SERVER = 'pip install "lookalike[server]"'
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from lookalike_server.config import ServerConfig
-    from lookalike_server.main import serve
-
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "func")}
+def _serve(argv: Sequence[str]) -> int:
+    """`lookalike serve ARGS` is `lookalike-server ARGS`: the server package owns the command and its flags."""
     try:
-        config = ServerConfig.load(flags, config_file=args.config)
-    except (ValueError, OSError) as e:
-        print(f"lookalike serve: {e}", file=sys.stderr)
+        from lookalike_server.main import main as serve_main
+    except ModuleNotFoundError as e:
+        if e.name is None or e.name.split(".")[0] != "lookalike_server":
+            raise
+        print(f"lookalike serve: the lookalike server is not installed, only its client; install it with: "
+              f"{INSTALL_SERVER}", file=sys.stderr)
         return 2
-    serve(config)
-    return 0
+    return serve_main(argv, prog="lookalike serve")
 
 
 def _ingest(args: argparse.Namespace) -> int:
@@ -206,7 +157,8 @@ def _fiftyone_register(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lookalike", description="lookalike: a gRPC vision-search server.")
     sub = parser.add_subparsers(dest="command", required=True)
-    _serve_parser(sub)
+    # Listed for `lookalike --help`; main() hands `serve` and everything after it to the server's own command.
+    sub.add_parser("serve", help="run the server (`lookalike serve --help` lists its flags)", add_help=False)
 
     p = sub.add_parser("ingest", help="store every image under a folder")
     p.add_argument("folder", help="folder of images, read recursively; ids are paths relative to it")
@@ -245,7 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _COMMANDS = {
-    "serve": _serve,
     "ingest": _ingest,
     "search": _search,
     "collections": _collections,
@@ -254,6 +205,9 @@ _COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "collections" and args.action in ("create", "drop") and not args.name:
         print(f"lookalike collections {args.action}: name the collection", file=sys.stderr)
