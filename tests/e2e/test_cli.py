@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
 
@@ -106,6 +106,20 @@ def test_search_of_a_missing_file_is_a_clear_error(cli_server, tmp_path):
     result = lookalike("search", str(tmp_path / "nope.jpg"), "--server", cli_server.address, check=False)
     assert result.returncode == 2
     assert "nope.jpg" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["search", "PHOTO"], ["search", "--id", "a.jpg"], ["ingest", "FOLDER", "--quiet"],
+                                     ["collections"], ["collections", "describe", "default"]])
+def test_every_command_says_when_no_server_answers(command, photos_dir):
+    """As a new user would meet it: no server running. One line says so and how to start or point elsewhere."""
+    server = f"127.0.0.1:{free_port()}"
+    photo = str(next(iter(sorted(photos_dir.iterdir()))))
+    args = [photo if a == "PHOTO" else str(photos_dir) if a == "FOLDER" else a for a in command]
+    result = lookalike(*args, "--server", server, check=False)
+    assert result.returncode != 0
+    assert f"no lookalike server answers at {server}: start one with `lookalike serve`" in result.stderr
+    assert "--server HOST:PORT" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_grpcurl_lists_and_describes_our_services(cli_server):

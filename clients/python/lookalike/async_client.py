@@ -135,13 +135,13 @@ class AsyncClient:
         try:
             return _collection_from_wire(await self._collections.CreateCollection(request, **self._per_call()))
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
 
     async def list_collections(self) -> list[CollectionInfo]:
         try:
             reply = await self._collections.ListCollections(pb.ListCollectionsRequest(), **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return [_collection_from_wire(c) for c in reply.collections]
 
     async def describe_collection(self, name: str = "") -> CollectionInfo:
@@ -149,13 +149,13 @@ class AsyncClient:
         try:
             return _collection_from_wire(await self._collections.DescribeCollection(request, **self._per_call()))
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
 
     async def drop_collection(self, name: str) -> None:
         try:
             await self._collections.DropCollection(pb.DropCollectionRequest(name=name), **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
 
     # Ingest
 
@@ -211,7 +211,7 @@ class AsyncClient:
                 yield IngestResult(reply.id, pb.StatusCode.Name(reply.code), reply.message)
             await writer
         except grpc.RpcError as e:
-            raise source_error() or _raise(e) from None
+            raise source_error() or _raise(e, self.server) from None
         except asyncio.CancelledError:
             error = source_error()
             if error is None:
@@ -242,7 +242,7 @@ class AsyncClient:
         try:
             reply = await self._images.Embed(request, **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return embeddings_from_reply(reply)
 
     # Search
@@ -271,7 +271,7 @@ class AsyncClient:
         try:
             reply = await self._images.Search(request, **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return hits_from_reply(reply, include_metadata, include_vectors)
 
     async def search(self, query: QueryLike, k: int = 10, **kwargs: Any) -> list[Hit]:
@@ -291,7 +291,7 @@ class AsyncClient:
         try:
             reply = await self._images.Get(request, **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return rows_from_reply(reply, vectors, metadata)
 
     async def delete(self, ids: Sequence[str], collection: str = "") -> int:
@@ -300,4 +300,4 @@ class AsyncClient:
         try:
             return (await self._images.Delete(request, **self._per_call())).deleted_count
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None

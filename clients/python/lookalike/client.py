@@ -23,6 +23,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
+from .no_server import call_details
+
 DEFAULT_SERVER = "localhost:50051"
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Images larger than this are uploaded in chunks of this size (the server joins them).
@@ -223,8 +225,9 @@ def _to_dict(message: struct_pb2.Struct, present: bool) -> dict[str, Any] | None
     return json_format.MessageToDict(message) if present else None
 
 
-def _raise(e: grpc.RpcError) -> LookalikeClientError:
-    return LookalikeClientError(e.code().name, e.details() or "")
+def _raise(e: grpc.RpcError, server: str) -> LookalikeClientError:
+    code = e.code().name
+    return LookalikeClientError(code, call_details(code, e.details() or "", server))
 
 
 def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
@@ -499,13 +502,13 @@ class Client:
         try:
             return _collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
 
     def list_collections(self) -> list[CollectionInfo]:
         try:
             reply = self._collections.ListCollections(pb.ListCollectionsRequest(), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return [_collection_from_wire(c) for c in reply.collections]
 
     def describe_collection(self, name: str = "") -> CollectionInfo:
@@ -513,13 +516,13 @@ class Client:
         try:
             return _collection_from_wire(self._collections.DescribeCollection(request, timeout=self.timeout))
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
 
     def drop_collection(self, name: str) -> None:
         try:
             self._collections.DropCollection(pb.DropCollectionRequest(name=name), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
 
     # Ingest
 
@@ -584,7 +587,7 @@ class Client:
                 break
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.ingest_retries:
-                    raise _raise(e) from None
+                    raise _raise(e, self.server) from None
                 with lock:
                     attempt += 1
                 time.sleep(min(2.0, 0.1 * 2**attempt))
@@ -606,7 +609,7 @@ class Client:
         try:
             reply = self._images.Embed(embed_request(images), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return embeddings_from_reply(reply)
 
     # Search
@@ -637,7 +640,7 @@ class Client:
         try:
             reply = self._images.Search(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return hits_from_reply(reply, include_metadata, include_vectors)
 
     def search(self, query: QueryLike, k: int = 10, **kwargs: Any) -> list[Hit]:
@@ -657,7 +660,7 @@ class Client:
         try:
             reply = self._images.Get(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
         return rows_from_reply(reply, vectors, metadata)
 
     def delete(self, ids: Sequence[str], collection: str = "") -> int:
@@ -666,4 +669,4 @@ class Client:
         try:
             return self._images.Delete(request, timeout=self.timeout).deleted_count
         except grpc.RpcError as e:
-            raise _raise(e) from None
+            raise _raise(e, self.server) from None
