@@ -111,6 +111,20 @@ void PixelsToTensor(const py::object& pixels_obj, const py::object& table_obj, c
                             static_cast<float*>(out.mutable_data()));
 }
 
+// k and threads as the top-k kernels take them, else ValueError.
+void CheckKAndThreads(int64_t k, int threads) {
+  if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
+  if (threads < 0) {
+    throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
+  }
+}
+
+lookalike::Metric ParseMetric(const std::string& name) {
+  if (name == "ip") return lookalike::Metric::kInnerProduct;
+  if (name == "l2") return lookalike::Metric::kSquaredL2;
+  throw py::value_error("metric must be 'ip' or 'l2', got '" + name + "'");
+}
+
 py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj,
                  const py::object& candidate_rows_obj, int64_t k, const std::string& metric_name,
                  bool reverse, int threads) {
@@ -130,18 +144,8 @@ py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj
     throw py::value_error("candidate_rows must have one row per query, Q = " + std::to_string(num_queries) +
                           ", got shape " + Shape(rows));
   }
-  if (k <= 0) throw py::value_error("k must be positive, got " + std::to_string(k));
-  if (threads < 0) {
-    throw py::value_error("threads must be >= 0 (0 = all cores), got " + std::to_string(threads));
-  }
-  lookalike::Metric metric;
-  if (metric_name == "ip") {
-    metric = lookalike::Metric::kInnerProduct;
-  } else if (metric_name == "l2") {
-    metric = lookalike::Metric::kSquaredL2;
-  } else {
-    throw py::value_error("metric must be 'ip' or 'l2', got '" + metric_name + "'");
-  }
+  CheckKAndThreads(k, threads);
+  const lookalike::Metric metric = ParseMetric(metric_name);
 
   const int64_t* row_data = rows.data();
   const int64_t total = num_queries * per_query;
@@ -167,11 +171,37 @@ py::tuple Rerank(const py::object& queries_obj, const py::object& candidates_obj
   return py::make_tuple(out_rows, out_scores);
 }
 
+py::tuple TopKShared(const py::object& queries_obj, const py::object& candidates_obj, int64_t k,
+                     const std::string& metric_name, bool reverse, int threads) {
+  auto queries = Contiguous<float>(CheckedArray<float>(queries_obj, "queries", 2, "(Q, D)"));
+  auto candidates = Contiguous<float>(CheckedArray<float>(candidates_obj, "candidates", 2, "(N, D)"));
+  const int64_t num_queries = queries.shape(0);
+  const int64_t dim = queries.shape(1);
+  const int64_t num_candidates = candidates.shape(0);
+  if (candidates.shape(1) != dim) {
+    throw py::value_error("candidates must have D = " + std::to_string(dim) + " columns like queries " +
+                          Shape(queries) + ", got shape " + Shape(candidates));
+  }
+  CheckKAndThreads(k, threads);
+  const lookalike::Metric metric = ParseMetric(metric_name);
+
+  IndexArray out_rows({num_queries, k});
+  FloatArray out_scores({num_queries, k});
+  int64_t* out_rows_data = out_rows.mutable_data();
+  float* out_scores_data = out_scores.mutable_data();
+  {
+    ReleaseGilForLongWork release(num_queries * num_candidates * dim);
+    lookalike::TopKShared(queries.data(), num_queries, candidates.data(), num_candidates, dim, k, metric,
+                          reverse, threads, out_rows_data, out_scores_data);
+  }
+  return py::make_tuple(out_rows, out_scores);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_native, m) {
-  m.doc() = "lookalike's native core: image tensors, row normalisation and exact re-ranking (C++; the GIL is "
-            "released for long work only).";
+  m.doc() = "lookalike's native core: image tensors, row normalisation, exact re-ranking and exact top-k over "
+            "shared candidates (C++; the GIL is released for long work only).";
   m.def("pixels_to_tensor", &PixelsToTensor, py::arg("pixels"), py::arg("table"), py::arg("out"),
         "Write an image's uint8 (height, width, 3) RGB pixels into out, a float32 (3, height, width) "
         "C-contiguous array: channel c's byte v becomes table[c, v] (table: float32 (3, 256)).");
@@ -184,4 +214,11 @@ PYBIND11_MODULE(_native, m) {
         "squared distance, best smallest) and return (rows int64 (Q, k), scores float32 (Q, k)), best "
         "first (worst first if reverse); equal scores rank the smaller row first, padding -1 is skipped, "
         "a short tail is row -1 / score NaN. threads: 0 = all cores.");
+  m.def("top_k_shared", &TopKShared, py::arg("queries"), py::arg("candidates"), py::arg("k"),
+        py::arg("metric") = "ip", py::arg("reverse") = false, py::arg("threads") = 0,
+        "Exact top-k of each query over every row of one shared candidate matrix: the same (rows int64 "
+        "(Q, k), scores float32 (Q, k)), bit for bit, as rerank listing every row for every query ('ip' "
+        "best largest, 'l2' squared distance best smallest, reverse = worst first, ties by smaller row, "
+        "a tail past N is row -1 / score NaN), without writing the (Q, N) score matrix. threads: 0 = all "
+        "cores.");
 }

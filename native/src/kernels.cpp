@@ -1,4 +1,5 @@
-// Row normalisation and exact re-ranking; see lookalike/kernels.h for the contracts.
+// Row normalisation, exact re-ranking and exact top-k over shared candidates; see lookalike/kernels.h
+// for the contracts.
 //
 // Scoring uses GCC/Clang vector types so that one template body compiles to SSE, AVX2+FMA or AVX-512
 // code; the build targets x86-64-v2, so the wider versions are compiled with target attributes and
@@ -69,6 +70,22 @@ LOOKALIKE_INLINE void Load(V& v, const float* p) {
   __builtin_memcpy(&v, p, sizeof(V));
 }
 
+// The sum of a vector's lanes as a halving tree (lane i + lane i + width/2, down to one): a few
+// shuffles and adds, where adding the lanes one by one is a chain of width dependent adds.
+LOOKALIKE_INLINE float SumLanes(const F4& a) { return (a[0] + a[2]) + (a[1] + a[3]); }
+LOOKALIKE_INLINE float SumLanes(const F8& a) {
+  F4 lo, hi;
+  __builtin_memcpy(&lo, &a, sizeof(F4));
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(F4), sizeof(F4));
+  return SumLanes(lo + hi);
+}
+LOOKALIKE_INLINE float SumLanes(const F16& a) {
+  F8 lo, hi;
+  __builtin_memcpy(&lo, &a, sizeof(F8));
+  __builtin_memcpy(&hi, reinterpret_cast<const char*>(&a) + sizeof(F8), sizeof(F8));
+  return SumLanes(lo + hi);
+}
+
 // out[g] = score(cand, queries[g]) for g < G: dot product, or squared distance if kL2.
 template <class V, int G, bool kL2>
 LOOKALIKE_INLINE void ScoreGroup(const float* cand, const float* const* queries, int64_t dim, float* out) {
@@ -97,9 +114,7 @@ LOOKALIKE_INLINE void ScoreGroup(const float* cand, const float* const* queries,
     }
   }
   for (int g = 0; g < G; ++g) {
-    const V a = acc[g][0] + acc[g][1];
-    float s = 0.0f;
-    for (int j = 0; j < kWidth; ++j) s += a[j];
+    float s = SumLanes(acc[g][0] + acc[g][1]);
     for (int64_t t = i; t < dim; ++t) {
       const float c = cand[t];
       const float x = q[g][t];
@@ -150,16 +165,122 @@ void ScoreRowL2Avx512(const float* c, const float* const* q, int64_t n, int64_t 
 }
 #endif
 
-// The widest scorer this CPU runs, chosen once per process so scores are reproducible within it.
+// The widest vector code this CPU runs, chosen once per process so scores are reproducible within it.
+enum class Isa { kBase, kAvx2, kAvx512 };
+
+Isa BestIsa() {
+#ifdef LOOKALIKE_X86
+  static const Isa isa = __builtin_cpu_supports("avx512f")                                   ? Isa::kAvx512
+                         : __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? Isa::kAvx2
+                                                                                            : Isa::kBase;
+  return isa;
+#else
+  return Isa::kBase;
+#endif
+}
+
 ScoreRowFn PickScoreRow(Metric metric) {
   const bool l2 = metric == Metric::kSquaredL2;
 #ifdef LOOKALIKE_X86
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  static const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (avx512) return l2 ? ScoreRowL2Avx512 : ScoreRowIpAvx512;
-  if (avx2) return l2 ? ScoreRowL2Avx2 : ScoreRowIpAvx2;
+  if (BestIsa() == Isa::kAvx512) return l2 ? ScoreRowL2Avx512 : ScoreRowIpAvx512;
+  if (BestIsa() == Isa::kAvx2) return l2 ? ScoreRowL2Avx2 : ScoreRowIpAvx2;
 #endif
   return l2 ? ScoreRowL2Base : ScoreRowIpBase;
+}
+
+// Tiles: a few queries x a few candidates scored together, so each vector loaded feeds several
+// multiply-adds. Every pair keeps ScoreGroup's two accumulators and order of operations, so its
+// score is the same bits as Rerank's. The tile fills the registers: 2 x 6 x 2 accumulators of the
+// 32 AVX-512 ones, 2 x 3 x 2 of the 16 AVX2/SSE ones.
+constexpr int kMaxTileQueries = 6;
+constexpr int kMaxTileCands = 3;
+
+// out[g * stride + j] = score(queries[g], cands[j]) for g < Q, j < C.
+template <class V, int Q, int C, bool kL2>
+LOOKALIKE_INLINE void ScoreTileT(const float* const* queries, const float* const* cands, int64_t dim, float* out,
+                                 int64_t stride) {
+  constexpr int64_t kWidth = sizeof(V) / sizeof(float);
+  const float* q[Q];
+  const float* c[C];
+  for (int g = 0; g < Q; ++g) q[g] = queries[g];
+  for (int j = 0; j < C; ++j) c[j] = cands[j];
+  V acc[Q][C][2] = {};
+  int64_t i = 0;
+  for (; i + 2 * kWidth <= dim; i += 2 * kWidth) {
+    for (int h = 0; h < 2; ++h) {
+      V cv[C];
+      for (int j = 0; j < C; ++j) Load(cv[j], c[j] + i + h * kWidth);
+      for (int g = 0; g < Q; ++g) {
+        V x;
+        Load(x, q[g] + i + h * kWidth);
+        // Held in a register: loaded once for its C multiply-adds, not folded into each of them.
+        __asm__("" : "+x"(x));
+        for (int j = 0; j < C; ++j) {
+          if (kL2) {
+            const V diff = cv[j] - x;
+            acc[g][j][h] += diff * diff;
+          } else {
+            acc[g][j][h] += cv[j] * x;
+          }
+        }
+      }
+    }
+  }
+  for (int g = 0; g < Q; ++g) {
+    for (int j = 0; j < C; ++j) {
+      float s = SumLanes(acc[g][j][0] + acc[g][j][1]);
+      for (int64_t t = i; t < dim; ++t) {
+        const float cj = c[j][t];
+        const float x = q[g][t];
+        s += kL2 ? (cj - x) * (cj - x) : cj * x;
+      }
+      out[g * stride + j] = s;
+    }
+  }
+}
+
+using ScoreTileFn = void (*)(const float* const* queries, const float* const* cands, int64_t dim, float* out,
+                             int64_t stride);
+
+struct TileScorer {
+  ScoreTileFn fn;
+  int queries;  // queries per tile, at most kMaxTileQueries
+  int cands;    // candidates per tile, at most kMaxTileCands
+};
+
+void ScoreTileIpBase(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
+  ScoreTileT<F4, 3, 2, false>(q, c, d, o, s);
+}
+void ScoreTileL2Base(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
+  ScoreTileT<F4, 3, 2, true>(q, c, d, o, s);
+}
+#ifdef LOOKALIKE_X86
+LOOKALIKE_TARGET("avx2,fma")
+void ScoreTileIpAvx2(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
+  ScoreTileT<F8, 3, 2, false>(q, c, d, o, s);
+}
+LOOKALIKE_TARGET("avx2,fma")
+void ScoreTileL2Avx2(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
+  ScoreTileT<F8, 3, 2, true>(q, c, d, o, s);
+}
+LOOKALIKE_TARGET("avx512f")
+void ScoreTileIpAvx512(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
+  ScoreTileT<F16, 6, 2, false>(q, c, d, o, s);
+}
+LOOKALIKE_TARGET("avx512f")
+void ScoreTileL2Avx512(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
+  ScoreTileT<F16, 6, 2, true>(q, c, d, o, s);
+}
+#endif
+
+// The tile scorer of the same width as PickScoreRow's, so both kernels give the same bits.
+TileScorer PickScoreTile(Metric metric) {
+  const bool l2 = metric == Metric::kSquaredL2;
+#ifdef LOOKALIKE_X86
+  if (BestIsa() == Isa::kAvx512) return {l2 ? ScoreTileL2Avx512 : ScoreTileIpAvx512, 6, 2};
+  if (BestIsa() == Isa::kAvx2) return {l2 ? ScoreTileL2Avx2 : ScoreTileIpAvx2, 3, 2};
+#endif
+  return {l2 ? ScoreTileL2Base : ScoreTileIpBase, 3, 2};
 }
 
 // Asks the memory system for a row we are about to score, so its fetch overlaps the current one.
@@ -355,6 +476,120 @@ void Rerank(const float* queries, int64_t num_queries, const float* candidates, 
   ParallelFor(0, num_queries, threads, [&](int64_t q, int) {
     WriteTopK(scored.data() + q * per_query, count[q], k, negate, out_rows + q * k, out_scores + q * k);
   });
+}
+
+// Work items are (block of queries, chunk of candidate rows). Inside one, candidate rows go in blocks
+// that stay in L2 while every group of tile.queries queries (in L1) sweeps them, one tile at a time,
+// into a tile.queries x block score buffer. Each query then keeps a running top-k of its chunk: the
+// scores not below its threshold (the worst of the best k so far) go into a list of up to k + max(k, 256),
+// cut back to the best k whenever it fills, so a score costs one comparison and a kept one amortised O(1).
+// A query's lists of every chunk are merged at the end; since (key, row) is a total order, the answer
+// depends neither on the chunking nor on the threads.
+void TopKShared(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
+                int64_t dim, int64_t k, Metric metric, bool reverse, int threads, int64_t* out_rows,
+                float* out_scores) {
+  if (num_queries <= 0 || k <= 0) return;
+  const bool negate = (metric == Metric::kSquaredL2) != reverse;
+  if (num_candidates <= 0) {
+    for (int64_t q = 0; q < num_queries; ++q) WriteTopK(nullptr, 0, k, negate, out_rows + q * k, out_scores + q * k);
+    return;
+  }
+  const TileScorer tile = PickScoreTile(metric);
+
+  // Blocks of about 256 KiB of candidates and up to 512 KiB of queries: both stay in L2 together.
+  const int64_t row_bytes = std::max<int64_t>(dim, 1) * static_cast<int64_t>(sizeof(float));
+  auto rows_in = [&](int64_t bytes, int64_t multiple, int64_t most) {
+    const int64_t rows = std::clamp<int64_t>(bytes / row_bytes, multiple, most);
+    return rows / multiple * multiple;
+  };
+  const int64_t block_rows = std::min(rows_in(int64_t{256} << 10, tile.cands, 1024), num_candidates);
+
+  // Threads pay off only when there is real work; below ~1M multiply-adds run inline. Several items
+  // per thread keep the threads busy to the end when the cores are shared: split the queries first
+  // (a chunk of candidates per item costs a merge), then the candidates.
+  threads = num_queries * num_candidates * std::max<int64_t>(dim, 1) < (int64_t{1} << 20) ? 1 : ResolveThreads(threads);
+  int64_t query_block = std::min(rows_in(int64_t{512} << 10, tile.queries, 256), num_queries);
+  if (threads > 1) {
+    const int64_t share = (num_queries + 2 * threads - 1) / (2 * threads);
+    query_block = std::min(query_block, (share + tile.queries - 1) / tile.queries * tile.queries);
+  }
+  const int64_t query_blocks = (num_queries + query_block - 1) / query_block;
+  const int64_t most_chunks = (num_candidates + block_rows - 1) / block_rows;
+  const int64_t chunks =
+      threads == 1 ? 1 : std::clamp<int64_t>((4 * threads + query_blocks - 1) / query_blocks, 1, most_chunks);
+  const int64_t chunk_rows = (num_candidates + chunks - 1) / chunks;
+  const int64_t keep = std::min(k, chunk_rows);  // the best `keep` of a chunk are all a query can need
+  const int64_t capacity = std::min(keep + std::max<int64_t>(keep, 256), chunk_rows);
+
+  std::vector<Scored> lists(chunks * num_queries * capacity);
+  std::vector<int64_t> sizes(chunks * num_queries, 0);
+  const int64_t stride = (block_rows + tile.cands - 1) / tile.cands * tile.cands;
+  std::vector<std::vector<float>> buffers(threads);
+
+  ParallelFor(0, query_blocks * chunks, threads, [&](int64_t item, int thread_id) {
+    const int64_t chunk = item % chunks;
+    const int64_t q_begin = item / chunks * query_block;
+    const int64_t q_end = std::min(num_queries, q_begin + query_block);
+    const int64_t r_begin = chunk * chunk_rows;
+    const int64_t r_end = std::min(num_candidates, r_begin + chunk_rows);
+    std::vector<float>& buffer = buffers[thread_id];
+    if (buffer.empty()) buffer.resize(kMaxTileQueries * stride);
+    // Each query's threshold: a key below it cannot enter that query's best `keep` (-inf until known).
+    std::vector<float> threshold(q_end - q_begin, -std::numeric_limits<float>::infinity());
+
+    for (int64_t b_begin = r_begin; b_begin < r_end; b_begin += block_rows) {
+      const int64_t b_end = std::min(r_end, b_begin + block_rows);
+      for (int64_t g_begin = q_begin; g_begin < q_end; g_begin += tile.queries) {
+        // A short group or tile repeats its last row; the extra scores are never read.
+        const float* group[kMaxTileQueries];
+        for (int g = 0; g < tile.queries; ++g) group[g] = queries + std::min(g_begin + g, q_end - 1) * dim;
+        for (int64_t j_begin = b_begin; j_begin < b_end; j_begin += tile.cands) {
+          const float* cands[kMaxTileCands];
+          for (int j = 0; j < tile.cands; ++j) cands[j] = candidates + std::min(j_begin + j, b_end - 1) * dim;
+          tile.fn(group, cands, dim, buffer.data() + (j_begin - b_begin), stride);
+        }
+        const int64_t group_size = std::min<int64_t>(tile.queries, q_end - g_begin);
+        for (int64_t g = 0; g < group_size; ++g) {
+          const int64_t slot = chunk * num_queries + g_begin + g;
+          Scored* list = lists.data() + slot * capacity;
+          int64_t size = sizes[slot];
+          float bar = threshold[g_begin + g - q_begin];  // locals: the list's stores cannot alias them
+          const float sign = negate ? -1.0f : 1.0f;
+          const float* scores = buffer.data() + g * stride;
+          for (int64_t r = b_begin; r < b_end; ++r) {
+            const float key = sign * scores[r - b_begin];
+            if (key < bar) continue;  // false for NaN keys: those go in, and sort last
+            if (size == capacity) {
+              std::nth_element(list, list + keep - 1, list + size, Before);
+              size = keep;
+              bar = list[keep - 1].key;
+              if (key < bar) continue;
+            }
+            list[size].key = key;
+            list[size].row = r;
+            ++size;
+          }
+          sizes[slot] = size;
+          threshold[g_begin + g - q_begin] = bar;
+        }
+      }
+    }
+  });
+
+  // Merge each query's lists (one per chunk) and write its top-k in order.
+  std::vector<std::vector<Scored>> merged(threads);
+  ParallelFor(0, num_queries, num_queries * chunks * capacity < (int64_t{1} << 16) ? 1 : threads,
+              [&](int64_t q, int thread_id) {
+                std::vector<Scored>& all = merged[thread_id];
+                all.clear();
+                for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+                  const int64_t slot = chunk * num_queries + q;
+                  const Scored* list = lists.data() + slot * capacity;
+                  all.insert(all.end(), list, list + sizes[slot]);
+                }
+                WriteTopK(all.data(), static_cast<int64_t>(all.size()), k, negate, out_rows + q * k,
+                          out_scores + q * k);
+              });
 }
 
 }  // namespace lookalike

@@ -394,6 +394,205 @@ def test_rerank_rejects_out_of_range_rows(bad: int) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# top_k_shared
+
+
+def _every_row(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """The candidate_rows that list every candidate for every query, as rerank takes them."""
+    return np.ascontiguousarray(np.broadcast_to(np.arange(len(candidates)), (len(queries), len(candidates))))
+
+
+# (Q, N, D): one query; a short last group of queries and of candidates; N below k; several candidate
+# blocks (256 KiB of rows each); a dim that leaves a scalar tail after the vector loop.
+SHARED_SHAPES = [(1, 50, 37), (7, 31, 16), (5, 4, 9), (13, 3000, 33), (10, 400, 300), (2, 1, 1)]
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["best-first", "worst-first"])
+@pytest.mark.parametrize("shape", SHARED_SHAPES, ids=lambda s: "Q{}-N{}-D{}".format(*s))
+def test_top_k_shared_matches_numpy_exactly(metric: str, reverse: bool, shape: tuple[int, int, int]) -> None:
+    q, n, d = shape
+    rng = np.random.default_rng(q * n + d)
+    queries = rng.integers(-3, 4, size=(q, d)).astype(np.float32)  # exact scores, many ties
+    candidates = rng.integers(-3, 4, size=(n, d)).astype(np.float32)
+    k = 7
+    got_rows, got_scores = _native.top_k_shared(queries, candidates, k, metric=metric, reverse=reverse)
+    want_rows, want_scores = _oracle(queries, candidates, _every_row(queries, candidates), k, metric, reverse)
+    assert got_rows.dtype == np.int64
+    assert got_scores.dtype == np.float32
+    assert got_rows.shape == got_scores.shape == (q, k)
+    np.testing.assert_array_equal(got_rows, want_rows)
+    np.testing.assert_array_equal(got_scores, want_scores.astype(np.float32))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["best-first", "worst-first"])
+@pytest.mark.parametrize("shape", [(8, 900, 1280, 50), (33, 2000, 100, 100), (3, 500, 1283, 600)],
+                         ids=lambda s: "Q{}-N{}-D{}-k{}".format(*s))
+def test_top_k_shared_gives_reranks_bits(metric: str, reverse: bool, shape: tuple[int, int, int, int]) -> None:
+    # The kernel that replaces rerank with every row listed must not change a single score or row.
+    q, n, d, k = shape
+    rng = np.random.default_rng(n + d)
+    queries = rng.standard_normal((q, d)).astype(np.float32)
+    candidates = rng.standard_normal((n, d)).astype(np.float32)
+    got = _native.top_k_shared(queries, candidates, k, metric=metric, reverse=reverse)
+    want = _native.rerank(queries, candidates, _every_row(queries, candidates), k, metric=metric, reverse=reverse)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_top_k_shared_scores_float_data_like_numpy(metric: str) -> None:
+    rng = np.random.default_rng(17)
+    queries = rng.standard_normal((9, 1280)).astype(np.float32)
+    candidates = rng.standard_normal((700, 1280)).astype(np.float32)
+    got_rows, got_scores = _native.top_k_shared(queries, candidates, 40, metric=metric)
+    want_rows, want_scores = _oracle(queries, candidates, _every_row(queries, candidates), 40, metric)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(got_rows, want_rows)  # no near-ties among Gaussian scores at this size
+    steps = np.diff(got_scores, axis=1)
+    assert (steps <= 0).all() if metric == "ip" else (steps >= 0).all()
+
+
+def test_top_k_shared_pads_the_tail_when_k_exceeds_the_candidates() -> None:
+    queries = np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    candidates = np.array([[2.0, 1.0], [1.0, 3.0], [3.0, -1.0]], dtype=np.float32)
+    got_rows, got_scores = _native.top_k_shared(queries, candidates, 5)
+    np.testing.assert_array_equal(got_rows, [[2, 0, 1, -1, -1], [1, 0, 2, -1, -1]])
+    np.testing.assert_array_equal(got_scores[:, :3], [[3.0, 2.0, 1.0], [3.0, 1.0, -1.0]])
+    assert np.isnan(got_scores[:, 3:]).all()
+    # l2 scores are squared distances, smallest first; reverse puts the farthest first.
+    got_rows, got_scores = _native.top_k_shared(queries, candidates, 4, metric="l2", reverse=True)
+    np.testing.assert_array_equal(got_rows, [[1, 2, 0, -1], [2, 1, 0, -1]])
+    np.testing.assert_array_equal(got_scores[:, :3], [[9.0, 5.0, 2.0], [13.0, 5.0, 4.0]])
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["best-first", "worst-first"])
+def test_top_k_shared_breaks_ties_by_smaller_row(metric: str, reverse: bool) -> None:
+    queries = np.array([[1.0, 2.0], [0.5, -1.0]], dtype=np.float32)
+    # Rows 1, 3, 4, 6 are the same vector, so they tie for every query; many copies of it make the
+    # ties straddle the kept list's cut-back and the chunks of a threaded run.
+    candidates = np.array(
+        [[9.0, 9.0], [1.0, 1.0], [-9.0, -9.0], [1.0, 1.0], [1.0, 1.0], [0.0, 7.0], [1.0, 1.0]],
+        dtype=np.float32,
+    )
+    got_rows, _ = _native.top_k_shared(queries, candidates, 7, metric=metric, reverse=reverse)
+    want_rows, _ = _oracle(queries, candidates, _every_row(queries, candidates), 7, metric, reverse)
+    np.testing.assert_array_equal(got_rows, want_rows)
+    # 3 x 5000 x 80 >= 2**20 multiply-adds: large enough to run threaded.
+    many = np.ones((5000, 80), dtype=np.float32)
+    many[[17, 4000]] = 9.0
+    queries = np.ones((3, 80), dtype=np.float32)
+    want_rows, _ = _oracle(queries, many, _every_row(queries, many), 300, metric, reverse)
+    for threads in (1, 2, 0):
+        got_rows, _ = _native.top_k_shared(queries, many, 300, metric=metric, reverse=reverse, threads=threads)
+        np.testing.assert_array_equal(got_rows, want_rows)
+
+
+def test_top_k_shared_accepts_non_contiguous_and_read_only_inputs() -> None:
+    rng = np.random.default_rng(6)
+    queries = rng.standard_normal((6, 48)).astype(np.float32)
+    candidates = rng.standard_normal((40, 48)).astype(np.float32)
+    expected = _native.top_k_shared(queries, candidates, 5, metric="l2")
+    wide_q = np.zeros((6, 96), dtype=np.float32)
+    wide_q[:, ::2] = queries
+    odd_inputs = (wide_q[:, ::2], np.asfortranarray(candidates))
+    assert not any(a.flags.c_contiguous for a in odd_inputs)
+    got = _native.top_k_shared(*odd_inputs, 5, metric="l2")
+    np.testing.assert_array_equal(got[0], expected[0])
+    np.testing.assert_array_equal(got[1], expected[1])
+    frozen = [a.copy() for a in (queries, candidates)]
+    for a in frozen:
+        a.flags.writeable = False
+    got = _native.top_k_shared(*frozen, 5, metric="l2")
+    np.testing.assert_array_equal(got[0], expected[0])
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("q", [24, 1], ids=["Q24", "Q1"])
+def test_top_k_shared_is_identical_for_any_thread_count(metric: str, q: int) -> None:
+    # Large enough (Q*N*D >= 2**20) to run threaded: the work splits into query blocks and candidate chunks.
+    rng = np.random.default_rng(10)
+    queries = rng.standard_normal((q, 384)).astype(np.float32)
+    candidates = rng.standard_normal((6000, 384)).astype(np.float32)
+    one = _native.top_k_shared(queries, candidates, 40, metric=metric, threads=1)
+    for threads in (2, 3, 8, 0):
+        many = _native.top_k_shared(queries, candidates, 40, metric=metric, threads=threads)
+        np.testing.assert_array_equal(many[0], one[0])
+        np.testing.assert_array_equal(many[1], one[1])
+    want = _native.rerank(queries, candidates, _every_row(queries, candidates), 40, metric=metric)
+    np.testing.assert_array_equal(one[0], want[0])
+
+
+def test_top_k_shared_is_safe_to_call_from_several_python_threads() -> None:
+    rng = np.random.default_rng(11)
+    queries = rng.standard_normal((16, 256)).astype(np.float32)
+    candidates = rng.standard_normal((3000, 256)).astype(np.float32)
+    expected = _native.top_k_shared(queries, candidates, 30, threads=2)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda _: _native.top_k_shared(queries, candidates, 30, threads=2), range(8)))
+    for got in results:
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+
+
+def test_top_k_shared_handles_empty_inputs() -> None:
+    got_rows, got_scores = _native.top_k_shared(np.empty((0, 4), np.float32), np.ones((3, 4), np.float32), 2)
+    assert got_rows.shape == got_scores.shape == (0, 2)
+    got_rows, got_scores = _native.top_k_shared(np.ones((2, 4), np.float32), np.empty((0, 4), np.float32), 2)
+    np.testing.assert_array_equal(got_rows, -1)
+    assert np.isnan(got_scores).all()
+    got_rows, got_scores = _native.top_k_shared(np.ones((2, 0), np.float32), np.ones((3, 0), np.float32), 2)
+    np.testing.assert_array_equal(got_rows, [[0, 1], [0, 1]])  # every score is 0: ties by row
+    np.testing.assert_array_equal(got_scores, 0.0)
+
+
+def test_top_k_shared_does_not_crash_on_nan_scores() -> None:
+    queries = np.array([[1.0, np.inf], [np.nan, 1.0]], dtype=np.float32)
+    candidates = np.array([[1.0, 0.0], [1.0, -1.0], [2.0, 1.0], [0.0, 0.0]] * 200, dtype=np.float32)
+    got_rows, _ = _native.top_k_shared(queries, candidates, 300)
+    for row in got_rows:
+        assert len(set(row.tolist())) == 300
+        assert ((row >= 0) & (row < 800)).all()
+
+
+def _shared_args() -> dict:
+    return {"queries": np.ones((2, 3), np.float32), "candidates": np.ones((4, 3), np.float32), "k": 2}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"queries": np.ones((2, 3), np.float64)}, "queries must have dtype float32, got float64"),
+        ({"candidates": np.ones((4, 3), np.float16)}, "candidates must have dtype float32, got float16"),
+        ({"candidates": np.ones((4, 3), np.int64)}, "candidates must have dtype float32, got int64"),
+        ({"queries": [[1.0, 2.0, 3.0]]}, "queries must be a numpy.ndarray of float32, got list"),
+    ],
+)
+def test_top_k_shared_rejects_wrong_dtypes(change: dict, message: str) -> None:
+    with pytest.raises(TypeError, match=message):
+        _native.top_k_shared(**{**_shared_args(), **change})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"queries": np.ones(3, np.float32)}, r"queries must be 2-D \(Q, D\), got shape \(3,\)"),
+        ({"candidates": np.ones((1, 4, 3), np.float32)}, r"candidates must be 2-D \(N, D\), got shape \(1, 4, 3\)"),
+        ({"candidates": np.ones((4, 5), np.float32)}, r"D = 3 columns like queries \(2, 3\), got shape \(4, 5\)"),
+        ({"k": 0}, "k must be positive, got 0"),
+        ({"k": -3}, "k must be positive, got -3"),
+        ({"metric": "cosine"}, "metric must be 'ip' or 'l2', got 'cosine'"),
+        ({"threads": -1}, "threads must be >= 0"),
+    ],
+)
+def test_top_k_shared_rejects_wrong_shapes_and_values(change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _native.top_k_shared(**{**_shared_args(), **change})
+
+
+# --------------------------------------------------------------------------------------------------
 # pixels_to_tensor
 
 

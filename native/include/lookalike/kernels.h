@@ -1,4 +1,5 @@
-// Plain C++ kernels for the lookalike hot path: image tensors, row normalisation and exact re-ranking.
+// Plain C++ kernels for the lookalike hot path: image tensors, row normalisation, exact re-ranking
+// and exact top-k over shared candidates.
 // No Python here: native/src/binding.cpp checks and converts arrays, then calls these.
 #pragma once
 
@@ -92,5 +93,16 @@ void PixelsToTensor(const uint8_t* pixels, int64_t height, int64_t width, const 
 void Rerank(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
             int64_t dim, const int64_t* candidate_rows, int64_t per_query, int64_t k, Metric metric,
             bool reverse, int threads, int64_t* out_rows, float* out_scores);
+
+// Exact top-k over one shared candidate matrix: for each of the num_queries queries (row-major,
+// num_queries x dim), scores every row of `candidates` (num_candidates x dim) and writes the best k,
+// best first (worst first if reverse), to out_rows / out_scores (num_queries x k each). The same
+// scores, bit for bit, order, ties (smaller row first) and padding (row -1, score NaN past
+// num_candidates) as Rerank with every row listed for every query, but blocked: tiles of queries x
+// candidates are scored from cache into a small buffer and each query keeps a running top-k, so
+// the num_queries x num_candidates score matrix is never written. threads: 0 = all hardware threads.
+void TopKShared(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
+                int64_t dim, int64_t k, Metric metric, bool reverse, int threads, int64_t* out_rows,
+                float* out_scores);
 
 }  // namespace lookalike
