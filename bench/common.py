@@ -233,8 +233,8 @@ def wait_for_port(port: int, process: ManagedProcess, timeout_s: float) -> None:
 
 
 def wait_serving(server: Any, timeout_s: float = 180.0) -> None:
-    """Waits until a `lookalike serve` (tests.conftest.ServerProcess) is SERVING; raises with its log's tail if
-    it exits first or takes longer."""
+    """Waits until a `lookalike serve` (lookalike_server.testing.ServerProcess) is SERVING; raises with its log's
+    tail if it exits first or takes longer."""
     from lookalike import Client
 
     deadline = time.monotonic() + timeout_s

@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 from lookalike import Client
-from tests.conftest import REPO, ServerProcess
+from lookalike_server.testing import ServerProcess
 from tests.photos import write_photos
 
+REPO = Path(__file__).resolve().parents[2]
 QUERY_PHOTO = "chelsea.jpg"
 
 
