@@ -23,12 +23,8 @@ from fiftyone.brain.internal.core.milvus import MilvusSimilarity, MilvusSimilari
 from PIL import Image
 
 from lookalike import Client
-from lookalike.fiftyone_brain import (
-    CONFIG_CLS,
-    LookalikeSimilarityConfig,
-    LookalikeSimilarityIndex,
-    register,
-)
+from lookalike.fiftyone_brain import LookalikeSimilarityConfig, LookalikeSimilarityIndex
+from lookalike.fiftyone_registration import CONFIG_CLS, register
 from tests.conftest import ServerProcess
 from tests.fiftyone.conftest import run_python
 
@@ -572,6 +568,23 @@ def test_register_merges_with_an_existing_brain_config(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not valid JSON"):
         register(broken)
     assert broken.read_text() == "{not json"
+
+
+def test_registering_again_with_the_autoload_in_place(tmp_path: Path) -> None:
+    """Registration imported first (as `lookalike fiftyone-register` does) while FiftyOne's config already loads
+    the autoload module: the backend it imports on the way imports the registration module back, complete."""
+    out = run_python(
+        "import json, sys\n"
+        "import lookalike.fiftyone_registration as registration\n"
+        f"registration.register({str(tmp_path / 'brain_config.json')!r})\n"
+        "import fiftyone.brain.similarity as fbs\n"
+        "print(json.dumps({'backend': 'lookalike.fiftyone_brain' in sys.modules,\n"
+        "    'patched': getattr(fbs.compute_similarity, '_lookalike', False)}))\n",
+        env={"FIFTYONE_MODULE_PATH": "lookalike.fiftyone_autoload"},
+    )
+    assert json.loads(out.strip().splitlines()[-1]) == {"backend": True, "patched": True}
+    assert json.loads((tmp_path / "brain_config.json").read_text())["similarity_backends"]["lookalike"] == {
+        "config_cls": CONFIG_CLS}
 
 
 CHILD_COMPUTE = (

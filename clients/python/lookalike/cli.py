@@ -141,16 +141,16 @@ def _collections(args: argparse.Namespace) -> int:
 
 def _fiftyone_register(args: argparse.Namespace) -> int:
     try:
-        from . import fiftyone_brain  # imports fiftyone: only for this command
+        from . import fiftyone_registration  # imports fiftyone: only for this command
     except ImportError as e:
         print(f"lookalike fiftyone-register: FiftyOne is not installed ({e}); pip install 'lookalike[fiftyone]'",
               file=sys.stderr)
         return 2
-    path = fiftyone_brain.register(Path(args.config) if args.config else None, server=args.server,
-                                   make_default=args.default)
+    path = fiftyone_registration.register(Path(args.config) if args.config else None, server=args.server,
+                                          make_default=args.default)
     print(f"registered the lookalike similarity backend in {path}")
     if args.autoload:
-        print(f"FiftyOne loads it at every import (module_path in {fiftyone_brain.register_autoload()})")
+        print(f"FiftyOne loads it at every import (module_path in {fiftyone_registration.register_autoload()})")
     return 0
 
 

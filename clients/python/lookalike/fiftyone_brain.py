@@ -4,7 +4,8 @@ The same Config / Similarity / Index triad as fiftyone-brain's Milvus backend, t
 gRPC API. With no `model` and no `embeddings`, `fob.compute_similarity(dataset, backend="lookalike")`
 streams each sample's image (or each object patch) to the server, which embeds and stores it.
 
-Register the backend once (`lookalike fiftyone-register`, or `register()` here), or with the environment:
+Register the backend once (`lookalike fiftyone-register`, or `register()` in lookalike.fiftyone_registration),
+or with the environment:
 `FIFTYONE_BRAIN_SIMILARITY_BACKENDS="*,lookalike"` and
 `FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_CONFIG_CLS=lookalike.fiftyone_brain.LookalikeSimilarityConfig`.
 """
@@ -13,29 +14,21 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
-import importlib.util
-import inspect
 import io
-import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import eta.core.utils as etau
-import fiftyone.brain as fb
 import fiftyone.brain.similarity as fbs
 import fiftyone.core.labels as fol
 import fiftyone.core.utils as fou
 import numpy as np
 from bson import ObjectId
-from fiftyone.brain.config import locate_brain_config
-from fiftyone.core.config import locate_config
 from PIL import Image
 
 from lookalike.client import (
@@ -51,11 +44,13 @@ from lookalike.client import (
     MeanOf,
     Text,
 )
+from lookalike.fiftyone_registration import BACKEND, install
+from lookalike.fiftyone_registration import CONFIG_CLS as CONFIG_CLS  # these three: importable here, as before
+from lookalike.fiftyone_registration import register as register
+from lookalike.fiftyone_registration import register_autoload as register_autoload
 
 logger = logging.getLogger(__name__)
 
-BACKEND = "lookalike"
-CONFIG_CLS = f"{__name__}.LookalikeSimilarityConfig"
 MAX_K = 16384  # the server's limit on k (and on offset + k)
 
 # FiftyOne's metric names -> lookalike's.
@@ -895,129 +890,6 @@ def _connect(config: LookalikeSimilarityConfig) -> Client:
     )
 
 
-# Registration and server-side embedding in `fob.compute_similarity`
-
-
-AUTOLOAD_MODULE = "lookalike.fiftyone_autoload"
-
-
-def register(config_path: Path | None = None, *, server: str | None = None, make_default: bool = False) -> Path:
-    """Adds the backend to FiftyOne's brain config file, keeping everything else in it; returns its path.
-
-    The file is ``FIFTYONE_BRAIN_CONFIG_PATH`` or ``~/.fiftyone/brain_config.json`` unless given.
-    """
-    path = Path(config_path) if config_path is not None else Path(locate_brain_config())
-    settings = _read_settings(path)
-    backends = settings.setdefault("similarity_backends", {})
-    if not isinstance(backends, dict):
-        raise ValueError(f"{path}: similarity_backends is not a JSON object")
-    entry = backends.setdefault(BACKEND, {})
-    entry["config_cls"] = CONFIG_CLS
-    if server is not None:
-        entry["server"] = server
-    if make_default:
-        settings["default_similarity_backend"] = BACKEND
-    _write_settings(path, settings)
-    return path
-
-
-def register_autoload(config_path: Path | None = None) -> Path:
-    """Adds the autoload module to FiftyOne's config `module_path`, so that every `import fiftyone` loads
-    this backend in time for `compute_similarity` with no model; returns the config file's path.
-
-    The file is ``FIFTYONE_CONFIG_PATH`` or ``~/.fiftyone/config.json`` unless given.
-    """
-    if importlib.util.find_spec(AUTOLOAD_MODULE) is None:
-        raise RuntimeError(f"{AUTOLOAD_MODULE} is not installed; FiftyOne would warn about it at every import")
-    path = Path(config_path) if config_path is not None else Path(locate_config())
-    settings = _read_settings(path)
-    modules = settings.get("module_path") or []
-    modules = [modules] if isinstance(modules, str) else list(modules)
-    if AUTOLOAD_MODULE not in modules:
-        modules.append(AUTOLOAD_MODULE)
-    settings["module_path"] = modules
-    _write_settings(path, settings)
-    return path
-
-
-def _read_settings(path: Path) -> dict[str, Any]:
-    text = path.read_text() if path.exists() else ""
-    try:
-        settings = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); fix or remove it, then register again") from None
-    if not isinstance(settings, dict):
-        raise ValueError(f"{path} is not a FiftyOne config file (expected a JSON object of settings)")
-    return settings
-
-
-def _write_settings(path: Path, settings: dict[str, Any]) -> None:
-    """Replaces the file atomically, keeping its permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        json.dump(settings, f, indent=4)
-        f.write("\n")
-    os.chmod(f.name, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-    os.replace(f.name, path)
-
-
-def _is_lookalike_backend(backend: Any, config_cls: Any) -> bool:
-    """Whether `compute_similarity(backend=...)` resolves to this backend."""
-    if backend is None:
-        backend = fb.brain_config.default_similarity_backend
-    cls = backend if inspect.isclass(backend) else config_cls
-    if cls is None:
-        cls = fb.brain_config.similarity_backends.get(backend, {}).get("config_cls")
-    if etau.is_str(cls):
-        try:
-            cls = etau.get_class(cls)
-        except (ImportError, AttributeError, ValueError):
-            return False
-    return inspect.isclass(cls) and issubclass(cls, LookalikeSimilarityConfig)
-
-
-def _server_side_compute_similarity(compute_similarity):
-    """Wraps fiftyone-brain's `compute_similarity`: with no model and no embeddings, the server embeds."""
-
-    @functools.wraps(compute_similarity)
-    def wrapper(samples, patches_field, roi_field, embeddings, brain_key, model, model_kwargs, force_square,
-                alpha, batch_size, num_workers, skip_failures, progress, backend, **kwargs):
-        server_embeds = (
-            model is None
-            and embeddings is None
-            and kwargs.get("embeddings_field") is None
-            and _is_lookalike_backend(backend, kwargs.get("config_cls"))
-        )
-        if not server_embeds:
-            return compute_similarity(
-                samples, patches_field, roi_field, embeddings, brain_key, model, model_kwargs, force_square,
-                alpha, batch_size, num_workers, skip_failures, progress, backend, **kwargs,
-            )
-        if roi_field is not None:
-            raise ValueError("roi_field needs a model on the client: pass model=... (the server embeds whole images "
-                             "or patches_field objects)")
-        # `embeddings=False` registers an empty index without FiftyOne's default model; then the server embeds.
-        results = compute_similarity(
-            samples, patches_field, roi_field, False, brain_key, None, model_kwargs, force_square, alpha,
-            batch_size, num_workers, skip_failures, progress, backend, **kwargs,
-        )
-        results.add_samples(
-            samples, patches_field=patches_field, force_square=force_square, alpha=alpha,
-            skip_failures=skip_failures, progress=progress,
-        )
-        return results
-
-    wrapper._lookalike = True
-    return wrapper
-
-
-def _install() -> None:
-    """Lets `fob.compute_similarity(..., backend="lookalike")` run without a model (idempotent)."""
-    if not getattr(fbs.compute_similarity, "_lookalike", False):
-        fbs.compute_similarity = _server_side_compute_similarity(fbs.compute_similarity)
-    backends = fb.brain_config.similarity_backends
-    if BACKEND not in backends:
-        backends[BACKEND] = {"config_cls": CONFIG_CLS}
-
-
-_install()
+# The import-time step: `compute_similarity` with no model embeds on the server, and the backend is registered
+# in this process's brain config (lookalike.fiftyone_registration; it imports nothing from here).
+install(LookalikeSimilarityConfig)
