@@ -28,8 +28,8 @@ def test_concurrent_callers_share_one_read_of_stale_settings(tmp_path):
         await pipeline.start()
         try:
             await pipeline.create_collection("shared", "ip", "HNSW", pipeline.model_name)
-            spec, _ = pipeline._specs["shared"]
-            pipeline._specs["shared"] = (spec, 0.0)  # as if read long ago: the next callers must read again
+            spec, _ = pipeline.catalog._specs["shared"]
+            pipeline.catalog._specs["shared"] = (spec, 0.0)  # as if read long ago: the next callers must read again
             reads.clear()
             # The first items of eight Ingest streams, 16 each, ask at once.
             specs = await asyncio.gather(*(pipeline.spec("shared") for _ in range(128)))

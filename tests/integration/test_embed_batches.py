@@ -14,7 +14,8 @@ from lookalike_server.embedder import Embedder
 from lookalike_server.errors import InvalidArgument
 from lookalike_server.imaging import image_to_tensor
 from lookalike_server.model_card import load_model_card
-from lookalike_server.pipeline import Pipeline, _EmbedJob
+from lookalike_server.pipeline import Pipeline
+from lookalike_server.pipeline.embedding import EmbedJob
 from lookalike_server.store import Store
 
 
@@ -34,11 +35,11 @@ def alone(pipeline: Pipeline, data: bytes) -> np.ndarray:
 def test_a_batch_embeds_bytes_and_tensors_and_fails_only_the_image_that_does_not_decode(pipeline, photos_dir):
     coffee, rocket = (photos_dir / "coffee.jpg").read_bytes(), (photos_dir / "rocket.jpg").read_bytes()
     jobs = [
-        _EmbedJob(image=coffee),
-        _EmbedJob(image=b"\xff\xd8\xff not a whole jpeg"),
-        _EmbedJob(tensor=image_to_tensor(rocket, pipeline.embedder.card)),
+        EmbedJob(image=coffee),
+        EmbedJob(image=b"\xff\xd8\xff not a whole jpeg"),
+        EmbedJob(tensor=image_to_tensor(rocket, pipeline.embedder.card)),
     ]
-    first, bad, third = pipeline._embed_batch(jobs)
+    first, bad, third = pipeline.embedding.embed_batch(jobs)
     assert isinstance(bad, InvalidArgument)
     np.testing.assert_allclose(first, alone(pipeline, coffee), atol=1e-5)
     np.testing.assert_allclose(third, alone(pipeline, rocket), atol=1e-5)
@@ -47,7 +48,7 @@ def test_a_batch_embeds_bytes_and_tensors_and_fails_only_the_image_that_does_not
 def test_on_a_cpu_inference_threads_decode_and_the_embedding_is_the_same_either_way(pipeline, photos_dir):
     names = ["chelsea.jpg", "coffee.jpg", "astronaut.jpg", "moon.jpg"]
     images = [(photos_dir / n).read_bytes() for n in names]
-    assert pipeline.decode_in_inference  # a CPU
+    assert pipeline.embedding.decode_in_inference  # a CPU
 
     async def embed_all() -> list[np.ndarray]:
         bulk = [pipeline.embed_image(data, BULK) for data in images]
@@ -57,14 +58,14 @@ def test_on_a_cpu_inference_threads_decode_and_the_embedding_is_the_same_either_
         await pipeline.start()
         try:
             in_inference = await embed_all()
-            assert not pipeline._decode_pool._threads  # no decoding thread was needed
-            pipeline.decode_in_inference = False  # as on a GPU: decoding threads feed inference
+            assert not pipeline.embedding.decode_pool._threads  # no decoding thread was needed
+            pipeline.embedding.decode_in_inference = False  # as on a GPU: decoding threads feed inference
             return in_inference, await embed_all()
         finally:
             await pipeline.close()
 
     in_inference, in_decoders = asyncio.run(main())
-    assert pipeline._decode_pool._threads
+    assert pipeline.embedding.decode_pool._threads
     np.testing.assert_allclose(np.stack(in_inference), np.stack(in_decoders), atol=1e-5)
     np.testing.assert_allclose(in_inference[0], in_inference[-1], atol=1e-5)  # bulk and interactive
     np.testing.assert_allclose(in_inference[1], alone(pipeline, images[1]), atol=1e-5)

@@ -14,7 +14,7 @@ from milvus_lite.storage.segment import Segment
 
 from lookalike_server.config import ServerConfig
 from lookalike_server.pipeline import rank_by_distance
-from lookalike_server.recall import OVERFETCH_STEPS, calibrate
+from lookalike_server.pipeline.calibration import OVERFETCH_STEPS, calibrate
 from lookalike_server.store import CollectionSpec, Store
 
 DIM = 16

@@ -32,7 +32,7 @@ from lookalike_server.config import METRICS, ServerConfig
 from lookalike_server.errors import InvalidArgument
 from lookalike_server.imaging import image_to_tensor
 from lookalike_server.model_card import load_model_card
-from lookalike_server.pipeline import Pipeline, check_id
+from lookalike_server.pipeline import check_id, vectors
 from lookalike_server.store import ID_MAX_BYTES, CollectionSpec
 
 FUZZ = settings(
@@ -435,8 +435,7 @@ def vectors_for(draw: st.DrawFn, spec: CollectionSpec) -> list[float] | np.ndarr
 
 
 def check_vector(values: object, spec: CollectionSpec) -> np.ndarray:
-    # _check_vector does not touch `self` (read pipeline.py): no server is needed to call it.
-    return Pipeline._check_vector(None, values, spec)  # type: ignore[arg-type]
+    return vectors.check_vector(values, spec)  # type: ignore[arg-type]
 
 
 def assert_query_vector(out: np.ndarray, sent: np.ndarray, spec: CollectionSpec) -> None:
@@ -481,7 +480,7 @@ def test_check_vector_normalises_extreme_float32_values(values):
 @FUZZ
 @given(st.data(), specs())
 def test_several_vectors_query_gives_a_good_vector_or_invalid_argument(data, spec):
-    """Query.vectors: each vector is checked, then the mean is taken (pipeline._query_vector)."""
+    """Query.vectors: each vector is checked, then the mean is taken (pipeline.search.Searcher._query_vector)."""
     many = data.draw(st.lists(vectors_for(spec), min_size=1, max_size=4))
     if data.draw(st.booleans()):
         many = [many[0]] * len(many)  # the same vector sent more than once
@@ -491,7 +490,7 @@ def test_several_vectors_query_gives_a_good_vector_or_invalid_argument(data, spe
         return
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = Pipeline._mean(None, checked, spec)  # type: ignore[arg-type]
+        out = vectors.mean_of(checked, spec)
     assert not caught, [str(w.message) for w in caught]
     assert out.dtype == np.float32 and out.shape == (spec.dimension,) and np.isfinite(out).all(), out
 
@@ -503,7 +502,7 @@ def test_mean_of_huge_vectors_is_refused_or_finite(metric):
     spec = CollectionSpec("fuzz", metric, "FLAT", "m", 1)
     checked = [check_vector([3e38], spec), check_vector([3e38], spec)]
     try:
-        out = Pipeline._mean(None, checked, spec)  # type: ignore[arg-type]
+        out = vectors.mean_of(checked, spec)
     except InvalidArgument:
         return
     assert np.isfinite(out).all(), out

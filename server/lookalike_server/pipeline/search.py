@@ -1,0 +1,241 @@
+"""Search: query vectors (given, stored, averaged or embedded), one plan from the calibrator, then Milvus'
+candidates ordered exactly, or an exact scan where no index serves."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import metrics
+from ..batcher import INTERACTIVE, MicroBatcher
+from ..config import MAX_K, QUANTIZED_INDEXES
+from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..expressions import ids_in
+from ..store import Candidate, CollectionSpec
+from .calibration import Calibrator
+from .catalog import Catalog
+from .embedding import Embedding
+from .ranking import VECTOR_REPLY_FLOATS, best_per_batch, queries_per_call, rank_by_distance, rerank
+from .store_calls import StoreCalls
+from .types import Hit, Query, SearchOptions
+from .vectors import check_vector, mean_of
+
+# Up to this many restrict_ids become an `id in [...]` filter on the index search; larger sets are searched
+# exactly by reading their vectors. bench/results/restrict_ids.json: at 50,000 ids the filter took 0.48 s
+# (Milvus Lite) and 2.9 s (standalone) against 13.1 s and 58.5 s for reading the set's vectors, and a tag
+# field or a temporary partition costs a rewrite of the set first (40-94 s).
+RESTRICT_FILTER_MAX_IDS = 100_000
+# Offset + k beyond Milvus' top-k limit pages through an exact scan, which keeps (offset + k) candidates per
+# query in memory: at most this many in all.
+MAX_PAGED_RESULTS = 1_000_000
+# Queries in one Milvus search call at most.
+MAX_QUERIES_PER_MILVUS_CALL = 128
+# A Milvus server takes one search call at a time per worker, up to this many at once; a second call starts
+# beside a running one only once SEARCH_OVERLAP_AT queries wait. A standalone call took about 15 ms whether it
+# held 4 or 12 queries, so waiting queries are better spent filling the next call (32 clients, 20,000 rows:
+# 845 QPS against 701 when every free worker started at once; bench/search.py has the figures).
+SEARCH_CALLS_IN_FLIGHT = 4
+SEARCH_OVERLAP_AT = 8
+
+
+@dataclass(frozen=True)
+class _SearchKey:
+    """Searches with equal keys can share one Milvus call."""
+
+    collection: str
+    index_type: str
+    limit: int
+    filter_expr: str
+    with_metadata: bool
+    effort: int
+    consistency: str
+    with_vectors: bool
+
+
+@dataclass
+class _SearchJob:
+    key: _SearchKey
+    spec: CollectionSpec
+    vectors: np.ndarray
+
+
+class Searcher:
+    def __init__(self, catalog: Catalog, embedding: Embedding, calls: StoreCalls, calibrator: Calibrator) -> None:
+        self.catalog = catalog
+        self.embedding = embedding
+        self.calls = calls
+        self.store = calls.store
+        self.calibrator = calibrator
+        # Concurrent searches with the same parameters share one Milvus call: Milvus Lite spends about
+        # 25 ms of Python per call whatever its size, so 32 queries in one call cost little more than one.
+        self._batcher: MicroBatcher[_SearchJob, list[list[Candidate]]] = MicroBatcher(
+            self._search_batch,
+            None,  # a coroutine: its Milvus calls are made from the event loop, or hop to the store pool
+            max_batch_size=MAX_QUERIES_PER_MILVUS_CALL,
+            max_queue_delay=0.0,
+            concurrency=1 if self.store.is_lite else SEARCH_CALLS_IN_FLIGHT,
+            overlap_at=SEARCH_OVERLAP_AT,
+            name="search-batcher",
+        )
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    # Query vectors
+
+    async def _stored_vectors(
+        self, spec: CollectionSpec, ids: Sequence[str], consistency: str
+    ) -> dict[str, np.ndarray]:
+        unique = list(dict.fromkeys(ids))
+        if self.store.aio is not None:
+            self.calls.check()
+            stored = await self.store.get_vectors_async(spec.name, unique, consistency)
+        else:
+            rows = await self.calls.call(self.store.get, spec.name, unique, True, False)
+            stored = {i: v for i, (v, _) in rows.items()}
+        missing = [i for i in ids if i not in stored]
+        if missing:
+            raise NotFound(f"id {missing[0]!r} is not in collection {spec.name!r}"
+                           + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        return stored
+
+    async def _query_vector(
+        self, q: Query, spec: CollectionSpec, stored: dict[str, np.ndarray], deadline: float | None
+    ) -> np.ndarray:
+        if q.id is not None:
+            return stored[q.id]
+        if q.ids is not None:
+            if not q.ids:
+                raise InvalidArgument("a query by several ids needs at least one id")
+            return mean_of([stored[i] for i in q.ids], spec)
+        if q.vector is not None:
+            return check_vector(q.vector, spec)
+        if q.vectors is not None:
+            if not q.vectors:
+                raise InvalidArgument("a query by several vectors needs at least one vector")
+            return mean_of([check_vector(v, spec) for v in q.vectors], spec)
+        if q.image is not None:
+            return await self.embedding.image_vector(q.image, spec, INTERACTIVE, deadline)
+        if q.text is not None:
+            raise FailedPrecondition(
+                f"model {self.embedding.model_name!r} has no text tower: search by image, vector or id instead"
+            )
+        raise InvalidArgument("a query needs a vector, image bytes, a stored id, ids or vectors")
+
+    async def _query_vectors(
+        self, spec: CollectionSpec, queries: Sequence[Query], consistency: str = "", deadline: float | None = None
+    ) -> np.ndarray:
+        wanted = [i for q in queries for i in ([q.id] if q.id is not None else list(q.ids or ()))]
+        stored = await self._stored_vectors(spec, wanted, consistency) if wanted else {}
+        if any(q.image is not None for q in queries):  # images are embedded concurrently
+            vectors = await asyncio.gather(*(self._query_vector(q, spec, stored, deadline) for q in queries))
+        else:  # nothing to wait for: no task per query
+            vectors = [await self._query_vector(q, spec, stored, deadline) for q in queries]
+        return np.stack(vectors).astype(np.float32, copy=False)
+
+    # Search
+
+    async def search(
+        self, collection: str, queries: Sequence[Query], options: SearchOptions, deadline: float | None = None
+    ) -> list[list[Hit]]:
+        """Top k per query: Milvus' approximate candidates, re-ranked exactly by the native core."""
+        if not 1 <= options.k <= MAX_K:
+            raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {options.k}")
+        if not queries:
+            raise InvalidArgument("a search needs at least one query")
+        if options.offset < 0 or (options.k + options.offset) * len(queries) > MAX_PAGED_RESULTS:
+            raise InvalidArgument(f"offset must be 0 or more, and (offset + k) x queries at most "
+                                  f"{MAX_PAGED_RESULTS:,}; got ({options.offset} + {options.k}) x {len(queries)}")
+        if not 0.0 <= options.min_recall <= 1.0:
+            raise InvalidArgument(f"min_recall must be between 0 and 1, got {options.min_recall}")
+        spec = await self.catalog.spec(collection)
+        vectors = await self._query_vectors(spec, queries, options.consistency, deadline)
+        self.calls.check()
+        want = options.k + options.offset
+        filter_expr = options.filter_expr
+        if options.restrict_ids and len(options.restrict_ids) <= RESTRICT_FILTER_MAX_IDS:
+            filter_expr = _and(ids_in(options.restrict_ids), filter_expr)
+        if len(options.restrict_ids) > RESTRICT_FILTER_MAX_IDS:
+            found = await self.calls.call(self._exact_over_ids, spec, vectors, want, options)
+        elif ((options.reverse and spec.metric == "l2") or want > MAX_K
+              or (spec.index_type in QUANTIZED_INDEXES and want * spec.dimension > 1.2 * VECTOR_REPLY_FLOATS)):
+            # No index finds the farthest points; Milvus returns at most MAX_K results, so deeper pages come
+            # from an exact scan; and so does a quantized index when k candidates' vectors alone would
+            # overflow a reply (k 16,384 at 1280-d).
+            found = await self.calls.call(self._exact_scan, spec, vectors, want, filter_expr, options)
+        else:
+            plan = self.calibrator.plan(spec, want, options.min_recall or spec.min_recall, bool(filter_expr))
+            if plan.exact:  # no effort reaches the recall target: an exact scan replaces the index
+                found = await self.calls.call(self._exact_scan, spec, vectors, want, filter_expr, options)
+            else:
+                # For inner product and cosine, the least similar to q are the most similar to -q.
+                probe = -vectors if options.reverse else vectors
+                with_vectors = spec.index_type in QUANTIZED_INDEXES or options.include_vectors
+                key = _SearchKey(spec.name, spec.index_type, plan.fetch, filter_expr, options.include_metadata,
+                                 plan.effort, options.consistency, with_vectors)
+                found = await self._batcher.submit(_SearchJob(key, spec, probe), INTERACTIVE)
+                if spec.index_type not in QUANTIZED_INDEXES:
+                    # Float indexes score candidates exactly already: merge and order Milvus' own scores.
+                    ranked = rank_by_distance(found, want, spec.metric, options.reverse)
+                    return [hits[options.offset :] for hits in ranked]
+        with metrics.RERANK_SECONDS.time():
+            ranked = rerank(vectors, found, want, spec.metric, options.reverse)
+        return [hits[options.offset :] for hits in ranked]
+
+    async def _search_batch(self, jobs: Sequence[_SearchJob]) -> list[list[list[Candidate]]]:
+        """One Milvus search per group of jobs with the same parameters."""
+        groups: dict[_SearchKey, list[int]] = {}
+        for position, job in enumerate(jobs):
+            groups.setdefault(job.key, []).append(position)
+        results: list[list[list[Candidate]]] = [[] for _ in jobs]
+        for key, positions in groups.items():
+            vectors = np.concatenate([jobs[p].vectors for p in positions])
+            # Milvus caps a reply and its work per call: at most MAX_RESULTS_PER_MILVUS_CALL hits, and
+            # VECTOR_REPLY_FLOATS when the hits carry their vectors.
+            step = queries_per_call(key.limit, jobs[positions[0]].spec.dimension, key.with_vectors)
+            found = []
+            for start in range(0, len(vectors), step):
+                args = (key.collection, jobs[positions[0]].spec, vectors[start : start + step], key.limit,
+                        key.filter_expr, key.with_metadata, key.effort, key.consistency, key.with_vectors)
+                if self.store.aio is not None:
+                    found += await self.store.search_async(*args)
+                else:
+                    found += await self.calls.call(self.store.search, *args)
+            start = 0
+            for p in positions:
+                count = len(jobs[p].vectors)
+                results[p] = found[start : start + count]
+                start += count
+        return results
+
+    def _exact_over_ids(
+        self, spec: CollectionSpec, vectors: np.ndarray, want: int, options: SearchOptions
+    ) -> list[list[Candidate]]:
+        """Exact top candidates among a large id set, read in chunks (runs on the store thread)."""
+        ids = list(dict.fromkeys(options.restrict_ids))
+
+        def batches() -> Iterator[tuple[list[str], np.ndarray, list[Any]]]:
+            for start in range(0, len(ids), 2000):
+                rows = self.store.get(spec.name, ids[start : start + 2000], True, options.include_metadata,
+                                      options.filter_expr)
+                if rows:
+                    keys = list(rows)
+                    yield keys, np.stack([rows[i][0] for i in keys]), [rows[i][1] for i in keys]
+        return best_per_batch(vectors, batches(), want, spec.metric, options.reverse)
+
+    def _exact_scan(
+        self, spec: CollectionSpec, vectors: np.ndarray, want: int, filter_expr: str, options: SearchOptions
+    ) -> list[list[Candidate]]:
+        batches = self.store.scan(spec.name, filter_expr, options.include_metadata)
+        return best_per_batch(vectors, batches, want, spec.metric, options.reverse)
+
+
+def _and(a: str, b: str) -> str:
+    return f"({a}) and ({b})" if a and b else a or b

@@ -1,0 +1,66 @@
+"""The one planning call of a search (pipeline/calibration.py: Calibrator.plan), from a calibration or without."""
+
+from __future__ import annotations
+
+import time
+
+from lookalike_server.pipeline.calibration import Calibration, Calibrator, default_effort
+from lookalike_server.pipeline.ranking import fetch_size
+from lookalike_server.store import CollectionSpec
+
+
+def _calibrator(spec: CollectionSpec, calibration: Calibration | None) -> Calibrator:
+    """A calibrator that holds `calibration` and is not due to check it (no store is called)."""
+    calibrator = Calibrator(store=None)  # type: ignore[arg-type]
+    key = (spec.name, round(spec.min_recall, 4))
+    calibrator._checked[key] = time.monotonic()
+    if calibration is not None:
+        calibrator._calibrations[key] = calibration
+    return calibrator
+
+
+def _calibration(**changes) -> Calibration:
+    fields = {"target": 0.99, "rows": 5000, "efforts": {10: 32, 100: 128}, "recalls": {10: 0.995, 100: 0.992},
+              "exact_reference": True, "measured_at": time.time()}
+    return Calibration(**{**fields, **changes})
+
+
+HNSW = CollectionSpec("h", "cosine", "HNSW", "", 8)
+IVF_PQ = CollectionSpec("p", "ip", "IVF_PQ", "", 8, {"nlist": 64})
+
+
+def test_flat_needs_no_plan_and_no_calibration():
+    plan = _calibrator(CollectionSpec("f", "ip", "FLAT", "", 8), None).plan(
+        CollectionSpec("f", "ip", "FLAT", "", 8), 10, 0.99, filtered=False)
+    assert (plan.exact, plan.effort, plan.fetch) == (False, 0, 10)
+
+
+def test_before_a_calibration_searches_use_the_generous_default():
+    plan = _calibrator(HNSW, None).plan(HNSW, 10, 0.99, filtered=False)
+    assert not plan.exact and plan.effort == default_effort(HNSW, 10) == 512
+
+
+def test_a_calibration_gives_the_effort_for_the_nearest_k_at_or_above():
+    calibrator = _calibrator(HNSW, _calibration())
+    assert calibrator.plan(HNSW, 10, 0.99, filtered=False).effort == 32
+    assert calibrator.plan(HNSW, 50, 0.99, filtered=False).effort == 128
+    assert calibrator.plan(HNSW, 200, 0.99, filtered=False).effort == 256  # scaled beyond the last k
+
+
+def test_a_filtered_search_keeps_at_least_the_generous_default():
+    assert _calibrator(HNSW, _calibration()).plan(HNSW, 10, 0.99, filtered=True).effort == 512
+
+
+def test_a_quantized_index_over_fetches_as_calibrated():
+    plan = _calibrator(IVF_PQ, _calibration(overfetch={10: 8, 100: 8})).plan(IVF_PQ, 10, 0.99, filtered=False)
+    assert plan.overfetch == 8 and plan.fetch == fetch_size(IVF_PQ, 10, 8) == 80
+
+
+def test_an_index_that_reaches_no_target_plans_an_exact_scan():
+    assert _calibrator(HNSW, _calibration(exact_fallback=True)).plan(HNSW, 10, 0.99, filtered=False).exact
+
+
+def test_another_recall_target_has_its_own_calibration():
+    calibrator = _calibrator(HNSW, _calibration())
+    calibrator._checked[(HNSW.name, 0.5)] = time.monotonic()
+    assert calibrator.plan(HNSW, 10, 0.5, filtered=False).effort == 512
