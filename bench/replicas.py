@@ -1,6 +1,6 @@
 """Replicas over one Milvus: Search QPS and ingest throughput through 1 and through 2 `lookalike serve` replicas.
 
-Everything runs here on loopback: one real Milvus standalone server (PyPI `milvus`, from `.venv-milvus`), two
+Everything runs here on loopback: one real Milvus standalone server (PyPI `milvus`, from lookalike[server]), two
 replicas started with `--milvus-uri` pointing at it, and the clients in this process (threads, one
 `lookalike.Client` each). Measured one phase after another, never overlapping:
 
@@ -16,7 +16,7 @@ Both replicas run during every phase; in the 1-replica phases B sits idle (its C
 Each phase reports who used the CPU while it ran, since on a 2-core machine the 32 client threads, both
 replicas and Milvus all share the same two cores.
 
-Run (after `make test` or `make milvus-standalone`, which install .venv-milvus; about 4 minutes):
+Run (after `make test` or `make setup`, which install lookalike[server]; about 4 minutes):
     .venv/bin/python bench/replicas.py [--vectors 20000] [--duration 20] [--write]
 --write also saves the JSON to bench/results/replicas.json.
 """
@@ -46,10 +46,9 @@ sys.path.insert(0, str(REPO / "bench"))
 from common import ManagedProcess, cores, free_port, installed_server, log, machine_info, percentiles, time_limit  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
-from lookalike_server.embedded_milvus.standalone import MilvusStandalone, available  # noqa: E402
+from lookalike_server.embedded_milvus.standalone import INSTALL, MilvusStandalone, available  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-MILVUS_VENV = REPO / ".venv-milvus"  # the PyPI `milvus` server package, apart (`make milvus-standalone`)
 VENV_BIN = Path(sys.executable).parent
 DIM = 1280
 K = 10
@@ -355,8 +354,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    if not available(MILVUS_VENV):
-        raise SystemExit("the Milvus standalone venv (.venv-milvus) is missing: run `make milvus-standalone`")
+    if not available():
+        raise SystemExit(f"the Milvus standalone server is missing: {INSTALL}")
     result: dict[str, Any] = {
         "benchmark": "replicas",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -383,7 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ingest_pool = unit_vectors(2000, seed=3)
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="lookalike-bench-replicas-") as tmp:
         workdir = Path(tmp)
-        milvus = MilvusStandalone(workdir / "milvus", MILVUS_VENV)
+        milvus = MilvusStandalone(workdir / "milvus")
         log("starting Milvus standalone")
         uri = milvus.start()
         stack.callback(milvus.stop)

@@ -55,7 +55,7 @@ def collection(client: Client, request: pytest.FixtureRequest) -> Iterator[str]:
 def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real Milvus standalone server (PyPI `milvus`), started and stopped here."""
     if not standalone.available():
-        pytest.skip("the Milvus standalone venv is missing: run `make milvus-standalone` (make test does)")
+        pytest.skip(f"the Milvus standalone server is missing: {standalone.INSTALL} (make test does)")
     server = standalone.MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"))
     started = time.monotonic()
     uri = server.start()

@@ -44,7 +44,7 @@ class ServerConfig:
     milvus_uri: str = setting("", "use this Milvus instead of an embedded one, e.g. http://host:19530")
     # The embedded Milvus when no URI is given: "lite" (Milvus Lite in this process), "lite-server" (Milvus
     # Lite as a child `milvus-lite server`), or "standalone" (the real Milvus standalone server of the PyPI
-    # package `milvus`, from milvus_standalone_venv, as a child process started and stopped by serve).
+    # package `milvus`, a dependency of lookalike[server], as a child process started and stopped by serve).
     # "auto": the store already holding data in data_dir; in a new data_dir, standalone when it is installed
     # (it serves large collections best: bench/results/search.json), Milvus Lite otherwise.
     milvus_embedded: str = setting(
@@ -54,7 +54,6 @@ class ServerConfig:
         "directory's data, else standalone when installed, else lite",
         choices=EMBEDDED_MILVUS,
     )
-    milvus_standalone_venv: str = setting(".venv-milvus", "venv with the PyPI package `milvus` (default .venv-milvus)")
     milvus_user: str = setting("", "Milvus user name")
     milvus_password: str = setting("", "Milvus password")
     milvus_token: str = setting("", "Milvus token (USER:PASSWORD, or an API key)")

@@ -186,7 +186,7 @@ def test_milvus_outage_fails_fast_turns_not_serving_and_recovers(engine, tmp_pat
     """Milvus stops (the `milvus-lite server`, or the real standalone server) and comes back on the same
     address with the same data: lookalike fails fast meanwhile and recovers without a restart."""
     if engine == "standalone" and not standalone.available():
-        pytest.skip("the Milvus standalone venv is missing: run `make milvus-standalone` (make test does)")
+        pytest.skip(f"the Milvus standalone server is missing: {standalone.INSTALL} (make test does)")
     milvus = (MilvusLiteServer(tmp_path / "milvus") if engine == "milvus-lite server"
               else standalone.MilvusStandalone(tmp_path / "milvus"))
     milvus.start()

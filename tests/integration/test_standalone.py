@@ -54,8 +54,7 @@ def test_serve_over_a_real_milvus_server(standalone_server, photos_dir, milvus_s
 def test_serve_manages_an_embedded_milvus_child(mode, tmp_path):
     """`--milvus-embedded` starts the child Milvus in the data directory, and SIGTERM stops it too; the
     default, auto, starts the standalone server in a new data directory when it is installed."""
-    venv = str(Path(".venv-milvus").resolve())
-    proc = ServerProcess(tmp_path, "--milvus-embedded", mode, "--milvus-standalone-venv", venv)
+    proc = ServerProcess(tmp_path, "--milvus-embedded", mode)
     mode = "standalone" if mode == "auto" else mode
     try:
         proc.wait_ready(timeout=180)
@@ -100,8 +99,7 @@ def _descendants(pid: int) -> list[int]:
 @pytest.mark.parametrize("mode", ["lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])
 def test_serve_restarts_a_crashed_embedded_milvus(mode, tmp_path):
     """kill -9 of the embedded Milvus: serve starts it again on the same data and address, and recovers."""
-    venv = str(Path(".venv-milvus").resolve())
-    proc = ServerProcess(tmp_path, "--milvus-embedded", mode, "--milvus-standalone-venv", venv)
+    proc = ServerProcess(tmp_path, "--milvus-embedded", mode)
     try:
         proc.wait_ready(timeout=180)
         vector = np.random.default_rng(1).standard_normal(1280).astype(np.float32)

@@ -1,58 +1,67 @@
-"""`--milvus-embedded auto`: the store already holding the data directory's data, else standalone if installed;
-and Milvus Lite only in the release the server is written for."""
+"""`--milvus-embedded auto`: the store already holding the data directory's data, else the standalone that
+lookalike[server] installs; and Milvus Lite only in the release the server is written for."""
 
 from __future__ import annotations
 
 import re
 from importlib import metadata
-from pathlib import Path
 
 import pytest
 
 from lookalike_server.config import ServerConfig
-from lookalike_server.embedded_milvus import choose_embedded_milvus, resolve_milvus
+from lookalike_server.embedded_milvus import choose_embedded_milvus, resolve_milvus, standalone
 from lookalike_server.errors import StartupError
 
 
-def _fake_milvus_venv(root: Path) -> Path:
-    """A folder shaped like a venv with the PyPI package `milvus` installed (what `available` looks for)."""
-    (root / "bin").mkdir(parents=True)
-    (root / "bin" / "python").touch()
-    package = root / "lib" / "python3.11" / "site-packages" / "milvus"
-    package.mkdir(parents=True)
-    (package / "__init__.py").touch()
-    return root
+def _standalone_installed(monkeypatch, installed: bool) -> None:
+    """Makes the PyPI package `milvus` look installed or not (it is a dependency of lookalike[server])."""
+    monkeypatch.setattr(standalone, "available", lambda: installed)
 
 
-def test_auto_picks_standalone_for_a_new_data_directory_when_installed(tmp_path):
-    venv = _fake_milvus_venv(tmp_path / "venv")
-    config = ServerConfig(data_dir=tmp_path / "data", milvus_standalone_venv=str(venv))
+def test_the_standalone_comes_with_the_server_install():
+    assert standalone.available(), "lookalike[server] depends on the PyPI package `milvus`"
+
+
+def test_auto_picks_standalone_for_a_new_data_directory_when_installed(tmp_path, monkeypatch):
+    _standalone_installed(monkeypatch, True)
+    config = ServerConfig(data_dir=tmp_path / "data")
     assert config.milvus_embedded == "auto"
     mode, why = choose_embedded_milvus(config)
-    assert mode == "standalone" and str(venv) in why
+    assert mode == "standalone" and "a new data directory" in why
 
 
-def test_auto_falls_back_to_lite_and_says_how_to_install_standalone(tmp_path):
-    config = ServerConfig(data_dir=tmp_path / "data", milvus_standalone_venv=str(tmp_path / "missing"))
-    mode, why = choose_embedded_milvus(config)
-    assert mode == "lite" and "make milvus-standalone" in why
+def test_auto_falls_back_to_lite_and_says_how_to_install_standalone(tmp_path, monkeypatch):
+    _standalone_installed(monkeypatch, False)
+    mode, why = choose_embedded_milvus(ServerConfig(data_dir=tmp_path / "data"))
+    assert mode == "lite" and "pip install 'lookalike[server]'" in why
 
 
-def test_auto_keeps_the_store_that_already_holds_the_data(tmp_path):
-    venv = _fake_milvus_venv(tmp_path / "venv")
+def test_auto_keeps_the_store_that_already_holds_the_data(tmp_path, monkeypatch):
+    _standalone_installed(monkeypatch, True)
     data = tmp_path / "data"
     data.mkdir()
     (data / "milvus.db").touch()
-    config = ServerConfig(data_dir=data, milvus_standalone_venv=str(venv))
+    config = ServerConfig(data_dir=data)
     assert choose_embedded_milvus(config)[0] == "lite", "an existing Milvus Lite store must not be hidden"
     (data / "milvus.db").unlink()
     (data / "milvus-lite-server").mkdir()
     assert choose_embedded_milvus(config)[0] == "lite-server"
+    (data / "milvus-lite-server").rmdir()
+    (data / "milvus-standalone").mkdir()
+    _standalone_installed(monkeypatch, False)
+    assert choose_embedded_milvus(config)[0] == "standalone", "and the standalone's, even when it went away"
 
 
 def test_a_named_store_is_used_as_configured(tmp_path):
-    config = ServerConfig(data_dir=tmp_path, milvus_embedded="lite", milvus_standalone_venv=str(tmp_path))
+    config = ServerConfig(data_dir=tmp_path, milvus_embedded="lite")
     assert choose_embedded_milvus(config) == ("lite", "as configured")
+
+
+def test_a_named_standalone_that_is_not_installed_says_what_to_install(tmp_path, monkeypatch):
+    _standalone_installed(monkeypatch, False)
+    config = ServerConfig(data_dir=tmp_path, milvus_embedded="standalone")
+    with pytest.raises(StartupError, match=r"needs the PyPI package `milvus`: pip install 'lookalike\[server\]'"):
+        resolve_milvus(config)
 
 
 def _installed_milvus_lite(monkeypatch, version: str | None) -> None:

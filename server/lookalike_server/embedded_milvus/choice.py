@@ -38,11 +38,10 @@ def choose_embedded_milvus(config: ServerConfig) -> tuple[str, str]:
     for mode, name in EMBEDDED_DATA.items():
         if (Path(config.data_dir) / name).exists():
             return mode, f"auto: {Path(config.data_dir) / name} holds this data directory's collections"
-    venv = Path(config.milvus_standalone_venv).resolve()
-    if standalone.available(venv):
-        return "standalone", f"auto: a new data directory, and Milvus standalone is installed in {venv}"
-    return "lite", (f"auto: Milvus standalone is not installed in {venv} (`make milvus-standalone` installs it; "
-                    "it serves large collections faster)")
+    if standalone.available():
+        return "standalone", "auto: a new data directory, and Milvus standalone (PyPI `milvus`) is installed"
+    return "lite", (f"auto: Milvus standalone is not installed ({standalone.INSTALL}; it serves large "
+                    "collections faster)")
 
 
 def start_embedded_milvus(config: ServerConfig) -> EmbeddedMilvus:
@@ -50,11 +49,9 @@ def start_embedded_milvus(config: ServerConfig) -> EmbeddedMilvus:
     os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
     if config.milvus_embedded == "lite-server":
         return MilvusLiteServer(Path(config.data_dir) / EMBEDDED_DATA["lite-server"])
-    venv = Path(config.milvus_standalone_venv).resolve()
-    if not standalone.available(venv):
-        raise StartupError(f"--milvus-embedded standalone needs the PyPI package `milvus` in {venv}: "
-                           f"run .ci/install-milvus-standalone.sh or pass --milvus-standalone-venv")
-    return standalone.MilvusStandalone(Path(config.data_dir).resolve() / EMBEDDED_DATA["standalone"], venv)
+    if not standalone.available():
+        raise StartupError(f"--milvus-embedded standalone needs the PyPI package `milvus`: {standalone.INSTALL}")
+    return standalone.MilvusStandalone(Path(config.data_dir).resolve() / EMBEDDED_DATA["standalone"])
 
 
 def require_milvus_lite() -> None:
