@@ -49,7 +49,8 @@ def installed_binaries(cache_root: Path = CACHE_ROOT) -> Path:
                 (bin_dir / CHECKED_MARKER).unlink(missing_ok=True)
             _check_loads(bin_dir)
     except OSError as e:
-        raise StartupError(f"cannot extract the Milvus standalone binaries of {packed} into {bin_dir}: {e}") from e
+        raise StartupError(f"cannot extract the Milvus standalone binaries of {packed} into {bin_dir} ({e}): it "
+                           "needs a writable home directory; or choose --milvus-embedded lite or --milvus-uri") from e
     return bin_dir
 
 
