@@ -26,7 +26,11 @@ Run (after `make setup`; FiftyOne, pymilvus and psutil in the same venv; takes a
     [--wait-quiet 900]  wait first for other work on the machine to finish (see "contention" in the JSON)
     [--soak-s 600]      re-ingest the same files for 10 minutes more and report whether the server's RSS stays flat
     [--fp16]            on a GPU: the network in float16, in model_only and in the server (serve --fp16)
---write also saves the JSON to bench/results/embedding.json (embedding-gpu[-fp16].json when a GPU provider is active).
+    [--int8]            on a CPU: also the int8 card (models/efficientnet-lite0-int8) beside the float32 one,
+                        model_only and ingest_e2e of each, in turns, and int8_over_float32 ratios ("int8")
+    [--int8-only]       that comparison alone, a shorter run (e.g. --n 1000 --batch-sizes 1,4,8 --ingest-rounds 1)
+--write also saves the JSON to bench/results/embedding.json (embedding-gpu[-fp16].json when a GPU provider is active,
+embedding-int8.json with --int8-only).
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ RESULTS = _BENCH / "results"
 VENV_BIN = Path(sys.executable).parent
 CPU_TARGETS = {"ingest_over_limit": 0.90, "ingest_over_fiftyone": 1.2}
 GPU_TARGETS = {"ingest_over_limit": 0.80, "ingest_over_fiftyone": 3.0}
+INT8_TARGETS = {"model_only": 1.6, "ingest_e2e": 1.3}  # int8 card / float32 card, images per second
+INT8_CARD = _BENCH.parent / "models" / "efficientnet-lite0-int8" / "card.toml"
 LATENCY_TARGET = 3.0  # p99 under ingest load / idle p99, at most
 RSS_TARGET_MB = 1536  # below, during the 8 streams
 SETTLE_S = 3.0  # pause after each probed ingest: its flush and recall calibration run in the background
@@ -303,10 +309,13 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path, gpu: b
             Path(args.server_log).write_bytes((work / "server.log").read_bytes())
 
 
-def _serve_command(server: str, work: Path, store: str, args: argparse.Namespace, gpu: bool) -> list[str]:
-    """`lookalike serve` on `server` with its data in work and Milvus Lite run as `store` (--milvus-embedded)."""
+def _serve_command(server: str, work: Path, store: str, args: argparse.Namespace, gpu: bool,
+                   card: Path | None = None) -> list[str]:
+    """`lookalike serve` on `server` with its data in work and Milvus Lite run as `store` (--milvus-embedded);
+    card: the model card to serve instead of the default."""
     return [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
-            "--milvus-embedded", store, *(["--fp16"] if args.fp16 else []), *(["--require-gpu"] if gpu else [])]
+            "--milvus-embedded", store, *(["--fp16"] if args.fp16 else []), *(["--require-gpu"] if gpu else []),
+            *(["--model-card", str(card)] if card else [])]
 
 
 def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args: argparse.Namespace, work: Path,
@@ -741,6 +750,106 @@ def bench_fiftyone(files: list[Path], batch_size: int, args: argparse.Namespace,
     return result
 
 
+# float32 against int8
+
+
+def bench_int8(files: list[Path], blobs: list[bytes], args: argparse.Namespace, work: Path) -> dict:
+    """model_only and ingest_e2e for the float32 card and the int8 card, side by side: each measurement of one
+    card is followed at once by the same measurement of the other, --int8-turns times, float32 and int8 first in
+    turn, so a drift of the machine's speed falls on both; each figure is the mean of its turns."""
+    from lookalike import Client
+    from lookalike_server.config import ServerConfig
+    from lookalike_server.imaging import image_to_tensor
+    from lookalike_server.model_card import DEFAULT_CARD, load_model_card
+
+    paths = {"float32": DEFAULT_CARD, "int8": Path(args.int8_card).resolve()}
+    cards = {name: load_model_card(path) for name, path in paths.items()}
+    max_pixels = ServerConfig().max_image_pixels
+    samples = {name: np.stack([image_to_tensor(b, card, max_pixels) for b in blobs[:32]])
+               for name, card in cards.items()}
+    turns = [(("float32", "int8"), ("int8", "float32"))[turn % 2] for turn in range(args.int8_turns)]
+    model_runs: dict[str, list[dict]] = {name: [] for name in cards}
+    for order in turns:
+        for name in order:
+            log(f"int8 comparison: model_only {name}")
+            model_runs[name].append(bench_model_only(cards[name], samples[name], args.batch_sizes, args.model_min_s))
+    ingest_runs: dict[str, list[dict]] = {name: [] for name in cards}
+    for turn, order in enumerate(turns):
+        for name in order:
+            server = f"127.0.0.1:{free_port()}"
+            folder = _mkdir(work / f"{name}-{turn}")
+            command = _serve_command(server, folder, args.store, args, False, paths[name])
+            with ManagedProcess(command, folder / "server.log") as proc, Client(server, timeout=60) as client:
+                _wait_ready(client, proc)
+                _idle_embeds(client, blobs[0], 10)  # warm-up, as before ingest_e2e
+                rounds = _ingest_rounds(server, client, proc.pid, files, args)
+                proc.stop()
+            ingest_runs[name].append(_rounds_summary(rounds, len(files)))
+            log(f"int8 comparison: ingest_e2e {name}: {ingest_runs[name][-1]['images_per_s']} img/s")
+
+    def mean(values: list[float]) -> float:
+        return round(sum(values) / len(values), 1)
+
+    out: dict[str, Any] = {}
+    for name, card in cards.items():
+        best = [r["images_per_s"] for r in model_runs[name]]
+        out[name] = {
+            "card": str(paths[name].relative_to(_BENCH.parent)) if paths[name].is_relative_to(_BENCH.parent)
+            else str(paths[name]),
+            "model": card.name,
+            "model_only": {"images_per_s": mean(best), "turns_images_per_s": best,
+                           "best": [{k: r[k] for k in ("best_batch_size", "best_layout")} for r in model_runs[name]],
+                           "by_layout_and_batch_size": [r["by_layout_and_batch_size"] for r in model_runs[name]],
+                           "cpu_ms_per_image_by_batch_size": [r["cpu_ms_per_image_by_batch_size"]
+                                                              for r in model_runs[name]]},
+            "ingest_e2e": {"images_per_s": mean([r["images_per_s"] for r in ingest_runs[name]]),
+                           "turns": ingest_runs[name]},
+        }
+    ratios = {phase: _ratio(out["int8"][phase]["images_per_s"], out["float32"][phase]["images_per_s"])
+              for phase in ("model_only", "ingest_e2e")}
+    # CPU time per image is far less disturbed by other work on the machine than images per second.
+    cpu_ms = {name: sum(r["cpu_ms_per_image_by_batch_size"][str(r["best_batch_size"])] for r in runs) / len(runs)
+              for name, runs in model_runs.items()}
+    ratios["model_only_cpu_ms_float32_over_int8"] = _ratio(cpu_ms["float32"], cpu_ms["int8"])
+    ratios["ingest_e2e_server_cpu_s_float32_over_int8"] = _ratio(
+        sum(r["cpu"]["watched_process_s"] for r in ingest_runs["float32"]),
+        sum(r["cpu"]["watched_process_s"] for r in ingest_runs["int8"]))
+    return {
+        **out,
+        "int8_over_float32": ratios,
+        "targets": {phase: _check(ratios[phase], ">=", target) for phase, target in INT8_TARGETS.items()},
+        "ratios_are": "int8_over_float32: images per second, int8 / float32; *_float32_over_int8: CPU time per image "
+                      "(model_only, at each card's best batch size) or the server's CPU seconds over the ingest, "
+                      "float32 / int8",
+        "how": "each card's model_only (every --batch-sizes, both CPU layouts, the best) and ingest_e2e (a fresh "
+               f"`lookalike serve --model-card` per card and turn, --milvus-embedded {args.store}, {args.streams} "
+               f"streams, the median of {args.ingest_rounds} rounds), in {args.int8_turns} turns, float32 and int8 "
+               "first in turn; each figure the mean of its turns",
+        "images": len(files),
+    }
+
+
+def run_int8_only(args: argparse.Namespace) -> dict:
+    """The float32 / int8 comparison alone (--int8-only): a shorter run than the whole benchmark."""
+    began = time.monotonic()
+    files = make_photos(Path(args.data), args.n, args.seed)
+    blobs = [p.read_bytes() for p in files]
+    with CpuMeter() as meter, tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
+        int8 = bench_int8(files, blobs, args, Path(tmp))
+    shares = round(meter.result["other_processes_s"] / meter.result["cpu_capacity_s"], 3)
+    return {
+        "benchmark": "embedding-int8",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "data": {"folder": args.data, "images": len(files), "size": f"{PHOTO_SIZE[0]}x{PHOTO_SIZE[1]}",
+                 "made_from": "crops, flips and rescalings of scikit-image's bundled photos"},
+        "int8": int8,
+        "contention": {"other_processes_cpu_share": shares, "quiet": shares <= QUIET_SHARE,
+                       "note": "share of the machine's CPU used by processes outside the benchmark over the run"},
+        "wall_s": round(time.monotonic() - began, 1),
+    }
+
+
 # The whole run
 
 
@@ -787,6 +896,7 @@ def run(args: argparse.Namespace) -> dict:
         limit = round((limit_before + limit_after) / 2, 1)
         baseline = None if args.skip_fiftyone else bench_fiftyone(
             files, model_only["best_batch_size"], args, _mkdir(work / "fiftyone"))
+        int8 = bench_int8(files, blobs, args, _mkdir(work / "int8")) if args.int8 and not gpu else None
 
     ingest = served["ingest"]["images_per_s"]
     fiftyone_rate = baseline["images_per_s"] if baseline else None
@@ -898,6 +1008,7 @@ def run(args: argparse.Namespace) -> dict:
         "server_soak": served.get("soak"),
         "server_startup_s": served["startup_s"],
         "ratios": ratios,
+        **({"int8": int8} if int8 else {}),
         "cpu_ms_per_image": cpu_per_image,
         "targets": checks,
         "contention": {
@@ -950,6 +1061,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-store-comparison", action="store_true",
                         help="leave out ingest_by_store's second server (with the other --store)")
     parser.add_argument("--fp16", action="store_true", help="on a GPU: the network in float16 (serve --fp16)")
+    parser.add_argument("--int8", action="store_true",
+                        help="on a CPU: also model_only and ingest_e2e of the int8 card beside the float32 one")
+    parser.add_argument("--int8-only", action="store_true",
+                        help="only that float32 / int8 comparison (a short run); --write saves embedding-int8.json")
+    parser.add_argument("--int8-card", default=str(INT8_CARD), help="the int8 card (default: the shipped one)")
+    parser.add_argument("--int8-turns", type=_at_least_one, default=2,
+                        help="measurements of each card in the int8 comparison, alternating (default 2)")
     parser.add_argument("--server-log", help="also copy the server's log to this file")
     parser.add_argument("--stage-timeout", type=float, default=900.0, help="longest one ingest or baseline may run")
     parser.add_argument("--timeout", type=float, default=3600.0, help="longest the whole benchmark may run")
@@ -981,12 +1099,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     wait_for_quiet(args.wait_quiet)
     with time_limit(args.timeout):
-        result = run(args)
+        result = run_int8_only(args) if args.int8_only else run(args)
     text = json.dumps(result, indent=2)
     print(text)
     if args.write:
         RESULTS.mkdir(exist_ok=True)
-        name = ("embedding-gpu" + ("-fp16" if args.fp16 else "")) if result["machine"]["gpu_path"] else "embedding"
+        if args.int8_only:
+            name = "embedding-int8"
+        else:
+            name = ("embedding-gpu" + ("-fp16" if args.fp16 else "")) if result["machine"]["gpu_path"] else "embedding"
         name += ".json"
         (RESULTS / name).write_text(text + "\n")
         log(f"wrote {RESULTS / name}")

@@ -75,6 +75,8 @@ class Embedder:
         if device == "tensorrt" and self.provider != "TensorrtExecutionProvider" and self.on_gpu:
             log.warning("--device tensorrt: TensorRT could not start (see ONNX Runtime's log); embedding with %s",
                         self.provider)
+        if self.on_gpu and "lookalike.quantization" in self.session.get_modelmeta().custom_metadata_map:
+            log.warning("model %s is int8, made for CPUs: on a GPU serve the float32 card (or --fp16)", card.name)
         if not self.on_gpu:
             if require_gpu:
                 raise StartupError(
