@@ -68,14 +68,15 @@ class Embedder:
                 f"--fp16 needs a GPU execution provider, and none is active (device {device}): on a CPU, "
                 "ONNX Runtime runs float16 networks through casts, slower than float32"
             )
-        self.precision = "float16" if fp16 else "float32"
+        quantized = "lookalike.quantization" in self.session.get_modelmeta().custom_metadata_map
+        self.precision = "float16" if fp16 else "int8" if quantized else "float32"
         if fp16 and self.provider == "CUDAExecutionProvider":
             # The CUDA provider runs a network in the precision it was saved in: convert it once, here.
             self.session = self._session(device, providers, fp16, model=float16_model(card))
         if device == "tensorrt" and self.provider != "TensorrtExecutionProvider" and self.on_gpu:
             log.warning("--device tensorrt: TensorRT could not start (see ONNX Runtime's log); embedding with %s",
                         self.provider)
-        if self.on_gpu and "lookalike.quantization" in self.session.get_modelmeta().custom_metadata_map:
+        if self.on_gpu and quantized:
             log.warning("model %s is int8, made for CPUs: on a GPU serve the float32 card (or --fp16)", card.name)
         if not self.on_gpu:
             if require_gpu:

@@ -41,6 +41,7 @@ def unit(rows: np.ndarray) -> np.ndarray:
 def test_int8_server_ingests_and_finds_photos(servers: dict[str, str], photos_dir: Path):
     with Client(servers["int8"]) as client:
         assert client.describe_collection("int8_default").model == MODELS["int8"]
+        assert client.describe_collection("int8_default").model_precision == "int8"
         client.create_collection("int8_photos", "cosine", "FLAT")
         try:
             assert client.describe_collection("int8_photos").model == MODELS["int8"]

@@ -197,7 +197,7 @@ class CollectionInfo:
     min_recall: float
     # k -> (effort, recall) as the server's recall calibration measured them.
     calibrations: dict[int, tuple[int, float]]
-    model_precision: str = "float32"  # "float16" where the server runs with --fp16
+    model_precision: str = "float32"  # "float16" with --fp16, "int8" with a quantized card
 
 
 # A query: an image path, image bytes, a vector, or a stored id.
