@@ -10,6 +10,7 @@ import importlib.util
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from PIL import Image
 from lookalike import Client
 from lookalike.fiftyone_brain import LookalikeSimilarityConfig, LookalikeSimilarityIndex
 from lookalike.fiftyone_registration import CONFIG_CLS, register
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 from tests.fiftyone.conftest import run_python
 
 DIM = 1280  # the server's model (EfficientNet-Lite0)
@@ -540,6 +541,29 @@ def test_token_and_tls_settings(vectors_dataset: fo.Dataset, server: ServerProce
                                server=server.address, secure=True)
     with pytest.raises(ValueError, match="Unsupported metric"):
         LookalikeSimilarityConfig(metric="manhattan")
+
+
+def test_loading_without_a_server_fails_at_load(vectors_dataset: fo.Dataset, server: ServerProcess) -> None:
+    """As FiftyOne's Milvus backend fails when it connects: at load_brain_results, naming the address and the fix,
+    not at the first search with a bare ConnectionError."""
+    embeddings = np.random.default_rng(4).standard_normal((300, DIM)).astype(np.float32)
+    index = fob.compute_similarity(vectors_dataset, embeddings=embeddings, brain_key="gone", backend="lookalike",
+                                   server=server.address)
+    nobody = f"127.0.0.1:{free_port()}"
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError) as caught:
+            vectors_dataset.load_brain_results("gone", cache=False, server=nobody)
+        assert time.monotonic() - started < 15
+        message = str(caught.value)
+        assert f"no lookalike server answers at {nobody} (brain run 'gone')" in message
+        assert "`lookalike serve`" in message and "FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_SERVER" in message
+        assert "--server" not in message  # the CLI's advice, not a FiftyOne user's
+        again = vectors_dataset.load_brain_results("gone", cache=False, server=server.address)
+        assert again.total_index_size == 300
+    finally:
+        index.cleanup()
+        vectors_dataset.delete_brain_run("gone")
 
 
 # Registration

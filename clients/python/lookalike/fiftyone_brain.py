@@ -262,9 +262,11 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         self._initialize()
 
     def _initialize(self) -> None:
+        # One call at creation and at `load_brain_results` alike, so that a missing server fails here, as
+        # FiftyOne's Milvus backend fails when it connects, not at the first search.
+        with self._errors():
+            names = [c.name for c in self._client.list_collections()]
         if self.config.collection_name is None:
-            with self._errors():
-                names = [c.name for c in self._client.list_collections()]
             root = "fiftyone_" + re.sub(r"[^0-9a-z]+", "_", fou.to_slug(self._samples._root_dataset.name)).strip("_")
             self.config.collection_name = _unique_name(root, names)
             self.save_config()
@@ -287,10 +289,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             yield
         except LookalikeClientError as e:
             if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                raise ConnectionError(
-                    f"lookalike server at {self.config.server} is not reachable ({e.details}); start one with "
-                    "`lookalike serve`, or pass server='HOST:PORT' (or set FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_SERVER)"
-                ) from None
+                raise ConnectionError(_unreachable(self.config.server, self.key, e.details)) from None
             if e.code in ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "ALREADY_EXISTS", "OUT_OF_RANGE"):
                 raise ValueError(f"lookalike server at {self.config.server}: {e.details}") from None
             raise
@@ -879,6 +878,18 @@ def _image_items(
                 yield label_id, buffer.getvalue(), {"sample_id": sample_id}
 
     return sum(len(b) for b in boxes), crops(), failures
+
+
+def _unreachable(server: str, brain_key: str | None, details: str) -> str:
+    """What a FiftyOne user reads when the server does not answer: where it was looked for, how to fix it."""
+    said = details.split("gRPC said: ", 1)[-1]  # the client's own advice names CLI flags: keep gRPC's words only
+    run = f" (brain run {brain_key!r})" if brain_key else ""
+    return (
+        f"no lookalike server answers at {server}{run}: start one with `lookalike serve`, or point to a running "
+        "one with server='HOST:PORT' (in compute_similarity or load_brain_results), the environment variable "
+        "FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_SERVER, or 'server' under similarity_backends.lookalike in "
+        f"FiftyOne's brain config. gRPC said: {said}"
+    )
 
 
 def _connect(config: LookalikeSimilarityConfig) -> Client:
