@@ -154,6 +154,27 @@ def test_brain_runs_are_listed_renamed_and_reloaded_in_a_new_process(
     }
 
 
+def test_milvus_guide_recipe_to_its_last_line(
+    dataset: fo.Dataset, server: ServerProcess, lookalike_client: Client
+) -> None:
+    """Milvus' guide "Conduct Vision Searches with Milvus and FiftyOne" as written, the backend's name changed:
+    it ends with `milvus_index.delete()`, which drops the collection as cleanup() does."""
+    milvus_index = fob.compute_similarity(dataset, brain_key="milvus_index", backend="lookalike",
+                                          server=server.address)
+    query = dataset.first().id
+    view = dataset.sort_by_similarity(query, brain_key="milvus_index", k=10)
+    assert view.first().id == query and len(view) == 10
+    name = milvus_index.config.collection_name
+    assert name in [c.name for c in lookalike_client.list_collections()]
+
+    milvus_index.delete()
+
+    assert name not in [c.name for c in lookalike_client.list_collections()]
+    assert milvus_index.total_index_size == 0
+    dataset.delete_brain_run("milvus_index")
+    assert dataset.list_brain_runs() == []
+
+
 def test_failures_are_reported_per_sample_and_the_rest_stored(
     dataset: fo.Dataset, server: ServerProcess, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

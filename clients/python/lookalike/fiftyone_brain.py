@@ -340,6 +340,12 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
                     raise
         self._forget_neighbors()
 
+    def delete(self) -> None:
+        """Drops the collection from the server, as `cleanup()` does: the last step of Milvus' guide "Conduct
+        Vision Searches with Milvus and FiftyOne" (`milvus_index.delete()`), which no FiftyOne backend has.
+        The brain run stays on the dataset: `dataset.delete_brain_run(key)` removes it."""
+        self.cleanup()
+
     # Adding and removing
 
     def add_to_index(
