@@ -21,7 +21,7 @@ Everything runs here on loopback, started and stopped by this script:
                    ingest rate, single-query latency, 32 queries per call (search_many) QPS, 32-client QPS.
 
 Run (about 40 minutes with the defaults on 2 shared cores: native 0.5, lite 29, lite-server 2, standalone 7; the
-standalone parts need .venv-milvus, made by `make test` or `make milvus-standalone`):
+standalone parts use the Milvus standalone that lookalike[server] installs):
     .venv/bin/python bench/search.py [--rows 50000] [--scaling 10000x1280,100000x1280] [--write]
     .venv/bin/python bench/search.py --blocks standalone --merge earlier.json --write   # redo one part
 A scaling point of another dimension (e.g. 1000000x256) serves vectors through a copy of the model card

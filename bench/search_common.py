@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 MODEL_CARD = REPO / "models" / "efficientnet-lite0" / "card.toml"
 
-STANDALONE_VENV = REPO / ".venv-milvus"
 
 QPS_K = 10
 

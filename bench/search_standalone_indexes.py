@@ -11,7 +11,6 @@ from typing import Any
 
 from common import log
 from search_common import (
-    STANDALONE_VENV,
     Cap,
     log_findings,
     lookalike_serve,
@@ -33,11 +32,11 @@ def standalone_indexes_block(args: argparse.Namespace, workdir: Path, result: di
                              clusters_holder: list[Clusters]) -> None:
     """The index types a Milvus server adds (IVF_PQ, ScaNN) on the real standalone: recall and latency on both
     data sets, measured as the Lite matrix is (after the server's calibration, which waits for the index)."""
-    if not standalone.available(STANDALONE_VENV):
+    if not standalone.available():
         result["recall_latency_standalone_server_indexes"] = {
-            "skipped": f"{STANDALONE_VENV} has no `milvus` package (make milvus-standalone)"}
+            "skipped": f"the Milvus standalone server is missing: {standalone.INSTALL}"}
         return
-    milvus = standalone.MilvusStandalone(workdir / "standalone-indexes", venv=STANDALONE_VENV)
+    milvus = standalone.MilvusStandalone(workdir / "standalone-indexes")
     log("[standalone-indexes] starting Milvus standalone")
     uri = milvus.start()
     try:
