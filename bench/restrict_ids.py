@@ -27,8 +27,8 @@ HNSW searches lose recall at a low ef), with Session consistency on the standalo
 what a call sends to Milvus and what Milvus sends back.
 
 Run (about 25 minutes on 2 shared cores as below; Milvus Lite at 100,000 rows does not fit: its ingest, reads
-by id and writes run at a few hundred rows a second there; the standalone part needs .venv-milvus, made by
-`make test` or `make milvus-standalone`):
+by id and writes run at a few hundred rows a second there; the standalone part needs the `milvus` package that
+`pip install "lookalike[server]"` (and `make test`) installs):
     .venv/bin/python bench/restrict_ids.py --write   # 100,000 rows on the standalone, 50,000 on Milvus Lite
     .venv/bin/python bench/restrict_ids.py --rows 5000 --lite-rows 0 --sizes 100,1000,2500   # a quick check
     .venv/bin/python bench/restrict_ids.py --summarize bench/results/restrict_ids.json   # redo the summary only
@@ -60,14 +60,13 @@ sys.path.insert(0, str(REPO))
 from common import installed_server, log, machine_info, percentiles, time_limit, wait_serving  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
-from lookalike_server import milvus_standalone  # noqa: E402
+from lookalike_server.embedded_milvus import standalone  # noqa: E402
 from lookalike_server.expressions import ids_in  # noqa: E402
-from lookalike_server.pipeline import RESTRICT_FILTER_MAX_IDS  # noqa: E402
+from lookalike_server.pipeline.search import RESTRICT_FILTER_MAX_IDS  # noqa: E402
 from lookalike_server.store import GET_CHUNK  # noqa: E402
-from tests.conftest import ServerProcess  # noqa: E402
+from lookalike_server.testing import ServerProcess  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-STANDALONE_VENV = REPO / ".venv-milvus"
 DIM = 1280  # the shipped model's (EfficientNet-Lite0) dimension: vectors go in as they are
 COLLECTION = "restrict_bench"
 TAG = "q1"
@@ -538,7 +537,7 @@ def store_block(store: str, args: argparse.Namespace, workdir: Path, vectors: np
     cells: dict[str, dict[str, Any]] = {str(size): {} for size in sets}
     out["cells"] = cells
     started = time.monotonic()
-    milvus: milvus_standalone.MilvusStandalone | None = None
+    milvus: standalone.MilvusStandalone | None = None
     try:
         if store == "lite":
             data_dir = workdir / "lite-data"
@@ -547,7 +546,7 @@ def store_block(store: str, args: argparse.Namespace, workdir: Path, vectors: np
             out["milvus"] = ("Milvus Lite in lookalike's process (--milvus-embedded lite) for (a); the same milvus.db "
                              "opened in this process with pymilvus after the server stopped for (b)-(d)")
         else:
-            milvus = milvus_standalone.MilvusStandalone(workdir / "standalone", venv=STANDALONE_VENV)
+            milvus = standalone.MilvusStandalone(workdir / "standalone")
             uri = milvus.start()
             out["milvus"] = ("Milvus standalone 2.3.5 (PyPI `milvus`, started here); lookalike serve --milvus-uri "
                              f"for (a), pymilvus on the same server for (b)-(d); up in {milvus.start_seconds:.1f} s")
@@ -714,8 +713,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="lookalike-restrict-"))
     try:
         for store in args.stores:
-            if store == "standalone" and not milvus_standalone.available(STANDALONE_VENV):
-                stores[store] = {"skipped": f"{STANDALONE_VENV} has no `milvus` package (make milvus-standalone)"}
+            if store == "standalone" and not standalone.available():
+                stores[store] = {"skipped": f"the Milvus standalone is not installed: {standalone.INSTALL}"}
                 continue
             if deadline.short():
                 stores[store] = {"skipped": "out of time"}
