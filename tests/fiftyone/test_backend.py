@@ -444,6 +444,62 @@ def test_same_results_as_fiftyone_milvus_backend(
         theirs.cleanup()
 
 
+@pytest.fixture
+def shared_milvus_server(milvus_lite_uri: str, tmp_path: Path) -> Iterator[ServerProcess]:
+    """A lookalike server over the `milvus-lite server` that FiftyOne's Milvus backend uses too."""
+    proc = ServerProcess(tmp_path / "serve", "--milvus-uri", milvus_lite_uri)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.mark.filterwarnings("ignore:.*is an ORM-style PyMilvus API:FutureWarning")  # in FiftyOne's backend
+def test_collection_names_do_not_clash_with_fiftyone_milvus_backend(
+    vectors_dataset: fo.Dataset, shared_milvus_server: ServerProcess, milvus_lite_uri: str
+) -> None:
+    """One Milvus, both backends, one dataset: FiftyOne's names its collection `fiftyone_<dataset>`, ours take a
+    lookalike prefix, and a name Milvus holds outside lookalike (hidden from lookalike's listing) is never used."""
+    ds = vectors_dataset
+    ds.name = "shared-milvus"
+    embeddings = unit(np.random.default_rng(6).standard_normal((300, DIM))).astype(np.float32)
+    ids = ds.values("id")
+    theirs = fob.compute_similarity(ds, embeddings=embeddings, brain_key="milvus", backend="milvus",
+                                    uri=milvus_lite_uri)
+    squatter = fob.compute_similarity(ds, embeddings=embeddings[:, :64], brain_key="squatter", backend="milvus",
+                                      uri=milvus_lite_uri, collection_name="lookalike_fiftyone_shared_milvus")
+    server = shared_milvus_server.address
+    ours = fob.compute_similarity(ds, embeddings=embeddings, brain_key="ours", backend="lookalike", server=server)
+    again = None
+    try:
+        assert theirs.config.collection_name == "fiftyone_shared_milvus"
+        assert ours.config.collection_name == "lookalike_fiftyone_shared_milvus_2"
+        assert ds.get_brain_info("ours").config.collection_name == "lookalike_fiftyone_shared_milvus_2"
+        assert ours.total_index_size == theirs.total_index_size == 300
+        query = ids[7]
+        expected = exact_top(embeddings, ids, embeddings[7], 5)
+        assert ds.sort_by_similarity(query, brain_key="ours", k=5).values("id") == expected
+        assert ds.sort_by_similarity(query, brain_key="milvus", k=5).values("id")[0] == query
+        assert squatter.total_index_size == 300  # untouched
+
+        # A run that recorded a name keeps it (loaded, or one chosen by an earlier version of this backend).
+        loaded = ds.load_brain_results("ours", cache=False)
+        assert loaded.config.collection_name == "lookalike_fiftyone_shared_milvus_2"
+        again = fob.compute_similarity(ds, embeddings=embeddings, brain_key="again", backend="lookalike",
+                                       server=server)
+        assert again.config.collection_name == "lookalike_fiftyone_shared_milvus_3"
+        # A name the user gives that Milvus holds outside lookalike: a clear error, nothing renamed.
+        with pytest.raises(ValueError, match=r"'fiftyone_shared_milvus' already exists.*lookalike did not create"):
+            fob.compute_similarity(ds, embeddings=embeddings, brain_key="given", backend="lookalike", server=server,
+                                   collection_name="fiftyone_shared_milvus")
+        assert theirs.total_index_size == 300
+    finally:
+        for index in (ours, again, theirs, squatter):
+            if index is not None:
+                index.cleanup()
+
+
 # Object patches, cropped on the client and embedded on the server
 
 

@@ -61,6 +61,9 @@ CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
 _QUERIES_PER_CALL = 256  # queries in one Search call (fewer when k is large)
 _HITS_PER_CALL = 8192  # queries x k in one Search call: the server reads every candidate's vector from Milvus
 _IDS_PER_CALL = 1000  # ids in one Get or Delete call
+_NAME_TRIES = 100  # names tried when Milvus holds collections lookalike cannot see
+# New runs' collections: FiftyOne's Milvus backend names its own `fiftyone_<dataset>` on a Milvus both may share.
+COLLECTION_PREFIX = "lookalike_fiftyone_"
 _FIRST_NEIGHBORS = 2  # the first k of a neighbour search by id: the id itself and its nearest neighbour
 
 
@@ -69,7 +72,7 @@ class LookalikeSimilarityConfig(fbs.SimilarityConfig):
 
     Args:
         collection_name (None): the lookalike collection to use or create; by default a new one named
-            after the dataset
+            ``lookalike_fiftyone_<dataset>`` (``_2``, ``_3``... when taken, in lookalike or in Milvus itself)
         metric ("cosine"): ``"cosine"``, ``"dotproduct"`` or ``"euclidean"`` (lookalike's cosine, ip, l2)
         index_type (None): ``"FLAT"``, ``"HNSW"``, ``"IVF_FLAT"``, ``"IVF_SQ8"``, or on a Milvus server
             ``"IVF_PQ"`` or ``"SCANN"``; None is the server's default
@@ -266,9 +269,10 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         # FiftyOne's Milvus backend fails when it connects, not at the first search.
         with self._errors():
             names = [c.name for c in self._client.list_collections()]
-        if self.config.collection_name is None:
-            root = "fiftyone_" + re.sub(r"[^0-9a-z]+", "_", fou.to_slug(self._samples._root_dataset.name)).strip("_")
-            self.config.collection_name = _unique_name(root, names)
+        self._name_is_ours = self.config.collection_name is None  # chosen here, so another may replace it
+        if self._name_is_ours:
+            slug = re.sub(r"[^0-9a-z]+", "_", fou.to_slug(self._samples._root_dataset.name)).strip("_")
+            self.config.collection_name = _unique_name(COLLECTION_PREFIX + slug, names)
             self.save_config()
 
     # Connection and collection
@@ -308,15 +312,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         """The index's collection, created on first use; `dimension` for embeddings computed elsewhere."""
         info = self._describe()
         if info is None:
-            with self._errors():
-                info = self._client.create_collection(
-                    self.collection_name,
-                    METRICS[self.config.metric],
-                    self.config.index_type or "",
-                    self.config.index_params,
-                    self.config.min_recall or 0.0,
-                    dimension,
-                )
+            info = self._create_collection(dimension)
             logger.info("Created lookalike collection '%s' on %s", info.name, self.config.server)
         elif info.metric != METRICS[self.config.metric]:
             raise ValueError(
@@ -324,6 +320,41 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
                 f"{METRICS[self.config.metric]!r} ({self.config.metric!r}): pass the collection's metric"
             )
         return info
+
+    def _create_collection(self, dimension: int) -> CollectionInfo:
+        """Creates the collection. A name this index chose that Milvus already holds outside lookalike (the
+        server's listing hides such collections: FiftyOne's Milvus backend's, say) moves on to the next free one."""
+        taken: list[str] = []
+        while True:
+            try:
+                return self._client.create_collection(
+                    self.collection_name,
+                    METRICS[self.config.metric],
+                    self.config.index_type or "",
+                    self.config.index_params,
+                    self.config.min_recall or 0.0,
+                    dimension,
+                )
+            except LookalikeClientError as e:
+                if e.code != "ALREADY_EXISTS":
+                    with self._errors():
+                        raise
+                if not self._name_is_ours:
+                    raise ValueError(
+                        f"collection {self.collection_name!r} already exists in the Milvus behind the lookalike "
+                        f"server at {self.config.server}, but lookalike did not create it (FiftyOne's Milvus "
+                        "backend may have): pass another collection_name, or none to let the backend choose one"
+                    ) from None
+                taken.append(self.collection_name)
+                if len(taken) >= _NAME_TRIES:
+                    raise ValueError(f"lookalike collections {taken[0]!r} to {taken[-1]!r} all exist already in "
+                                     f"the Milvus behind {self.config.server}: pass a collection_name") from None
+            with self._errors():
+                names = [c.name for c in self._client.list_collections()]
+            self.config.collection_name = _unique_name(taken[0], [*names, *taken])
+            logger.info("Milvus already holds a collection named '%s' that lookalike did not create: using '%s'",
+                        taken[-1], self.collection_name)
+            self.save_config()
 
     @property
     def total_index_size(self) -> int:
