@@ -201,6 +201,64 @@ def test_failures_are_reported_per_sample_and_the_rest_stored(
     strict.cleanup()
 
 
+@pytest.fixture
+def half_missing(photos_dir: Path, tmp_path: Path) -> Iterator[tuple[fo.Dataset, list[str]]]:
+    """8 samples, every other one a file that does not exist, each with two boxes; and the ids of the 4 real."""
+    boxes = ([0.1, 0.1, 0.4, 0.4], [0.5, 0.45, 0.45, 0.5])
+    photos = sorted(photos_dir.iterdir())[:4]
+    paths = [p for photo, n in zip(photos, range(4), strict=True) for p in (photo, tmp_path / f"gone-{n}.jpg")]
+    ds = fo.Dataset()
+    ids = ds.add_samples([
+        fo.Sample(filepath=str(p), gt=fo.Detections(detections=[fo.Detection(label="x", bounding_box=b)
+                                                               for b in boxes]))
+        for p in paths
+    ])
+    yield ds, ids[::2]
+    ds.delete()
+
+
+def test_sizes_and_ids_count_only_what_was_embedded(
+    half_missing: tuple[fo.Dataset, list[str]], server: ServerProcess
+) -> None:
+    """FiftyOne Brain's own backend test on a dataset with missing files: sample_ids/label_ids are what the
+    index holds, and index_size/missing_size follow, for samples and for patches, through views and reloads."""
+    ds, real = half_missing
+    samples = fob.compute_similarity(ds, brain_key="img", backend="lookalike", server=server.address)
+    patches = fob.compute_similarity(ds, patches_field="gt", brain_key="obj", backend="lookalike",
+                                     server=server.address)
+    try:
+        assert samples.label_ids is None
+        assert set(samples.sample_ids) == set(real)
+        assert samples.index_size == samples.total_index_size == 4
+        view = ds.limit(5)  # real, gone, real, gone, real
+        with samples.use_view(view):
+            assert samples.index_size == 3
+            assert samples.missing_size == 2
+            assert set(samples.current_sample_ids) == set(real[:3])
+        assert samples.index_size == 4
+
+        labels = [d.id for sample_id in real for d in ds[sample_id]["gt"].detections]
+        assert set(patches.label_ids) == set(labels)
+        assert dict(zip(patches.label_ids, patches.sample_ids, strict=True)) == {
+            d.id: sample_id for sample_id in real for d in ds[sample_id]["gt"].detections}
+        assert patches.index_size == patches.total_index_size == 8
+        with patches.use_view(ds.to_patches("gt").limit(6)):  # the labels of samples real, gone, real
+            assert patches.index_size == 4
+            assert patches.missing_size == 2
+
+        samples.remove_from_index(real[:1])
+        assert set(samples.sample_ids) == set(real[1:]) and samples.index_size == 3
+        loaded = ds.load_brain_results("img", cache=False)
+        assert set(loaded.sample_ids) == set(real[1:]) and loaded.index_size == 3
+        ranked = ds.sort_by_similarity(real[1], brain_key="img").values("id")  # k=None: everything indexed
+        assert sorted(ranked) == sorted(real[1:])
+    finally:
+        samples.cleanup()
+        patches.cleanup()
+    samples.reload()
+    assert samples.index_size == 0 and len(samples.sample_ids) == 0
+
+
 # Embeddings brought by the user
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import eta.core.utils as etau
+import fiftyone.brain.internal.core.utils as fbu
 import fiftyone.brain.similarity as fbs
 import fiftyone.core.labels as fol
 import fiftyone.core.utils as fou
@@ -260,6 +261,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         self._as_distances = False
         self._neighbors: dict[str, list[tuple[str, float]]] = {}
         self._neighbors_k: dict[str, int] = {}
+        self._indexed: tuple[np.ndarray, np.ndarray | None] | None = None  # (sample ids, label ids) held
         super().__init__(samples, config, brain_key, backend=backend)
         fbs.DuplicatesMixin.__init__(self)
         self._initialize()
@@ -357,6 +359,36 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             self.save_config()
 
     @property
+    def sample_ids(self) -> np.ndarray:
+        """The sample ids the index holds, among its dataset's: so `index_size` and `missing_size` leave out
+        what was never embedded (a missing file, say). Asked of the server by id, without vectors; kept until
+        the index changes or `reload()`."""
+        return self._indexed_ids()[0]
+
+    @property
+    def label_ids(self) -> np.ndarray | None:
+        """The label ids the index holds, for a patches index (aligned with `sample_ids`); else None."""
+        return self._indexed_ids()[1]
+
+    def _indexed_ids(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._indexed is None:
+            dataset = self._samples._root_dataset
+            if self.config.patches_field is None:
+                sample_ids, label_ids = np.array(dataset.values("id"), dtype=str), None
+            else:
+                sample_ids, label_ids = (np.array(a, dtype=str) for a in
+                                         fbu._get_patch_ids(dataset, self.config.patches_field))
+            ids = sample_ids if label_ids is None else label_ids
+            held = self._existing(ids) if len(ids) and self._describe() is not None else set()
+            keep = np.array([i in held for i in ids], dtype=bool)
+            self._indexed = (sample_ids[keep], None if label_ids is None else label_ids[keep])
+        return self._indexed
+
+    def reload(self) -> None:
+        self._indexed = None
+        super().reload()
+
+    @property
     def total_index_size(self) -> int:
         info = self._describe()
         return 0 if info is None else info.row_count
@@ -370,6 +402,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
                 with self._errors():
                     raise
         self._forget_neighbors()
+        self._indexed = None
 
     def delete(self) -> None:
         """Drops the collection from the server, as `cleanup()` does: the last step of Milvus' guide "Conduct
@@ -414,6 +447,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         with self._errors():
             failed = [r for r in self._client.ingest(items, self.collection_name) if not r.ok]
         self._forget_neighbors()
+        self._indexed = None
         if failed:
             raise ValueError(
                 f"{len(failed)} of {len(ids)} embeddings were not stored, e.g. {failed[0].id}: {failed[0].message}"
@@ -476,6 +510,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
                 bar.update()
         failures.extend(local_failures)
         self._forget_neighbors()
+        self._indexed = None
         for failure in failures:
             logger.warning("lookalike could not embed %s: %s", failure.id, failure.message)
         if failures:
@@ -567,6 +602,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             for batch in _batches(ids, _IDS_PER_CALL):
                 self._client.delete(batch, self.collection_name)
         self._forget_neighbors()
+        self._indexed = None
         if reload:
             self.reload()
 
