@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -210,11 +211,15 @@ def calibrate(
     def measure(k: int, effort: int, factor: int, truth: list[set[str]]) -> float:
         found = _without(search(queries, k + spare, effort, factor), excluded, k)
         per_query = np.array([len(set(f) & t) / max(1, len(t)) for f, t in zip(found, truth, strict=True)])
-        # Each kind of query must reach the target on its own: on random rows the moved ones are the hardest,
-        # and a mean over all three let ef 64 pass where fresh queries got 0.94.
-        recall = min(float(per_query[kinds == kind].mean()) for kind in np.unique(kinds))
+        # Each kind of query must reach the target on its own (on random rows the moved ones are the hardest,
+        # and a mean over all three let ef 64 pass where fresh queries got 0.94), and clear it by one standard
+        # error of its sample: 21 queries of k=10 measure recall to about +-0.007, and a bare pass at ef 128
+        # left fresh queries at 0.983-1.0 (bench/results/recall_under_load.json).
+        by_kind = [per_query[kinds == kind] for kind in np.unique(kinds)]
+        recall = min(float(r.mean()) for r in by_kind)
+        margin = max(math.sqrt(target * (1 - target) / (len(r) * k)) for r in by_kind)
         chosen[k], recalls[k], overfetch[k] = effort, recall, factor
-        return recall
+        return recall - margin
 
     for k in CALIBRATION_KS:
         truth = [set(ranked[:k]) for ranked in reference]
