@@ -10,6 +10,9 @@ import importlib.util
 import io
 import json
 import logging
+import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -773,6 +776,93 @@ def test_registration_by_environment_and_by_config_file(server: ServerProcess, t
     config = register(tmp_path / "brain_config.json", server=server.address, make_default=True)
     by_file = run_python(CHILD_COMPUTE, env={"FIFTYONE_BRAIN_CONFIG_PATH": str(config)})
     assert json.loads(by_file.strip().splitlines()[-1]) == expected
+
+
+CHILD_ENV_ONLY = (
+    "import json, os, sys, numpy as np, fiftyone as fo, fiftyone.brain as fob, fiftyone.core.models as fom\n"
+    "import fiftyone.zoo as foz\n"
+    "from lookalike import Client\n"
+    "class StandIn(fom.Model, fom.EmbeddingsMixin):\n"
+    "    # FiftyOne's default zoo model as it would run here with torch: 1280-d vectors computed locally\n"
+    "    media_type, ragged_batches, transforms, preprocess, has_embeddings = 'image', False, None, False, True\n"
+    "    def predict(self, arg): raise NotImplementedError\n"
+    "    def embed(self, arg): return np.full(1280, float(np.asarray(arg).mean()), np.float32)\n"
+    "    def embed_all(self, args): return np.stack([self.embed(a) for a in args])\n"
+    "loaded = []\n"
+    "foz.load_zoo_model = lambda name, **kwargs: loaded.append(name) or StandIn()\n"
+    "ds = fo.load_dataset('lookalike-photos')\n"
+    "client = Client(os.environ['FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_SERVER'])\n"
+    "before = sorted(c.name for c in client.list_collections())\n"
+    "imported = 'lookalike.fiftyone_brain' in sys.modules\n"
+    "try:\n"
+    "    fob.compute_similarity(ds, brain_key='env_only', backend='lookalike')\n"
+    "    error = None\n"
+    "except ValueError as e:\n"
+    "    error = str(e)\n"
+    "after = sorted(c.name for c in client.list_collections())\n"
+    "registered = 'env_only' in ds.list_brain_runs()\n"
+    "index = fob.compute_similarity(ds, brain_key='env_only', backend='lookalike')  # again: the server embeds\n"
+    "stored, _, _ = index.get_embeddings([ds.first().id])\n"
+    "server = client.embed([ds.first().filepath])[0]\n"
+    "print(json.dumps({'imported_before': imported, 'error': error, 'same_collections': before == after,\n"
+    "    'registered': registered, 'loaded': loaded, 'size': index.total_index_size, 'model': index.config.model,\n"
+    "    'server_vectors': bool(np.allclose(stored[0], server, atol=1e-5))}))\n"
+    "index.cleanup(); ds.delete_brain_run('env_only')\n"
+)
+
+
+def test_registration_by_environment_alone_never_stores_fiftyones_default_model(
+    server: ServerProcess, photos_dataset: fo.Dataset
+) -> None:
+    """Trap: registered by environment variables alone (no FIFTYONE_MODULE_PATH), compute_similarity with no
+    model gets FiftyOne's default zoo model, loaded before the backend is imported (a stand-in here: no network).
+    The backend stops before any brain run or collection exists, says why and the line that fixes it; in that
+    process the backend is loaded by then, so the same call again embeds on the server."""
+    out = run_python(CHILD_ENV_ONLY, env={
+        "FIFTYONE_BRAIN_SIMILARITY_BACKENDS": "*,lookalike",
+        "FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_CONFIG_CLS": CONFIG_CLS,
+        "FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_SERVER": server.address,
+    })
+    child = json.loads(out.strip().splitlines()[-1])
+    error = child.pop("error")
+    assert child == {"imported_before": False, "same_collections": True, "registered": False,
+                     "loaded": ["mobilenet-v2-imagenet-torch"], "size": 19, "model": None, "server_vectors": True}
+    assert error is not None
+    assert "FiftyOne loaded its default model 'mobilenet-v2-imagenet-torch'" in error
+    assert "FIFTYONE_MODULE_PATH=lookalike.fiftyone_autoload" in error
+    assert "model='mobilenet-v2-imagenet-torch'" in error
+
+
+def test_printed_environment_runs_the_milvus_guide(server: ServerProcess, photos_dataset: fo.Dataset) -> None:
+    """`lookalike fiftyone-register --print-env` gives the environment route whole; with it, Milvus' guide runs
+    as written with only the backend's name changed, no lookalike import and no model."""
+    printed = subprocess.run(
+        [sys.executable, "-m", "lookalike.cli", "fiftyone-register", "--print-env", "--server", server.address],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    env = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in printed.splitlines())
+    assert env == {
+        "FIFTYONE_MODULE_PATH": "lookalike.fiftyone_autoload",
+        "FIFTYONE_BRAIN_SIMILARITY_BACKENDS": "*,lookalike",
+        "FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_CONFIG_CLS": CONFIG_CLS,
+        "FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_SERVER": server.address,
+    }
+    out = run_python(
+        "import json, fiftyone as fo, fiftyone.brain as fob\n"
+        "dataset = fo.load_dataset('lookalike-photos')\n"
+        "milvus_index = fob.compute_similarity(dataset, brain_key='milvus_index', backend='lookalike')\n"
+        "query = dataset.first().id\n"
+        "view = dataset.sort_by_similarity(query, brain_key='milvus_index', k=10)\n"
+        "result = {'first': view.first().id == query, 'len': len(view), 'size': milvus_index.total_index_size,\n"
+        "    'server_model': milvus_index.config.server_model}\n"
+        "milvus_index.delete()\n"
+        "dataset.delete_brain_run('milvus_index')\n"
+        "result['after'] = milvus_index.total_index_size\n"
+        "print(json.dumps(result))\n",
+        env=env,
+    )
+    assert json.loads(out.strip().splitlines()[-1]) == {
+        "first": True, "len": 10, "size": 19, "server_model": "efficientnet-lite0", "after": 0}
 
 
 @pytest.mark.skipif(

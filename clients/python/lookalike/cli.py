@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -146,6 +147,10 @@ def _fiftyone_register(args: argparse.Namespace) -> int:
         print(f"lookalike fiftyone-register: FiftyOne is not installed ({e}); pip install 'lookalike[fiftyone]'",
               file=sys.stderr)
         return 2
+    if args.print_env:
+        for name, value in fiftyone_registration.environment(args.server, args.default).items():
+            print(f"export {name}={shlex.quote(value)}")
+        return 0
     path = fiftyone_registration.register(Path(args.config) if args.config else None, server=args.server,
                                           make_default=args.default)
     print(f"registered the lookalike similarity backend in {path}")
@@ -193,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--autoload", action="store_true",
                    help="also load the backend at every `import fiftyone` (needed for compute_similarity with no "
                         "model in scripts that do not import lookalike.fiftyone_brain)")
+    p.add_argument("--print-env", action="store_true",
+                   help="write no file: print the environment variables that register the backend instead "
+                        "(FIFTYONE_MODULE_PATH included), as shell `export` lines")
     return parser
 
 

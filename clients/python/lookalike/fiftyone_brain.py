@@ -5,9 +5,11 @@ gRPC API. With no `model` and no `embeddings`, `fob.compute_similarity(dataset, 
 streams each sample's image (or each object patch) to the server, which embeds and stores it.
 
 Register the backend once (`lookalike fiftyone-register`, or `register()` in lookalike.fiftyone_registration),
-or with the environment:
-`FIFTYONE_BRAIN_SIMILARITY_BACKENDS="*,lookalike"` and
+or with the environment (`lookalike fiftyone-register --print-env` prints it):
+`FIFTYONE_MODULE_PATH=lookalike.fiftyone_autoload`, `FIFTYONE_BRAIN_SIMILARITY_BACKENDS="*,lookalike"` and
 `FIFTYONE_BRAIN_SIMILARITY_LOOKALIKE_CONFIG_CLS=lookalike.fiftyone_brain.LookalikeSimilarityConfig`.
+Without the first, FiftyOne loads its default zoo model before importing the backend when no model is given:
+the backend then stops with an error saying so rather than store that model's vectors.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from lookalike.client import (
     MeanOf,
     Text,
 )
-from lookalike.fiftyone_registration import BACKEND, install
+from lookalike.fiftyone_registration import BACKEND, chosen_model_message, install, model_fiftyone_chose
 from lookalike.fiftyone_registration import CONFIG_CLS as CONFIG_CLS  # these three: importable here, as before
 from lookalike.fiftyone_registration import register as register
 from lookalike.fiftyone_registration import register_autoload as register_autoload
@@ -224,7 +226,12 @@ class LookalikeSimilarity(fbs.Similarity):
     """The lookalike similarity factory."""
 
     def ensure_requirements(self) -> None:
-        pass  # grpcio and the generated stubs are dependencies of the lookalike package itself
+        """Stops a run whose model FiftyOne chose itself (the backend was imported too late to embed on the
+        server), before any brain run, collection or embedding exists. grpcio and the stubs come with lookalike."""
+        if self.config.model is not None:
+            chosen = model_fiftyone_chose()
+            if chosen is not None:
+                raise ValueError(chosen_model_message(chosen))
 
     def ensure_usage_requirements(self) -> None:
         pass

@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,57 @@ def register_autoload(config_path: Path | None = None) -> Path:
     settings["module_path"] = modules
     _write_settings(path, settings)
     return path
+
+
+def environment(server: str | None = None, make_default: bool = False) -> dict[str, str]:
+    """The environment variables that register the backend with no config file: FIFTYONE_MODULE_PATH included,
+    without which FiftyOne loads its default zoo model before the backend is imported (`--print-env`)."""
+    env = {
+        "FIFTYONE_MODULE_PATH": AUTOLOAD_MODULE,
+        "FIFTYONE_BRAIN_SIMILARITY_BACKENDS": f"*,{BACKEND}",
+        f"FIFTYONE_BRAIN_SIMILARITY_{BACKEND.upper()}_CONFIG_CLS": CONFIG_CLS,
+    }
+    if server is not None:
+        env[f"FIFTYONE_BRAIN_SIMILARITY_{BACKEND.upper()}_SERVER"] = server
+    if make_default:
+        env["FIFTYONE_BRAIN_DEFAULT_SIMILARITY_BACKEND"] = BACKEND
+    return env
+
+
+def model_fiftyone_chose() -> str | None:
+    """FiftyOne's default model, when the `fob.compute_similarity` call running now was given no model, no
+    embeddings and no embeddings field, so that FiftyOne loaded that model itself; else None.
+
+    That happens when the backend was registered without the autoload module: FiftyOne picks and loads its
+    default model before it imports any backend, so the patch in `install()` comes too late for that call.
+    The user's arguments are read from the public function's frame (FiftyOne has replaced `model` below it).
+    """
+    import fiftyone.brain as fb
+    import fiftyone.brain.similarity as fbs
+
+    code = getattr(fb.compute_similarity, "__code__", None)
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code is not code:
+        frame = frame.f_back
+    if frame is None:
+        return None  # called some other way: nothing to tell
+    given = frame.f_locals
+    if given.get("model") is None and given.get("embeddings") is None and not (
+        (given.get("kwargs") or {}).get("embeddings_field")
+    ):
+        return getattr(fbs, "_DEFAULT_MODEL", "FiftyOne's default model")
+    return None
+
+
+def chosen_model_message(model: str) -> str:
+    return (
+        f"compute_similarity(backend={BACKEND!r}) got no model, so FiftyOne loaded its default model {model!r} "
+        f"before it imported the {BACKEND} backend (registered by environment variables or the brain config "
+        f"alone); nothing was stored, as {model!r}'s vectors are not the server's. To let the server embed, set "
+        f"FIFTYONE_MODULE_PATH={AUTOLOAD_MODULE} (or run `lookalike fiftyone-register --autoload`, or import "
+        f"lookalike.fiftyone_brain first); in this process the backend is loaded now, so calling again embeds on "
+        f"the server. To embed on the client with {model!r} instead, pass model={model!r}."
+    )
 
 
 def install(config_cls: type) -> None:
