@@ -275,11 +275,14 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
 
     def _initialize(self) -> None:
         # One call at creation and at `load_brain_results` alike, so that a missing server fails here, as
-        # FiftyOne's Milvus backend fails when it connects, not at the first search.
-        with self._errors():
-            names = [c.name for c in self._client.list_collections()]
+        # FiftyOne's Milvus backend fails when it connects, not at the first search: the listing for a new
+        # run's name, else the one collection's description (cheaper: the listing describes every collection).
         self._name_is_ours = self.config.collection_name is None  # chosen here, so another may replace it
-        if self._name_is_ours:
+        if not self._name_is_ours:
+            self._describe()
+        else:
+            with self._errors():
+                names = [c.name for c in self._client.list_collections()]
             slug = re.sub(r"[^0-9a-z]+", "_", fou.to_slug(self._samples._root_dataset.name)).strip("_")
             self.config.collection_name = _unique_name(COLLECTION_PREFIX + slug, names)
             self.save_config()
