@@ -8,11 +8,9 @@ import contextlib
 import itertools
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,25 +23,28 @@ from . import metrics, served_index
 from .config import INDEX_TYPES, SERVER_ONLY_INDEX_TYPES, ServerConfig
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
 from .expressions import ids_in
-from .milvus_rpc import MilvusRpc, Rows
+from .milvus_rpc import MilvusRpc
 from .read_write_lock import ReadWriteLock
 from .served_index import IndexState
+from .store_layout import (
+    ID_MAX_BYTES,
+    Candidate,
+    CollectionSpec,
+    build_params,
+    candidates,
+    hits_per_query,
+    output_fields,
+    rows_by_id,
+    search_params,
+)
 
 log = logging.getLogger(__name__)
 
-ID_MAX_BYTES = 512
 # The calls that only read; on Milvus Lite in this process these run side by side, every other call alone.
 LITE_READS = frozenset({"search", "query", "describe_collection", "describe_index", "get_load_state",
                         "has_collection", "list_collections"})
 # Ids per `id in [...]` query when reading rows by id.
 GET_CHUNK = 1000
-# HNSW searches look at least this many candidates per result wanted, with Milvus' largest ef at most.
-HNSW_EF_PER_RESULT = 2
-# ScaNN's 4-bit scores are coarse: on 50,000 random 1280-d rows, every list probed, re-scoring 100 candidates
-# on the raw vectors gave recall@10 0.991 (0.97 with lists still being indexed), re-scoring 320 gave 1.0.
-SCANN_REORDER_PER_RESULT = 16
-SCANN_MIN_REORDER = 320
-MAX_EF = 32_768
 # A Milvus server's largest offset + limit for one query.
 MAX_QUERY_WINDOW = 16_384
 # Floats per reply when scanning a Milvus server: about 16 MB of vectors, well under gRPC's 64 MB.
@@ -56,64 +57,6 @@ _PROP_INDEX = "lookalike.index"
 _PROP_INDEX_PARAMS = "lookalike.index_params"
 _PROP_MIN_RECALL = "lookalike.min_recall"
 CONSISTENCY_LEVELS = ("Strong", "Session", "Bounded", "Eventually")
-# Build parameters must be nested under "params": Milvus Lite silently ignores them at the top level.
-DEFAULT_BUILD_PARAMS: dict[str, dict[str, int]] = {
-    "FLAT": {},
-    "HNSW": {"M": 16, "efConstruction": 200},
-    "IVF_FLAT": {"nlist": 128},
-    "IVF_SQ8": {"nlist": 128},
-    # m (sub-vectors) depends on the dimension: see build_params.
-    "IVF_PQ": {"nlist": 128, "nbits": 8},
-    # With its raw vectors kept, ScaNN refines its candidates and can return their vectors for our re-rank.
-    "SCANN": {"nlist": 128, "with_raw_data": True},
-}
-
-
-@dataclass(frozen=True)
-class CollectionSpec:
-    name: str
-    metric: str  # "cosine" | "ip" | "l2"
-    index_type: str  # "FLAT" | "HNSW" | "IVF_FLAT" | "IVF_SQ8"; a Milvus server also "IVF_PQ" | "SCANN"
-    model: str
-    dimension: int
-    index_params: dict[str, int] = field(default_factory=dict)
-    min_recall: float = 0.99
-
-
-@dataclass
-class Candidate:
-    id: str
-    vector: np.ndarray | None  # only when asked for (a quantized index, or the caller wants vectors)
-    metadata: dict[str, Any] | None
-    distance: float = math.nan  # as Milvus computed it for this query
-
-
-def build_params(index_type: str, dimension: int, asked: dict[str, Any]) -> dict[str, Any]:
-    """The index's build parameters: ours by default, the caller's where given."""
-    params: dict[str, Any] = dict(DEFAULT_BUILD_PARAMS[index_type])
-    if index_type == "IVF_PQ":
-        # m must divide the dimension. Sub-vectors of 2 floats (1280-d: m 640, 8x smaller than the vectors):
-        # on 50,000 random 1280-d rows, 8 candidates per result re-ranked gave recall@10 1.0 at m 640, 0.86 at
-        # m 320 and 0.42 at m 160 (where even 32 per result reached only 0.56).
-        params["m"] = max((m for m in range(1, dimension // 2 + 1) if dimension % m == 0),
-                          key=lambda m: -abs(dimension // m - 2), default=1)
-    return {**params, **asked}
-
-
-def search_params(index_type: str, limit: int, effort: int = 0) -> dict[str, Any]:
-    """Milvus search parameters; `effort` is ef for HNSW or nprobe for IVF (0: a safe default)."""
-    if index_type == "HNSW":
-        # ef at least 2k: a beam only as wide as k misses neighbours at large k (recall@200 0.96 at ef = k).
-        return {"params": {"ef": max(limit, min(MAX_EF, max(effort or 64, HNSW_EF_PER_RESULT * limit)))}}
-    if index_type.startswith("IVF"):
-        return {"params": {"nprobe": effort or 32}}
-    if index_type == "SCANN":
-        # reorder_k: how many of the quantized candidates ScaNN re-scores on the raw vectors.
-        return {"params": {"nprobe": effort or 32,
-                           "reorder_k": max(SCANN_REORDER_PER_RESULT * limit, SCANN_MIN_REORDER)}}
-    return {"params": {}}
-
-
 def _released(error: MilvusException) -> bool:
     text = str(error.message).lower()
     return "released" in text or "not loaded" in text or "call load()" in text
@@ -451,7 +394,7 @@ class Store:
                     raise
                 self._reload(name)
                 results = self.client.search(name, **request)
-        return _candidates(results, with_vectors, with_metadata)
+        return candidates(results, with_vectors, with_metadata)
 
     async def search_async(
         self,
@@ -468,9 +411,9 @@ class Store:
         """search() on the event loop (open_async first)."""
         assert self.aio is not None, "open_async() first"
         rows = await self._call_async(self.aio.search, vectors, limit, search_params(spec.index_type, limit, effort),
-                                      filter_expr, tuple(_output_fields(with_vectors, with_metadata)),
+                                      filter_expr, tuple(output_fields(with_vectors, with_metadata)),
                                       self._level_name(consistency), collection=name, filter_expr=filter_expr)
-        return _hits_per_query(rows)
+        return hits_per_query(rows)
 
     def _search_request(
         self, spec: CollectionSpec, vectors: np.ndarray, limit: int, filter_expr: str, with_metadata: bool,
@@ -480,7 +423,7 @@ class Store:
             "data": vectors.tolist(),
             "limit": limit,
             "filter": filter_expr,
-            "output_fields": _output_fields(with_vectors, with_metadata),
+            "output_fields": output_fields(with_vectors, with_metadata),
             "search_params": search_params(spec.index_type, limit, effort),
             **self._level(consistency),
         }
@@ -504,7 +447,7 @@ class Store:
         """The stored rows among `ids` (and matching the filter), keyed by id; others are simply absent."""
         found: dict[str, tuple[np.ndarray | None, dict[str, Any] | None]] = {}
         for request in self._get_requests(ids, with_vectors, with_metadata, filter_expr, self._strong):
-            found.update(_rows_by_id(self._call(self.client.query, name, collection=name, **request),
+            found.update(rows_by_id(self._call(self.client.query, name, collection=name, **request),
                                      with_vectors, with_metadata))
         return found
 
@@ -526,7 +469,7 @@ class Store:
 
     def _get_requests(self, ids: Sequence[str], with_vectors: bool, with_metadata: bool, filter_expr: str,
                       level: dict[str, str]) -> Iterator[dict[str, Any]]:
-        fields = _output_fields(with_vectors, with_metadata)
+        fields = output_fields(with_vectors, with_metadata)
         for start in range(0, len(ids), GET_CHUNK):
             chunk = list(ids[start : start + GET_CHUNK])
             expr = ids_in(chunk) + (f" and ({filter_expr})" if filter_expr else "")
@@ -578,52 +521,3 @@ class Store:
         for start in range(0, len(present), GET_CHUNK):
             self._call(self.client.delete, name, filter=ids_in(present[start : start + GET_CHUNK]), collection=name)
         return len(present)
-
-
-def _candidates(results: Any, with_vectors: bool, with_metadata: bool) -> list[list[Candidate]]:
-    return [
-        [
-            Candidate(
-                id=hit["id"],
-                vector=np.asarray(hit["entity"]["vector"], dtype=np.float32) if with_vectors else None,
-                metadata=hit["entity"].get("metadata") if with_metadata else None,
-                distance=float(hit["distance"]),
-            )
-            for hit in hits
-        ]
-        for hits in results
-    ]
-
-
-def _output_fields(with_vectors: bool, with_metadata: bool) -> list[str]:
-    """The fields a search or read asks for: always "id" (Milvus Lite returns every field when asked for none)."""
-    return ["id"] + (["vector"] if with_vectors else []) + (["metadata"] if with_metadata else [])
-
-
-def _hits_per_query(rows: Rows) -> list[list[Candidate]]:
-    hits: list[list[Candidate]] = []
-    start = 0
-    for count in rows.counts:
-        hits.append([
-            Candidate(
-                id=rows.ids[n],
-                vector=rows.vectors[n] if rows.vectors is not None else None,
-                metadata=rows.metadata[n] if rows.metadata is not None else None,
-                distance=rows.distances[n],
-            )
-            for n in range(start, start + count)
-        ])
-        start += count
-    return hits
-
-
-def _rows_by_id(
-    rows: list[dict[str, Any]], with_vectors: bool, with_metadata: bool
-) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
-    return {
-        row["id"]: (
-            np.asarray(row["vector"], dtype=np.float32) if with_vectors else None,
-            row.get("metadata") if with_metadata else None,
-        )
-        for row in rows
-    }
