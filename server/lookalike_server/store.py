@@ -445,6 +445,11 @@ class Store:
         filter_expr: str = "",
     ) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
         """The stored rows among `ids` (and matching the filter), keyed by id; others are simply absent."""
+        if filter_expr and self.is_lite:
+            # Milvus Lite reads ids alone by primary key, but with another condition it tests `id in [...]` row
+            # by row (100,300 ids with a metadata filter: 60-85 s over 1,500 rows): the ids first, then the
+            # filter among those found (3.8 s).
+            ids = list(self.get(name, ids, with_vectors=False, with_metadata=False))
         found: dict[str, tuple[np.ndarray | None, dict[str, Any] | None]] = {}
         for request in self._get_requests(ids, with_vectors, with_metadata, filter_expr, self._strong):
             found.update(rows_by_id(self._call(self.client.query, name, collection=name, **request),
