@@ -11,7 +11,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -314,11 +313,9 @@ class Store:
         """The segments and indexes that answer the collection's searches, once every flushed row is searched
         through its index; None while some are still searched another way."""
         if self.is_lite:
-            try:
-                return served_index.lite_state(self.uri, name)
-            except (LookupError, AttributeError, ImportError) as e:  # another Milvus Lite than release 3
-                log.debug("Milvus Lite's segments cannot be read (%s): its index files stand in", e)
-                return self._lite_files_state(name)
+            # Its index files appear before the index is attached, so they cannot stand in: an unreadable Milvus
+            # Lite fails the calibration, and searches keep the generous default.
+            return served_index.lite_state(self.uri, name)
         info = self.describe_index(name)
         flushed = int(info.get("total_rows", 0))
         # A server reports its index "Finished" while sealed segments still wait for theirs (IVF_PQ at 50,000
@@ -331,15 +328,6 @@ class Store:
             # A Milvus without the call (a Milvus Lite server, whose index report is all there is).
             return frozenset({("indexed_rows", flushed)})
         return served_index.server_state(segments, flushed)
-
-    def _lite_files_state(self, name: str) -> IndexState | None:
-        """Milvus Lite's segments each indexed when an index file with the same name stands beside it."""
-        partitions = Path(self.uri) / "collections" / name / "partitions"
-        segments = {p.stem for p in partitions.glob("*/data/*.parquet")}
-        files = {p.name.split(".")[0]: p for p in partitions.glob("*/indexes/*.idx")}
-        if not segments <= set(files):
-            return None
-        return frozenset((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files.values())
 
     def page(self, name: str, offset: int, limit: int) -> tuple[list[str], np.ndarray]:
         """Rows `offset` to `offset + limit` in Milvus' own order (a server caps offset + limit at 16,384)."""
