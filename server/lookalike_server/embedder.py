@@ -11,6 +11,7 @@ import onnxruntime as ort
 from .config import DEVICES
 from .errors import StartupError
 from .model_card import ModelCard
+from .text_tower import TextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +93,14 @@ class Embedder:
         self.concurrent_runs = 1 if self.on_gpu else max(1, cores // self.intra_op_threads)
         # On a GPU, IO binding lets ONNX Runtime copy inputs and outputs once, without extra staging.
         self.io_binding = self.on_gpu if io_binding is None else io_binding
+        # The text tower runs on the same providers, in float32 (prompts are few and short).
+        self.text: TextEncoder | None = None
+        if card.text is not None:
+            text_providers = self.session.get_providers()
+            self.text = TextEncoder(card, self._session(device, text_providers, False, model=str(card.text.model_path)))
 
     def _session(self, device: str, providers: list[str], fp16: bool,
-                 model: bytes | None = None) -> ort.InferenceSession:
+                 model: bytes | str | None = None) -> ort.InferenceSession:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self.intra_op_threads

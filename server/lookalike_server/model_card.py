@@ -1,4 +1,5 @@
-"""The model card: what an ONNX image model expects and returns, read from a small TOML file."""
+"""The model card: what an ONNX image model (and its optional text tower) expects and returns, read from a
+small TOML file."""
 
 from __future__ import annotations
 
@@ -13,6 +14,26 @@ _PACKAGED_CARD = Path(__file__).parent / _DEFAULT_MODEL
 DEFAULT_CARD = _PACKAGED_CARD if _PACKAGED_CARD.is_file() else Path(__file__).parents[2] / _DEFAULT_MODEL
 RESIZE_RULES = ("shorter_side", "stretch")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos")
+# "max_length": every prompt padded to the context length (networks with a fixed sequence, like OpenCLIP's
+# export); "longest": to the longest prompt of the batch (networks that take any length and a mask).
+PADDINGS = ("max_length", "longest")
+
+
+@dataclass(frozen=True)
+class TextTower:
+    """A CLIP-style text encoder beside the image network: prompts to vectors of the same dimension.
+
+    Prompts longer than `context_length` tokens (start and end tokens included) are refused, never cut.
+    """
+
+    model_path: Path
+    tokenizer_path: Path
+    input_ids: str
+    attention_mask: str  # "" when the network takes no mask
+    context_length: int
+    padding: str
+    pad_id: int
+    output_name: str
 
 
 @dataclass(frozen=True)
@@ -32,6 +53,7 @@ class ModelCard:
     license: str = ""
     source: str = ""
     description: str = ""
+    text: TextTower | None = None
 
 
 def load_model_card(path: Path | str | None = None) -> ModelCard:
@@ -60,6 +82,7 @@ def load_model_card(path: Path | str | None = None) -> ModelCard:
             license=str(raw.get("license", "")),
             source=str(raw.get("source", "")),
             description=str(raw.get("description", "")),
+            text=_text_tower(card_path, raw["text"]) if "text" in raw else None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"model card {card_path} is incomplete or malformed: {e!r}") from e
@@ -73,4 +96,45 @@ def load_model_card(path: Path | str | None = None) -> ModelCard:
         raise ValueError(f"model card {card_path}: mean and std need 3 values each, std non-zero")
     if not card.model_path.is_file():
         raise FileNotFoundError(f"model card {card_path} names {card.model_path}, which does not exist")
+    if card.text is not None:
+        _check_text_tower(card_path, card.text)
     return card
+
+
+def _text_tower(card_path: Path, text: dict) -> TextTower:
+    return TextTower(
+        model_path=(card_path.parent / text["file"]).resolve(),
+        tokenizer_path=(card_path.parent / text["tokenizer"]).resolve(),
+        input_ids=str(text.get("input_ids", "input_ids")),
+        attention_mask=str(text.get("attention_mask", "")),
+        context_length=int(text["context_length"]),
+        padding=str(text.get("padding", "max_length")),
+        pad_id=int(text.get("pad_id", 0)),
+        output_name=str(text["output"]),
+    )
+
+
+def _check_text_tower(card_path: Path, text: TextTower) -> None:
+    """What can be checked without loading the networks (the embedder checks the rest at start-up)."""
+    if text.padding not in PADDINGS:
+        raise ValueError(f"model card {card_path}: [text] padding must be one of {PADDINGS}, got {text.padding!r}")
+    if text.context_length < 2:
+        raise ValueError(f"model card {card_path}: [text] context_length must be at least 2 (start and end "
+                         f"tokens), got {text.context_length}")
+    for what, path in (("text encoder", text.model_path), ("tokenizer", text.tokenizer_path)):
+        if not path.is_file():
+            raise FileNotFoundError(f"model card {card_path} names {path} as its {what}, which does not exist")
+
+
+def cards_with_text(root: Path | None = None) -> list[Path]:
+    """The cards under the models folder (the shipped one's) that declare a text tower, for error messages."""
+    root = root or DEFAULT_CARD.parent.parent
+    found = []
+    for path in sorted(root.glob("*/card.toml")):
+        try:
+            with path.open("rb") as f:
+                if "text" in tomllib.load(f):
+                    found.append(path)
+        except (OSError, tomllib.TOMLDecodeError):
+            continue
+    return found
