@@ -90,6 +90,7 @@ def _collection_to_wire(info: CollectionInfo) -> pb.CollectionInfo:
         row_count=info.row_count,
         execution_provider=info.execution_provider,
         model_precision=info.model_precision,
+        vectors_only=not spec.model,
         index_params=spec.index_params,
         min_recall=spec.min_recall,
         calibrations=[
@@ -249,6 +250,7 @@ class CollectionsService(pb_grpc.CollectionsServicer, _PipelineUser):
             dict(request.index_params),
             request.min_recall,
             request.dimension,
+            request.vectors_only,
         )
         return _collection_to_wire(info)
 

@@ -110,6 +110,39 @@ def test_vectors_only_collection_of_another_dimension(client, photos_dir):
     assert e.value.code == "INVALID_ARGUMENT" and "32768" in e.value.details
 
 
+def test_vectors_only_by_declaration_of_the_models_dimension(server, client, collection, photos_dir):
+    """Vectors computed elsewhere that happen to have the model's dimension (MobileNet's 1280): declared
+    vectors-only, the collection never carries the model, refuses images and image or text queries naming
+    itself, and answers vectors and ids; a collection of the model still says it is not vectors-only."""
+    info = client.create_collection("declared", "ip", "FLAT", vectors_only=True)
+    try:
+        assert (info.dimension, info.model, info.vectors_only) == (DIM, "", True)
+        read_back = client.describe_collection("declared")  # from Milvus, not echoed
+        assert (read_back.model, read_back.vectors_only) == ("", True)
+        assert "declared" in [c.name for c in client.list_collections() if c.vectors_only]
+        data = unit_rows(20, seed=9)
+        results = list(client.ingest([*((f"v{i}", data[i]) for i in range(20)), ("photo", jpeg_bytes(photos_dir))],
+                                     collection="declared"))
+        assert all(r.ok for r in results[:20])
+        assert results[20].code == "FAILED_PRECONDITION" and "computed elsewhere" in results[20].message
+        assert client.search(data[3], k=2, collection="declared")[0].id == "v3"
+        assert client.search(ById("v5"), k=1, collection="declared")[0].id == "v5"
+        for query in (jpeg_bytes(photos_dir), Text("a cat")):
+            with pytest.raises(LookalikeClientError) as e:
+                client.search(query, k=3, collection="declared")
+            assert e.value.code == "FAILED_PRECONDITION"
+            assert "'declared'" in e.value.details and "computed elsewhere" in e.value.details
+    finally:
+        client.drop_collection("declared")
+    ours = client.describe_collection(collection)
+    assert ours.model and not ours.vectors_only
+    # A model and vectors_only contradict each other.
+    with grpc.insecure_channel(server.address) as channel, pytest.raises(grpc.RpcError) as e:
+        pb_grpc.CollectionsStub(channel).CreateCollection(
+            pb.CreateCollectionRequest(name="contradiction", model=ours.model, vectors_only=True), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "vectors-only" in e.value.details()
+
+
 def test_ingest_images_with_bad_items_in_the_stream(client, collection, photos_dir):
     good = jpeg_bytes(photos_dir)
     items = [

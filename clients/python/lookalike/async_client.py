@@ -129,9 +129,11 @@ class AsyncClient:
         index_params: Mapping[str, int] | None = None,
         min_recall: float = 0.0,
         dimension: int = 0,
+        vectors_only: bool = False,
     ) -> CollectionInfo:
         """As `Client.create_collection`."""
-        request = create_collection_request(name, metric, index_type, index_params, min_recall, dimension)
+        request = create_collection_request(name, metric, index_type, index_params, min_recall, dimension,
+                                             vectors_only)
         try:
             return _collection_from_wire(await self._collections.CreateCollection(request, **self._per_call()))
         except grpc.RpcError as e:

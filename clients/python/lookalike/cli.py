@@ -118,7 +118,8 @@ def _collections(args: argparse.Namespace) -> int:
     with _client(args) as client:
         try:
             if args.action == "create":
-                infos = [client.create_collection(args.name, args.metric, args.index, dimension=args.dimension)]
+                infos = [client.create_collection(args.name, args.metric, args.index, dimension=args.dimension,
+                                                  vectors_only=args.vectors_only)]
             elif args.action == "drop":
                 client.drop_collection(args.name)
                 print(f"dropped {args.name}")
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", default="", choices=["", "FLAT", "HNSW", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "SCANN"])
     p.add_argument("--dimension", type=int, default=0,
                    help="create: vectors-only collection of this dimension (default: the server model's)")
+    p.add_argument("--vectors-only", action="store_true",
+                   help="create: for vectors computed elsewhere, even of the model's dimension (no image queries)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
     _add_connection_flags(p)
 

@@ -198,6 +198,7 @@ class CollectionInfo:
     # k -> (effort, recall) as the server's recall calibration measured them.
     calibrations: dict[int, tuple[int, float]]
     model_precision: str = "float32"  # "float16" with --fp16, "int8" with a quantized card
+    vectors_only: bool = False  # vectors computed elsewhere: no images, no image or text queries
 
 
 # A query: an image path, image bytes, a vector, or a stored id.
@@ -243,6 +244,7 @@ def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
         min_recall=info.min_recall,
         calibrations={c.k: (c.effort, c.recall) for c in info.calibrations if abs(c.target - info.min_recall) < 1e-4},
         model_precision=info.model_precision or "float32",
+        vectors_only=info.vectors_only,
     )
 
 
@@ -282,7 +284,8 @@ def channel_credentials(
 
 
 def create_collection_request(
-    name: str, metric: str, index_type: str, index_params: Mapping[str, int] | None, min_recall: float, dimension: int
+    name: str, metric: str, index_type: str, index_params: Mapping[str, int] | None, min_recall: float, dimension: int,
+    vectors_only: bool = False,
 ) -> pb.CreateCollectionRequest:
     return pb.CreateCollectionRequest(
         name=name,
@@ -291,6 +294,7 @@ def create_collection_request(
         index_params=dict(index_params or {}),
         min_recall=min_recall,
         dimension=dimension,
+        vectors_only=vectors_only,
     )
 
 
@@ -492,13 +496,16 @@ class Client:
         index_params: Mapping[str, int] | None = None,
         min_recall: float = 0.0,
         dimension: int = 0,
+        vectors_only: bool = False,
     ) -> CollectionInfo:
         """Creates a collection of the server's model; metric cosine|ip|l2, index FLAT|HNSW|IVF_FLAT|IVF_SQ8
         (a Milvus server also IVF_PQ|SCANN).
 
-        A `dimension` other than the model's makes a vectors-only collection, for embeddings computed elsewhere.
+        `vectors_only=True` (or a `dimension` other than the model's) makes a vectors-only collection, for
+        embeddings computed elsewhere: the server then refuses images and image or text queries for it.
         """
-        request = create_collection_request(name, metric, index_type, index_params, min_recall, dimension)
+        request = create_collection_request(name, metric, index_type, index_params, min_recall, dimension,
+                                             vectors_only)
         try:
             return _collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))
         except grpc.RpcError as e:

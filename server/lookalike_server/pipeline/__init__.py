@@ -81,9 +81,10 @@ class Pipeline:
 
     async def create_collection(
         self, name: str, metric: str, index_type: str, model: str, index_params: dict[str, int] | None = None,
-        min_recall: float = 0.0, dimension: int = 0,
+        min_recall: float = 0.0, dimension: int = 0, vectors_only: bool = False,
     ) -> CollectionInfo:
-        return await self.catalog.create(name, metric, index_type, model, index_params, min_recall, dimension)
+        return await self.catalog.create(name, metric, index_type, model, index_params, min_recall, dimension,
+                                         vectors_only)
 
     async def list_collections(self) -> list[CollectionInfo]:
         return await self.catalog.list()

@@ -97,8 +97,9 @@ class Catalog:
         index_params: dict[str, int] | None = None,
         min_recall: float = 0.0,
         dimension: int = 0,
+        vectors_only: bool = False,
     ) -> CollectionInfo:
-        """A collection of the server's model; with another `dimension`, a vectors-only one (model "")."""
+        """A collection of the server's model; vectors-only (model "") when declared so or of another dimension."""
         if not name:
             raise InvalidArgument("a collection needs a name")
         metric = metric or self.config.default_metric
@@ -113,12 +114,17 @@ class Catalog:
             raise InvalidArgument(f"min_recall must be between 0 and 1, got {min_recall}")
         if not 0 <= dimension <= MAX_DIMENSION:
             raise InvalidArgument(f"dimension must be between 1 and {MAX_DIMENSION} (0: the model's), got {dimension}")
+        if vectors_only and model:
+            raise InvalidArgument(f"a vectors-only collection holds vectors computed elsewhere, not model {model!r}'s: "
+                                  "leave the model empty or drop vectors_only")
         dimension = dimension or self.embedder.dimension
         if dimension != self.embedder.dimension and model:
             raise InvalidArgument(f"model {model!r} embeds {self.embedder.dimension}-d vectors, not {dimension}-d; "
                                   "leave the model empty for a vectors-only collection")
+        # The dimension alone never labels vectors with our model: a 1280-d MobileNet vector fits as well.
+        ours = dimension == self.embedder.dimension and not vectors_only
         spec = CollectionSpec(
-            name, metric, index_type, self.model_name if dimension == self.embedder.dimension else "", dimension,
+            name, metric, index_type, self.model_name if ours else "", dimension,
             dict(index_params or {}), min_recall or 0.99,
         )
         await self.calls.call(self.calls.store.create, spec)

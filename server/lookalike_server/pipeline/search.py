@@ -124,6 +124,11 @@ class Searcher:
         if q.image is not None:
             return await self.embedding.image_vector(q.image, spec, INTERACTIVE, deadline)
         if q.text is not None:
+            if not spec.model:
+                raise FailedPrecondition(
+                    f"collection {spec.name!r} holds {spec.dimension}-d vectors computed elsewhere (no model): "
+                    "a text query cannot be embedded for it; search by vector or stored id"
+                )
             raise FailedPrecondition(
                 f"model {self.embedding.model_name!r} has no text tower: search by image, vector or id instead"
             )
