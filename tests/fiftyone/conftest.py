@@ -141,6 +141,22 @@ def dataset(photos_dir: Path) -> Iterator[fo.Dataset]:
 
 
 @pytest.fixture
+def half_missing(photos_dir: Path, tmp_path: Path) -> Iterator[tuple[fo.Dataset, list[str]]]:
+    """8 samples, every other one a file that does not exist, each with two boxes; and the ids of the 4 real."""
+    boxes = ([0.1, 0.1, 0.4, 0.4], [0.5, 0.45, 0.45, 0.5])
+    photos = sorted(photos_dir.iterdir())[:4]
+    paths = [p for photo, n in zip(photos, range(4), strict=True) for p in (photo, tmp_path / f"gone-{n}.jpg")]
+    ds = fo.Dataset()
+    ids = ds.add_samples([
+        fo.Sample(filepath=str(p), gt=fo.Detections(detections=[fo.Detection(label="x", bounding_box=b)
+                                                               for b in boxes]))
+        for p in paths
+    ])
+    yield ds, ids[::2]
+    ds.delete()
+
+
+@pytest.fixture
 def vectors_dataset(tmp_path: Path) -> Iterator[fo.Dataset]:
     """300 samples (their files are never read) for tests that bring their own embeddings."""
     ds = fo.Dataset()

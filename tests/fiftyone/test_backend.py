@@ -204,22 +204,6 @@ def test_failures_are_reported_per_sample_and_the_rest_stored(
     strict.cleanup()
 
 
-@pytest.fixture
-def half_missing(photos_dir: Path, tmp_path: Path) -> Iterator[tuple[fo.Dataset, list[str]]]:
-    """8 samples, every other one a file that does not exist, each with two boxes; and the ids of the 4 real."""
-    boxes = ([0.1, 0.1, 0.4, 0.4], [0.5, 0.45, 0.45, 0.5])
-    photos = sorted(photos_dir.iterdir())[:4]
-    paths = [p for photo, n in zip(photos, range(4), strict=True) for p in (photo, tmp_path / f"gone-{n}.jpg")]
-    ds = fo.Dataset()
-    ids = ds.add_samples([
-        fo.Sample(filepath=str(p), gt=fo.Detections(detections=[fo.Detection(label="x", bounding_box=b)
-                                                               for b in boxes]))
-        for p in paths
-    ])
-    yield ds, ids[::2]
-    ds.delete()
-
-
 def test_sizes_and_ids_count_only_what_was_embedded(
     half_missing: tuple[fo.Dataset, list[str]], server: ServerProcess
 ) -> None:

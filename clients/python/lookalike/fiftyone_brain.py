@@ -83,7 +83,11 @@ class LookalikeSimilarityConfig(fbs.SimilarityConfig):
         min_recall (None): the recall a search must reach by default; None is the server's (0.99)
         consistency_level ("Session"): ``"Strong"``, ``"Session"``, ``"Bounded"`` or ``"Eventually"``
         server (None): the server's ``HOST:PORT``; None means ``localhost:50051``
-        server_model (None): the server model that embedded the images, when the server did
+        server_model (None): the server model that embedded the images, when the server did (set by the backend)
+        embeddings_from_server (False): declares that vectors given to ``compute_similarity(embeddings=...)`` or
+            ``add_to_index()`` were computed by this server's model (``Client.embed``, say), so the collection
+            carries that model and the server embeds image and text queries for it. Otherwise such vectors get a
+            vectors-only collection, which the server never labels with its model: queries by vector or id only
         token (None): a bearer token sent as ``authorization: Bearer <token>``
         secure (None): whether to use TLS (implied by any of the certificate paths)
         ca_pem_path (None): the CA certificate that signed the server's certificate
@@ -103,6 +107,7 @@ class LookalikeSimilarityConfig(fbs.SimilarityConfig):
         consistency_level: str = "Session",
         server: str | None = None,
         server_model: str | None = None,
+        embeddings_from_server: bool = False,
         token: str | None = None,
         secure: bool | None = None,
         ca_pem_path: str | None = None,
@@ -128,6 +133,7 @@ class LookalikeSimilarityConfig(fbs.SimilarityConfig):
         self.consistency_level = consistency_level
         self.server = server or DEFAULT_SERVER
         self.server_model = server_model
+        self.embeddings_from_server = bool(embeddings_from_server)
         # Kept private so they are never written to the database (as FiftyOne's Milvus backend does).
         self._token = token
         self._secure = secure
@@ -320,11 +326,12 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             with self._errors():
                 raise
 
-    def _ensure_collection(self, dimension: int = 0) -> CollectionInfo:
-        """The index's collection, created on first use; `dimension` for embeddings computed elsewhere."""
+    def _ensure_collection(self, dimension: int = 0, vectors_only: bool = False) -> CollectionInfo:
+        """The index's collection, created on first use: of the server's model, or `vectors_only` for vectors
+        computed elsewhere (of any `dimension`)."""
         info = self._describe()
         if info is None:
-            info = self._create_collection(dimension)
+            info = self._create_collection(dimension, vectors_only)
             logger.info("Created lookalike collection '%s' on %s", info.name, self.config.server)
         elif info.metric != METRICS[self.config.metric]:
             raise ValueError(
@@ -333,7 +340,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             )
         return info
 
-    def _create_collection(self, dimension: int) -> CollectionInfo:
+    def _create_collection(self, dimension: int, vectors_only: bool) -> CollectionInfo:
         """Creates the collection. A name this index chose that Milvus already holds outside lookalike (the
         server's listing hides such collections: FiftyOne's Milvus backend's, say) moves on to the next free one."""
         taken: list[str] = []
@@ -346,6 +353,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
                     self.config.index_params,
                     self.config.min_recall or 0.0,
                     dimension,
+                    vectors_only=vectors_only,
                 )
             except LookalikeClientError as e:
                 if e.code != "ALREADY_EXISTS":
@@ -367,6 +375,27 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             logger.info("Milvus already holds a collection named '%s' that lookalike did not create: using '%s'",
                         taken[-1], self.collection_name)
             self.save_config()
+
+    def _adopt_server_model(self, info: CollectionInfo, declared: str) -> None:
+        """Records the server model of a collection it embeds for, so image and text queries go to the server.
+        `declared`: what claimed the vectors are the server's, for the error when the collection is vectors-only."""
+        if not info.model:
+            if declared:
+                raise ValueError(
+                    f"{declared} cannot be this server's: lookalike collection {info.name!r} holds "
+                    f"{info.dimension}-d vectors computed elsewhere (vectors-only)"
+                )
+            return
+        if self.config.server_model != info.model:
+            self.config.server_model = info.model
+            self.save_config()
+
+    def _write_field(self, vectors: np.ndarray, sample_ids: Sequence[str], label_ids: Sequence[str] | None) -> None:
+        """Writes vectors to the run's embeddings field, as FiftyOne's sklearn backend does in add_to_index."""
+        if len(vectors):
+            fbu.add_embeddings(self._samples, vectors, list(sample_ids),
+                               None if label_ids is None else list(label_ids),
+                               self.config.embeddings_field, patches_field=self.config.patches_field)
 
     @property
     def sample_ids(self) -> np.ndarray:
@@ -433,15 +462,19 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         reload: bool = True,
         batch_size: int | None = None,
     ) -> None:
-        """Stores the given vectors under the sample or label ids. The first vectors decide the collection's
-        dimension: the server model's, or any other for embeddings computed elsewhere (a vectors-only collection)."""
+        """Stores the given vectors under the sample or label ids (and in the run's embeddings field, if any).
+
+        A new collection for them is vectors-only (the server never embeds queries for it) unless the run
+        declares ``embeddings_from_server=True`` or its vectors came from `compute_embeddings` on the server."""
         embeddings = np.asarray(embeddings, dtype=np.float32)
         sample_ids = [str(i) for i in sample_ids]
         label_ids = None if label_ids is None else [str(i) for i in label_ids]
         ids = label_ids if label_ids is not None else sample_ids
         if embeddings.ndim != 2 or len(embeddings) != len(ids):
             raise ValueError(f"expected {len(ids)} embeddings as a 2-D array, got shape {embeddings.shape}")
-        info = self._ensure_collection(embeddings.shape[1])
+        info = self._ensure_collection(embeddings.shape[1], vectors_only=not self.config.embeddings_from_server)
+        if self.config.embeddings_from_server:
+            self._adopt_server_model(info, f"embeddings_from_server=True, but the {embeddings.shape[1]}-d embeddings")
         if embeddings.shape[1] != info.dimension:
             holds = f"of model {info.model!r}" if info.model else "computed elsewhere"
             raise ValueError(
@@ -458,6 +491,11 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
             failed = [r for r in self._client.ingest(items, self.collection_name) if not r.ok]
         self._forget_neighbors()
         self._indexed = None
+        if self.config.embeddings_field is not None:
+            not_stored = {r.id for r in failed}
+            stored = [n for n in range(len(ids)) if (keep is None or n in keep) and ids[n] not in not_stored]
+            self._write_field(embeddings[stored], [sample_ids[n] for n in stored],
+                              None if label_ids is None else [label_ids[n] for n in stored])
         if failed:
             raise ValueError(
                 f"{len(failed)} of {len(ids)} embeddings were not stored, e.g. {failed[0].id}: {failed[0].message}"
@@ -506,21 +544,32 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         """
         patches_field = patches_field or self.config.patches_field
         info = self._ensure_collection()
-        if self.config.server_model != info.model:
-            self.config.server_model = info.model
-            self.save_config()
+        if not info.model:
+            raise ValueError(
+                f"lookalike collection {info.name!r} is vectors-only: it holds {info.dimension}-d vectors computed "
+                "elsewhere, so the server cannot embed images for it. Add vectors with add_to_index(), or compute "
+                "a new index without embeddings= to let the server embed"
+            )
+        self._adopt_server_model(info, "")
         total, items, local_failures = _image_items(samples, patches_field, force_square, alpha)
         what = "patches" if patches_field else "samples"
         logger.info("Embedding %d %s on the lookalike server at %s...", total, what, self.config.server)
         failures: list[IngestResult] = []
+        stored: list[str] = []
         with self._errors(), fou.ProgressBar(total=total, progress=progress, iters_str=what) as bar:
             for result in self._client.ingest(items, self.collection_name):
-                if not result.ok:
-                    failures.append(result)
+                (stored.append(result.id) if result.ok else failures.append(result))
                 bar.update()
         failures.extend(local_failures)
         self._forget_neighbors()
         self._indexed = None
+        if self.config.embeddings_field is not None and stored:
+            # FiftyOne writes the field in add_to_index; here the server made the vectors, so read them back.
+            patches = patches_field is not None
+            for batch in _batches(stored, _IDS_PER_CALL):
+                vectors, sample_ids, label_ids = self.get_embeddings(
+                    label_ids=batch if patches else None, sample_ids=None if patches else batch)
+                self._write_field(vectors, sample_ids, label_ids)
         for failure in failures:
             logger.warning("lookalike could not embed %s: %s", failure.id, failure.message)
         if failures:
@@ -564,7 +613,10 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
                 label_ids.append(item_id)
         if local_failures and not skip_failures:
             raise ValueError(f"{local_failures[0].id}: {local_failures[0].message}")
-        dimension = self._ensure_collection().dimension
+        info = self._ensure_collection()
+        # These are the server's vectors: add_to_index() with them keeps the collection's model for queries.
+        self._adopt_server_model(info, "")
+        dimension = info.dimension
         embeddings = np.stack(vectors) if vectors else np.zeros((0, dimension), np.float32)
         return embeddings, np.array(sample_ids), np.array(label_ids) if patches_field else None
 
@@ -611,6 +663,10 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         with self._errors():
             for batch in _batches(ids, _IDS_PER_CALL):
                 self._client.delete(batch, self.collection_name)
+        if self.config.embeddings_field is not None and ids:  # as FiftyOne's sklearn backend does
+            patches = self.config.patches_field is not None
+            fbu.remove_embeddings(self._samples, self.config.embeddings_field, sample_ids=None if patches else ids,
+                                  label_ids=ids if patches else None, patches_field=self.config.patches_field)
         self._forget_neighbors()
         self._indexed = None
         if reload:
@@ -690,7 +746,7 @@ class LookalikeSimilarityIndex(fbs.SimilarityIndex, fbs.DuplicatesMixin):
         if aggregation not in (None, "mean"):
             raise ValueError(f"Unsupported aggregation {aggregation!r}; the lookalike backend supports 'mean'")
         if isinstance(query, _Queries):
-            if self.config.server_model is None:
+            if not self.config.server_model:
                 raise ValueError(
                     "This index holds embeddings computed outside the lookalike server, so the server cannot embed "
                     f"{'text' if query.kind == 'text' else 'image'} queries for it: query by ids or vectors"

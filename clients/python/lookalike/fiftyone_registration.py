@@ -105,11 +105,28 @@ def model_fiftyone_chose() -> str | None:
     if frame is None:
         return None  # called some other way: nothing to tell
     given = frame.f_locals
-    if given.get("model") is None and given.get("embeddings") is None and not (
-        (given.get("kwargs") or {}).get("embeddings_field")
+    if _fiftyone_picks_default_model(
+        given.get("samples"), given.get("patches_field") or given.get("roi_field"), given.get("embeddings"),
+        given.get("model"), (given.get("kwargs") or {}).get("embeddings_field"),
     ):
         return getattr(fbs, "_DEFAULT_MODEL", "FiftyOne's default model")
     return None
+
+
+def _fiftyone_picks_default_model(samples: Any, patches_field: str | None, embeddings: Any, model: Any,
+                                  embeddings_field: str | None) -> bool:
+    """Whether fiftyone-brain's `compute_similarity` loads its default model for these arguments: no model and no
+    embeddings, or only the name of an embeddings field that does not exist yet (which it would fill)."""
+    if model is not None:
+        return False
+    field = embeddings_field or (embeddings if etau.is_str(embeddings) else None)
+    if field is None:
+        return embeddings is None
+    if embeddings is not None and not etau.is_str(embeddings):
+        return False  # embeddings=False (or an array) with embeddings_field: nothing to compute
+    import fiftyone.brain.internal.core.utils as fbu
+
+    return not fbu.parse_data_field(samples, field, patches_field=patches_field, data_type="embeddings")[1]
 
 
 def chosen_model_message(model: str) -> str:
@@ -176,16 +193,15 @@ def _is_lookalike_backend(backend: Any, config_cls: Any, ours: type) -> bool:
 
 
 def _server_side_compute_similarity(compute_similarity, ours: type):
-    """Wraps fiftyone-brain's `compute_similarity`: with no model and no embeddings, the server embeds."""
+    """Wraps fiftyone-brain's `compute_similarity`: with no model and no embeddings (or only the name of an
+    embeddings field still to fill), the server embeds."""
 
     @functools.wraps(compute_similarity)
     def wrapper(samples, patches_field, roi_field, embeddings, brain_key, model, model_kwargs, force_square,
                 alpha, batch_size, num_workers, skip_failures, progress, backend, **kwargs):
-        server_embeds = (
-            model is None
-            and embeddings is None
-            and kwargs.get("embeddings_field") is None
-            and _is_lookalike_backend(backend, kwargs.get("config_cls"), ours)
+        field = kwargs.get("embeddings_field") or (embeddings if etau.is_str(embeddings) else None)
+        server_embeds = _is_lookalike_backend(backend, kwargs.get("config_cls"), ours) and (
+            _fiftyone_picks_default_model(samples, patches_field or roi_field, embeddings, model, field)
         )
         if not server_embeds:
             return compute_similarity(
@@ -195,7 +211,10 @@ def _server_side_compute_similarity(compute_similarity, ours: type):
         if roi_field is not None:
             raise ValueError("roi_field needs a model on the client: pass model=... (the server embeds whole images "
                              "or patches_field objects)")
-        # `embeddings=False` registers an empty index without FiftyOne's default model; then the server embeds.
+        # `embeddings=False` registers an empty index without FiftyOne's default model; then the server embeds
+        # (and writes the embeddings field, if one was named).
+        if field is not None:
+            kwargs["embeddings_field"] = field
         results = compute_similarity(
             samples, patches_field, roi_field, False, brain_key, None, model_kwargs, force_square, alpha,
             batch_size, num_workers, skip_failures, progress, backend, **kwargs,
