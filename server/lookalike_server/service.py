@@ -90,6 +90,7 @@ def _collection_to_wire(info: CollectionInfo) -> pb.CollectionInfo:
         row_count=info.row_count,
         execution_provider=info.execution_provider,
         model_precision=info.model_precision,
+        embeds_text=info.embeds_text,
         vectors_only=not spec.model,
         index_params=spec.index_params,
         min_recall=spec.min_recall,
@@ -122,6 +123,8 @@ def _query_from_wire(query: pb.Query) -> Query:
         return Query(ids=list(query.ids.ids))
     if kind == "text":
         return Query(text=query.text)
+    if kind == "texts":
+        return Query(texts=list(query.texts.texts))
     return Query()
 
 
@@ -308,9 +311,10 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
 
     @_abort_on_error
     async def Embed(self, request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
-        results = await self.pipeline.embed_many(
-            [(item.id, item.image) for item in request.items], _deadline(context)
-        )
+        deadline = _deadline(context)
+        results = await self.pipeline.embed_many([(item.id, item.image) for item in request.items], deadline)
+        if request.texts:  # after the images, as the proto says
+            results += await self.pipeline.embed_texts([(item.id, item.text) for item in request.texts], deadline)
         return pb.EmbedResponse(results=[_item_result_to_wire(r) for r in results])
 
     async def EmbedStream(

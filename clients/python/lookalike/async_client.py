@@ -30,6 +30,7 @@ from .client import (
     channel_options,
     create_collection_request,
     embed_request,
+    embed_texts_request,
     embeddings_from_reply,
     grpc_target,
     hits_from_reply,
@@ -243,6 +244,14 @@ class AsyncClient:
         request = await asyncio.to_thread(embed_request, images) if _reads_files(images) else embed_request(images)
         try:
             reply = await self._images.Embed(request, **self._per_call())
+        except grpc.RpcError as e:
+            raise _raise(e, self.server) from None
+        return embeddings_from_reply(reply)
+
+    async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Text prompts' embeddings as an (N, dim) array; raises on the first bad prompt."""
+        try:
+            reply = await self._images.Embed(embed_texts_request(texts), **self._per_call())
         except grpc.RpcError as e:
             raise _raise(e, self.server) from None
         return embeddings_from_reply(reply)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .client import DEFAULT_SERVER, ById, Client, LookalikeClientError, image_files
+from .client import DEFAULT_SERVER, ById, Client, LookalikeClientError, Text, Texts, image_files
 
 
 def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +87,16 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    if args.id:
-        query: object = ById(args.query)
+    if args.text is not None and (args.query is not None or args.id):
+        print("lookalike search: give a photo, --id ID or --text PROMPT, not several", file=sys.stderr)
+        return 2
+    if args.text is not None:
+        query: object = Text(args.text[0]) if len(args.text) == 1 else Texts(args.text)
+    elif args.query is None:
+        print("lookalike search: give a photo, a stored id with --id, or --text PROMPT", file=sys.stderr)
+        return 2
+    elif args.id:
+        query = ById(args.query)
     else:
         query = Path(args.query)
         if not query.is_file():
@@ -173,8 +181,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_server_flags(p)
 
-    p = sub.add_parser("search", help="the k most similar stored images to a photo")
-    p.add_argument("query", help="an image file, or with --id a stored id")
+    p = sub.add_parser("search", help="the k most similar stored images to a photo, a stored id or a text prompt")
+    p.add_argument("query", nargs="?", help="an image file, or with --id a stored id")
+    p.add_argument("--text", action="append", metavar="PROMPT",
+                   help='search by a text prompt, e.g. "a red car" (models with a text tower); several --text '
+                        "are searched by their mean")
     p.add_argument("-k", type=int, default=10, help="how many results (default %(default)s)")
     p.add_argument("--id", action="store_true", help="QUERY is a stored id, not a file")
     p.add_argument("--filter", default="", help='Milvus expression over metadata, e.g. \'metadata["label"] == "cat"\'')

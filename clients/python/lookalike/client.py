@@ -160,9 +160,16 @@ class MeanOf:
 
 @dataclass(frozen=True)
 class Text:
-    """A text prompt, for models with a text tower."""
+    """A text prompt, for models with a text tower (`CollectionInfo.embeds_text`): the server embeds it."""
 
     text: str
+
+
+@dataclass(frozen=True)
+class Texts:
+    """Several text prompts searched as one query, by the mean of their vectors."""
+
+    texts: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -199,10 +206,11 @@ class CollectionInfo:
     calibrations: dict[int, tuple[int, float]]
     model_precision: str = "float32"  # "float16" with --fp16, "int8" with a quantized card
     vectors_only: bool = False  # vectors computed elsewhere: no images, no image or text queries
+    embeds_text: bool = False  # the server's model has a text tower for this collection: Text queries work
 
 
 # A query: an image path, image bytes, a vector, or a stored id.
-QueryLike = str | os.PathLike | bytes | Sequence[float] | np.ndarray | ById | ByIds | MeanOf | Text
+QueryLike = str | os.PathLike | bytes | Sequence[float] | np.ndarray | ById | ByIds | MeanOf | Text | Texts
 CONSISTENCY_LEVELS = {
     "": pb.CONSISTENCY_UNSPECIFIED,
     "Strong": pb.CONSISTENCY_STRONG,
@@ -245,6 +253,7 @@ def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
         calibrations={c.k: (c.effort, c.recall) for c in info.calibrations if abs(c.target - info.min_recall) < 1e-4},
         model_precision=info.model_precision or "float32",
         vectors_only=info.vectors_only,
+        embeds_text=info.embeds_text,
     )
 
 
@@ -328,6 +337,20 @@ def embed_request(images: Sequence[str | os.PathLike | bytes]) -> pb.EmbedReques
     ])
 
 
+def _utf8(text: str) -> str:
+    """The prompt itself; a ValueError naming it if it cannot be sent (protobuf strings must be UTF-8)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"text prompt {text!r} cannot be sent: it is not valid Unicode ({e.reason} at "
+                         f"position {e.start}), and protobuf strings must be UTF-8") from None
+    return text
+
+
+def embed_texts_request(texts: Sequence[str]) -> pb.EmbedRequest:
+    return pb.EmbedRequest(texts=[pb.TextItem(id=str(i), text=_utf8(t)) for i, t in enumerate(texts)])
+
+
 def embeddings_from_reply(reply: pb.EmbedResponse) -> np.ndarray:
     """The (N, dim) array of an Embed reply; raises on the first image the server could not embed."""
     for result in reply.results:
@@ -345,7 +368,9 @@ def query_message(query: QueryLike) -> pb.Query:
         vectors = [pb.Vector(values=np.asarray(v, dtype=np.float32).ravel().tolist()) for v in query.vectors]
         return pb.Query(vectors=pb.VectorList(vectors=vectors))
     if isinstance(query, Text):
-        return pb.Query(text=query.text)
+        return pb.Query(text=_utf8(query.text))
+    if isinstance(query, Texts):
+        return pb.Query(texts=pb.TextList(texts=[_utf8(t) for t in query.texts]))
     if isinstance(query, (str, os.PathLike)):
         return pb.Query(image=Path(query).read_bytes())
     if isinstance(query, (bytes, bytearray)):
@@ -619,6 +644,15 @@ class Client:
             raise _raise(e, self.server) from None
         return embeddings_from_reply(reply)
 
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Text prompts' embeddings as an (N, dim) array, for a model with a text tower; raises on the first
+        bad prompt (empty, over the model's context length) or when the model has no text tower."""
+        try:
+            reply = self._images.Embed(embed_texts_request(texts), timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise _raise(e, self.server) from None
+        return embeddings_from_reply(reply)
+
     # Search
 
     def search_many(
@@ -651,7 +685,7 @@ class Client:
         return hits_from_reply(reply, include_metadata, include_vectors)
 
     def search(self, query: QueryLike, k: int = 10, **kwargs: Any) -> list[Hit]:
-        """The k nearest stored images to one query (a path, bytes, a vector, or ById)."""
+        """The k nearest stored images to one query (a path, bytes, a vector, ById, or Text("a red car"))."""
         return self.search_many([query], k, **kwargs)[0]
 
     # Rows

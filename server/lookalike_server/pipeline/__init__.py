@@ -106,6 +106,10 @@ class Pipeline:
     async def embed_one(self, item_id: str, data: bytes, deadline: float | None = None) -> ItemResult:
         return await self.embedding.embed_one(item_id, data, deadline)
 
+    async def embed_texts(self, items: Sequence[tuple[str, str]], deadline: float | None = None) -> list[ItemResult]:
+        """Each (id, prompt) embedded by the text tower, or its own error: one bad prompt fails alone."""
+        return await self.embedding.embed_texts(items, deadline)
+
     def ingest(self, items: AsyncIterator[IngestItem]) -> AsyncIterator[ItemResult]:
         return self.ingest_streams.ingest(items)
 

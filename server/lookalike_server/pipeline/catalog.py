@@ -86,7 +86,8 @@ class Catalog:
         index = await self.calls.call(self.calls.store.describe_index, spec.name)
         params = {k: int(v) for k, v in index.get("params", {}).items() if str(v).isdigit()}
         return CollectionInfo(dataclasses.replace(spec, index_params=params), rows, self.embedder.provider,
-                              self.embedder.precision, self.calibrator.calibrations_of(spec.name))
+                              self.embedder.precision, self.calibrator.calibrations_of(spec.name),
+                              self._embeds_text(spec))
 
     async def create(
         self,
@@ -129,7 +130,11 @@ class Catalog:
         )
         await self.calls.call(self.calls.store.create, spec)
         self._specs[name] = (spec, time.monotonic())
-        return CollectionInfo(spec, 0, self.embedder.provider, self.embedder.precision)
+        return CollectionInfo(spec, 0, self.embedder.provider, self.embedder.precision,
+                              embeds_text=self._embeds_text(spec))
+
+    def _embeds_text(self, spec: CollectionSpec) -> bool:
+        return self.embedder.text is not None and bool(spec.model) and spec.model == self.model_name
 
     async def list(self) -> list[CollectionInfo]:
         infos = []

@@ -1,5 +1,5 @@
-"""Images to L2-normalised embeddings: decoding threads, the micro-batcher and ONNX Runtime, with an
-interactive lane (Search, Embed) that never queues behind an ingest's backlog."""
+"""Images and text prompts to L2-normalised embeddings: decoding threads, the micro-batcher and ONNX Runtime,
+with an interactive lane (Search, Embed) that never queues behind an ingest's backlog."""
 
 from __future__ import annotations
 
@@ -15,20 +15,23 @@ from .. import _native, metrics
 from ..batcher import INTERACTIVE, MicroBatcher
 from ..config import ServerConfig
 from ..embedder import Embedder
-from ..errors import FailedPrecondition, LookalikeError
+from ..errors import FailedPrecondition, InvalidArgument, LookalikeError
 from ..imaging import image_to_tensor
+from ..model_card import cards_with_text
 from ..store import CollectionSpec
 from ..thread_priority import BULK_NICE, BulkGate, thread_pool
 from .types import ItemResult
+from .vectors import mean_of
 
 
 @dataclass
 class EmbedJob:
     """One image for the embed batcher: its bytes, which the inference thread decodes (on a CPU), or the
-    tensor a decoding thread made from them (on a GPU)."""
+    tensor a decoding thread made from them (on a GPU); or one tokenized prompt for the text tower."""
 
     image: bytes | None = None
     tensor: np.ndarray | None = None
+    tokens: np.ndarray | None = None
 
 
 class Embedding:
@@ -82,6 +85,25 @@ class Embedding:
             pool.shutdown(wait=True, cancel_futures=True)
 
     def embed_batch(self, jobs: Sequence[EmbedJob]) -> list[np.ndarray | LookalikeError]:
+        """Images through the image network and prompts through the text tower, in one batch's turn; every
+        vector L2-normalised by the native core."""
+        texts = [position for position, job in enumerate(jobs) if job.tokens is not None]
+        if not texts:
+            return self._embed_images(jobs)
+        images = [position for position, job in enumerate(jobs) if job.tokens is None]
+        results: list[np.ndarray | LookalikeError] = [np.empty(0)] * len(jobs)
+        if images:
+            for position, result in zip(images, self._embed_images([jobs[p] for p in images]), strict=True):
+                results[position] = result
+        assert self.embedder.text is not None  # prompts are tokenized only when there is a text tower
+        with metrics.EMBED_SECONDS.time():
+            vectors = self.embedder.text.embed([jobs[p].tokens for p in texts])  # type: ignore[misc]
+        _native.normalize_rows(vectors)
+        for position, vector in zip(texts, vectors, strict=True):
+            results[position] = vector
+        return results
+
+    def _embed_images(self, jobs: Sequence[EmbedJob]) -> list[np.ndarray | LookalikeError]:
         """Each job's tensor, or its decoded image, goes straight into one batch buffer; an image that does not
         decode fails alone (its error is its result), and the others are embedded and L2-normalised."""
         card = self.embedder.card
@@ -150,3 +172,61 @@ class Embedding:
                 f"this server embeds with {self.model_name!r}"
             )
         return await self.embed_image(data, priority, deadline)
+
+    # Text prompts
+
+    @property
+    def embeds_text(self) -> bool:
+        return self.embedder.text is not None
+
+    def _tokens(self, text: str, what: str) -> np.ndarray:
+        if self.embedder.text is None:
+            known = ", ".join(str(p) for p in cards_with_text()) or (
+                "none here: models/clip-vit-b-32/export.py writes one from CLIP weights, and "
+                "`python -m lookalike_server.testing.tiny_clip DIR` a tiny one for tests"
+            )
+            raise FailedPrecondition(
+                f"model {self.model_name!r} has no text tower, so {what} cannot be embedded: serve a card with a "
+                f"[text] section (cards with one: {known}), or search by image, vector or stored id"
+            )
+        return self.embedder.text.tokenize(text, what)
+
+    async def embed_text(self, text: str, deadline: float | None = None, what: str = "text") -> np.ndarray:
+        """A prompt's L2-normalised embedding, through the interactive lane: InvalidArgument if it is empty or
+        over the card's context length, FailedPrecondition if the model has no text tower."""
+        return await self._embed_tokens(self._tokens(text, what), deadline)
+
+    async def _embed_tokens(self, tokens: np.ndarray, deadline: float | None) -> np.ndarray:
+        with self.bulk_gate.interactive():
+            return await self._batcher.submit(EmbedJob(tokens=tokens), INTERACTIVE, deadline)
+
+    async def embed_texts(self, items: Sequence[tuple[str, str]], deadline: float | None = None) -> list[ItemResult]:
+        return list(await asyncio.gather(*(self.embed_text_one(i, text, deadline) for i, text in items)))
+
+    async def embed_text_one(self, item_id: str, text: str, deadline: float | None = None) -> ItemResult:
+        try:
+            return ItemResult(item_id, vector=await self.embed_text(text, deadline, f"text {item_id!r}"))
+        except LookalikeError as e:
+            return ItemResult(item_id, e.code, e.message)
+
+    async def text_vector(
+        self, texts: Sequence[str], spec: CollectionSpec, deadline: float | None = None
+    ) -> np.ndarray:
+        """The query vector of one prompt, or of several by their mean, for a collection of this server's model."""
+        if not spec.model:
+            raise FailedPrecondition(
+                f"collection {spec.name!r} is vectors-only: it holds {spec.dimension}-d vectors computed elsewhere "
+                "(no model), so a text query cannot be embedded for it; search by vector or stored id"
+            )
+        if spec.model != self.model_name:
+            raise FailedPrecondition(
+                f"collection {spec.name!r} holds embeddings of model {spec.model!r}; "
+                f"this server embeds with {self.model_name!r}"
+            )
+        if not texts:
+            raise InvalidArgument("a query by several texts needs at least one text")
+        whats = ["text"] if len(texts) == 1 else [f"text {i + 1} of {len(texts)}" for i in range(len(texts))]
+        # Every prompt is checked before any is embedded.
+        tokens = [self._tokens(text, what) for text, what in zip(texts, whats, strict=True)]
+        vectors = await asyncio.gather(*(self._embed_tokens(t, deadline) for t in tokens))
+        return vectors[0] if len(vectors) == 1 else mean_of(list(vectors), spec)

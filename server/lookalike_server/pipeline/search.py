@@ -13,7 +13,7 @@ import numpy as np
 from .. import metrics
 from ..batcher import INTERACTIVE, MicroBatcher
 from ..config import MAX_K, QUANTIZED_INDEXES
-from ..errors import FailedPrecondition, InvalidArgument, NotFound
+from ..errors import InvalidArgument, NotFound
 from ..expressions import ids_in
 from ..store import Candidate, CollectionSpec
 from .calibration import Calibrator
@@ -124,14 +124,9 @@ class Searcher:
         if q.image is not None:
             return await self.embedding.image_vector(q.image, spec, INTERACTIVE, deadline)
         if q.text is not None:
-            if not spec.model:
-                raise FailedPrecondition(
-                    f"collection {spec.name!r} holds {spec.dimension}-d vectors computed elsewhere (no model): "
-                    "a text query cannot be embedded for it; search by vector or stored id"
-                )
-            raise FailedPrecondition(
-                f"model {self.embedding.model_name!r} has no text tower: search by image, vector or id instead"
-            )
+            return await self.embedding.text_vector([q.text], spec, deadline)
+        if q.texts is not None:
+            return await self.embedding.text_vector(q.texts, spec, deadline)
         raise InvalidArgument("a query needs a vector, image bytes, a stored id, ids or vectors")
 
     async def _query_vectors(
@@ -139,7 +134,8 @@ class Searcher:
     ) -> np.ndarray:
         wanted = [i for q in queries for i in ([q.id] if q.id is not None else list(q.ids or ()))]
         stored = await self._stored_vectors(spec, wanted, consistency) if wanted else {}
-        if any(q.image is not None for q in queries):  # images are embedded concurrently
+        if any(q.image is not None or q.text is not None or q.texts is not None for q in queries):
+            # images and prompts are embedded concurrently
             vectors = await asyncio.gather(*(self._query_vector(q, spec, stored, deadline) for q in queries))
         else:  # nothing to wait for: no task per query
             vectors = [await self._query_vector(q, spec, stored, deadline) for q in queries]

@@ -44,6 +44,7 @@ class Query:
     ids: Sequence[str] | None = None
     vectors: Sequence[Sequence[float]] | None = None
     text: str | None = None
+    texts: Sequence[str] | None = None
 
 
 @dataclass
@@ -74,6 +75,7 @@ class CollectionInfo:
     execution_provider: str
     model_precision: str
     calibrations: list[Calibration] = field(default_factory=list)
+    embeds_text: bool = False  # the server's model has a text tower, and this collection holds its vectors
 
 
 def check_id(item_id: str) -> None:
