@@ -1,0 +1,101 @@
+"""The FiftyOne App's similarity search with `backend="lookalike"` (issue 26, trap 7).
+
+The App server runs in its own process, registered by the environment that `lookalike fiftyone-register
+--print-env` prints, and is sent the request the App's similarity search panel sends when a user picks the brain
+key and searches: POST /operators/execute for `@voxel51/panels/similarity_search` (FiftyOne 1.22's panel; the
+operator calls `sort_by_similarity` in the App server and keeps the ordered ids in the execution store, which the
+App then shows). No browser is needed; docs/fiftyone_app_screenshot.py takes the picture in docs/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.brain as fob
+import pytest
+from bson import ObjectId
+from fiftyone.operators.store import ExecutionStore
+
+from lookalike.fiftyone_registration import environment
+from tests.conftest import ServerProcess, free_port
+from tests.fiftyone.conftest import FIFTYONE_ENV, REPO, _stop, _wait_for_port
+
+SEARCH_OPERATOR = "@voxel51/panels/similarity_search"
+PANEL_STORE = "similarity_search_panel"  # plugins/panels/similarity_search/constants.py: STORE_NAME
+
+
+@pytest.fixture(scope="module")
+def app_url(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python -m fiftyone.server.main` on a free loopback port, as `fo.launch_app(remote=True)` starts it."""
+    port = free_port()
+    log = (tmp_path_factory.mktemp("app") / "app.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env={**os.environ, **FIFTYONE_ENV, **environment(server=server.address)},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port, proc, "the FiftyOne App server", timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def app_index(photos_dataset: fo.Dataset, server: ServerProcess) -> Iterator[str]:
+    index = fob.compute_similarity(photos_dataset, brain_key="app_sim", backend="lookalike", server=server.address)
+    yield "app_sim"
+    index.cleanup()
+    photos_dataset.delete_brain_run("app_sim")
+
+
+def _post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as reply:
+        return json.loads(reply.read())
+
+
+def _panel_search(app_url: str, dataset: fo.Dataset, params: dict) -> dict:
+    """What the App sends when the user runs a search in the similarity panel; returns the run it stored."""
+    reply = _post(f"{app_url}/operators/execute", {
+        "operator_uri": SEARCH_OPERATOR, "dataset_name": dataset.name, "view": [], "filters": {},
+        "selected": [], "selected_labels": [], "params": params,
+    })
+    store = ExecutionStore.create(PANEL_STORE, ObjectId(str(dataset._doc.id)))
+    if reply.get("error") is None:
+        return store.get(f"run:{reply['result']['run_id']}")
+    # A failed search: the panel lists it as its newest run, with the reason.
+    runs = [store.get(key) for key in store.list_keys() if key.startswith("run:")]
+    return max(runs, key=lambda run: run["creation_time"])
+
+
+def test_app_similarity_search_orders_as_sort_by_similarity(
+    app_url: str, app_index: str, photos_dataset: fo.Dataset, photos_dir: Path
+) -> None:
+    """By a selected sample, and the least similar first: the App's order is sort_by_similarity's."""
+    chelsea = photos_dataset.match(fo.ViewField("filepath").ends_with("chelsea.jpg")).first().id
+    for reverse in (False, True):
+        run = _panel_search(app_url, photos_dataset, {
+            "brain_key": app_index, "query_type": "image", "query": [chelsea], "k": 6, "reverse": reverse})
+        assert run["status"] == "completed", run.get("status_details")
+        expected = photos_dataset.sort_by_similarity(chelsea, brain_key=app_index, k=6, reverse=reverse).values("id")
+        assert run["result_ids"] == expected
+        assert len(set(expected)) == 6 and (expected[0] == chelsea) != reverse
+
+
+def test_app_reports_the_backends_refusal(app_url: str, app_index: str, photos_dataset: fo.Dataset) -> None:
+    """A text prompt to a model with no text tower: the run fails with the server's reason, not silently."""
+    run = _panel_search(app_url, photos_dataset, {"brain_key": app_index, "query_type": "text", "query": "a cat",
+                                                  "k": 3})
+    if run["status"] == "completed":  # a server whose model has a text tower answers it
+        assert len(run["result_ids"]) == 3
+    else:
+        assert run["status"] == "failed" and "text" in run["status_details"]
