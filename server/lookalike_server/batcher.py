@@ -6,7 +6,9 @@ number is served first, so interactive Search/Embed overtake bulk Ingest), and d
 deadline has passed is dropped with DeadlineExceeded instead of being computed). An optional interactive
 lane is one more worker, on its own executor, that takes only interactive items: they never wait for a
 bulk batch to finish when every other worker is busy. The other workers leave interactive items to the lane
-unless it is busy: on a loaded machine their (lower-priority) threads would run them slowly.
+unless it is busy: on a loaded machine their (lower-priority) threads would run them slowly. An optional
+pacer (search_slo.SearchSlo) makes the other workers idle after each all-bulk batch while searches need the
+cores: bulk batches then run less often (and an upsert batcher's grow meanwhile).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from . import metrics
 from .errors import DeadlineExceeded
@@ -30,6 +32,11 @@ R = TypeVar("R")
 # Priorities: interactive calls first.
 INTERACTIVE = 0
 BULK = 1
+
+
+class Pacer(Protocol):
+    async def pace(self, busy_s: float) -> None:
+        """Called by a worker after an all-bulk batch that took `busy_s`: returns when it may take the next."""
 
 
 @dataclass
@@ -62,6 +69,7 @@ class MicroBatcher(Generic[T, R]):
         name: str = "batcher",
         interactive_executor: Executor | None = None,
         overlap_at: int = 1,
+        pacer: Pacer | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
@@ -81,10 +89,12 @@ class MicroBatcher(Generic[T, R]):
         # better spent filling the next batch than on a second near-empty call. 1: start at once.
         self.overlap_at = max(1, overlap_at)
         self._running = 0  # batches in flight on the (non-lane) workers
+        self.pacer = pacer
         self._workers: list[asyncio.Task[None]] = []
         # The labelled metrics, looked up once: labels() takes a lock and a dict lookup per call.
         self._depth_gauge = metrics.QUEUE_DEPTH.labels(name)
         self._size_histogram = metrics.BATCH_SIZE.labels(name)
+        self._wait_histogram = metrics.BATCH_QUEUE_SECONDS.labels(name)
         self.batches = 0
         self.items = 0
 
@@ -125,7 +135,7 @@ class MicroBatcher(Generic[T, R]):
         """Whether a worker would run the next item at once and alone: a coroutine batcher that waits for no
         company, with nothing queued and nothing running."""
         return (self._executor is None and self.max_queue_delay <= 0 and self._running == 0
-                and not any(self._queues))
+                and not any(self._queues) and self.pacer is None)  # a paced batcher's workers run everything
 
     async def _run_alone(self, item: T, now: float, deadline: float | None) -> R:
         """The batch of one a worker would form, run in the caller's own task: handing it to a worker and the
@@ -137,6 +147,7 @@ class MicroBatcher(Generic[T, R]):
         self.batches += 1
         self.items += 1
         self._size_histogram.observe(1)
+        self._wait_histogram.observe(0.0)
         try:
             return (await self._run_batch([item]))[0]  # type: ignore[misc]
         finally:
@@ -207,8 +218,10 @@ class MicroBatcher(Generic[T, R]):
         return await asyncio.get_running_loop().run_in_executor(executor, self._run_batch, items)
 
     async def _work(self, executor: Executor | None, lane: bool) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             batch = await self._next_batch(lane)
+            started = loop.time()
             if lane:
                 self._lane_busy = True
                 if self._queues[INTERACTIVE]:
@@ -224,6 +237,8 @@ class MicroBatcher(Generic[T, R]):
                     self._running -= 1
                     if self.overlap_at > 1 and self.queue_depth():
                         self._arrived.set()  # a worker held back by the running batch may start now
+            if not lane and self.pacer is not None and all(e.priority != INTERACTIVE for e in batch):
+                await self.pacer.pace(loop.time() - started)
 
     async def _finish(self, executor: Executor | None, batch: list[_Entry[T, R]]) -> None:
         """Runs the batch and settles every caller's future with its own result or error."""
@@ -231,6 +246,9 @@ class MicroBatcher(Generic[T, R]):
         self.items += len(batch)
         self._size_histogram.observe(len(batch))
         self._depth_gauge.set(self.queue_depth())
+        now = asyncio.get_running_loop().time()
+        for entry in batch:
+            self._wait_histogram.observe(now - entry.enqueued)
         try:
             results = await self._run(executor, [e.item for e in batch])
             outcomes: list[tuple[_Entry[T, R], R | None, BaseException | None]] = [

@@ -103,6 +103,11 @@ class ServerConfig:
     tls_cert: str = setting("", "server certificate (PEM): serve over TLS")
     tls_key: str = setting("", "server private key (PEM)")
     tls_client_ca: str = setting("", "CA (PEM) that signs client certificates: require mutual TLS")
+    # Searches first: when recent Search p99 nears this, bulk work (ingest inference, upserts, flushes, Ingest
+    # streams' reads, recall calibrations) slows down, and speeds up again once searches are quiet (search_slo.py).
+    search_p99_target_ms: float = setting(
+        100.0, "Search p99 latency target: ingest and other bulk work yield when recent searches near it, and "
+        "take every cycle it leaves (default 100; 0: off)")
     # Operations
     metrics_port: int = setting(0, "serve Prometheus metrics on this port (default: off)")
     max_inflight_requests: int = setting(1024, "calls in flight before RESOURCE_EXHAUSTED (1024)")
@@ -136,7 +141,7 @@ class ServerConfig:
         for name in ("decode_workers", "inference_threads", "metrics_port"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 (automatic/off) or more, got {getattr(self, name)}")
-        for name in ("max_queue_delay_ms", "max_connection_age_s", "shutdown_grace_s"):
+        for name in ("max_queue_delay_ms", "max_connection_age_s", "shutdown_grace_s", "search_p99_target_ms"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number of at least 0, got {value}")

@@ -22,6 +22,30 @@ RERANK_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 INFLIGHT = Gauge("lookalike_inflight_requests", "Calls being served")
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+SEARCH_STAGE_SECONDS = Histogram(
+    "lookalike_search_stage_seconds",
+    "A Search's time by stage: vectors (its query vectors: read by id or embedded), queue (waiting for the "
+    "search batcher), milvus (the ANN call its batch made), rank (ordering or re-ranking candidates), total",
+    ["stage"], buckets=_LATENCY_BUCKETS,
+)
+BATCH_QUEUE_SECONDS = Histogram(
+    "lookalike_batch_queue_seconds", "How long an item waited in a batcher before its batch started, by batcher",
+    ["batcher"], buckets=_LATENCY_BUCKETS,
+)
+EVENT_LOOP_LAG_SECONDS = Histogram(
+    "lookalike_event_loop_lag_seconds", "How late the event loop ran a timer: every call waits this long to move",
+    buckets=_LATENCY_BUCKETS,
+)
+THROTTLE_SHARE = Gauge(
+    "lookalike_ingest_bulk_share",
+    "Share of its full pace that bulk work (ingest inference, upserts, flushes) may take: 1 at full speed, lower "
+    "while recent Search latency nears --search-p99-target-ms",
+)
+THROTTLE_ENGAGEMENTS = Counter(
+    "lookalike_ingest_throttle_engagements_total", "Times bulk work started yielding to searches (its share left 1)"
+)
+SEARCH_P99_RECENT = Gauge("lookalike_search_p99_recent_seconds", "Search p99 over the throttle's recent window")
 
 
 def serve_metrics(port: int, address: str = "0.0.0.0") -> None:

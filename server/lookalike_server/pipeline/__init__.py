@@ -15,6 +15,7 @@ import numpy as np
 from ..batcher import INTERACTIVE
 from ..config import ServerConfig
 from ..embedder import Embedder
+from ..search_slo import SearchSlo
 from ..store import CollectionSpec, Store
 from .calibration import Calibrator
 from .catalog import Catalog
@@ -39,9 +40,11 @@ class Pipeline:
         self.calls = StoreCalls(store)
         self.calibrator = Calibrator(store)
         self.catalog = Catalog(config, embedder, self.calls, self.calibrator)
-        self.embedding = Embedding(config, embedder)
-        self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.calls, self.calibrator)
-        self.searcher = Searcher(self.catalog, self.embedding, self.calls, self.calibrator)
+        # The Search latency target: bulk work (ingest's inference, upserts, reads and flushes) yields to it.
+        self.slo = SearchSlo(config.search_p99_target_ms)
+        self.embedding = Embedding(config, embedder, pacer=self.slo)
+        self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.calls, self.calibrator, self.slo)
+        self.searcher = Searcher(self.catalog, self.embedding, self.calls, self.calibrator, self.slo)
 
     @property
     def model_name(self) -> str:
@@ -58,6 +61,7 @@ class Pipeline:
 
     async def start(self) -> None:
         self.store.open_async()
+        self.slo.start()
         self.embedding.start()
         self.searcher.start()
         self.ingest_streams.start()
@@ -67,6 +71,7 @@ class Pipeline:
         await self.embedding.close()
         await self.searcher.close()
         await self.ingest_streams.close()
+        await self.slo.close()
         self.calls.close()
         self.calibrator.close()
         await self.store.close_async()

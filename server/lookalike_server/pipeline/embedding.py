@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _native, metrics
-from ..batcher import INTERACTIVE, MicroBatcher
+from ..batcher import INTERACTIVE, MicroBatcher, Pacer
 from ..config import ServerConfig
 from ..embedder import Embedder
 from ..errors import FailedPrecondition, InvalidArgument, LookalikeError
@@ -35,7 +35,7 @@ class EmbedJob:
 
 
 class Embedding:
-    def __init__(self, config: ServerConfig, embedder: Embedder) -> None:
+    def __init__(self, config: ServerConfig, embedder: Embedder, pacer: Pacer | None = None) -> None:
         self.config = config
         self.embedder = embedder
         cores = os.cpu_count() or 1
@@ -69,6 +69,7 @@ class Embedding:
             concurrency=embedder.concurrent_runs,
             name="embed-batcher",
             interactive_executor=self._interactive_inference_pool,
+            pacer=pacer,  # bulk batches yield while searches near their latency target
         )
 
     @property

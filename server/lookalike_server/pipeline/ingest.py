@@ -1,5 +1,6 @@
 """Ingest streams: each item checked and embedded, rows upserted through one batcher shared by all streams,
-one result per item once Milvus holds it, and one flush per burst of streams ending."""
+one result per item once Milvus holds it, and one flush per burst of streams ending. While searches near
+their latency target (search_slo), streams are read more slowly, upserts wait, and flushes are deferred."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from .. import metrics
 from ..batcher import BULK, MicroBatcher
 from ..config import ServerConfig
 from ..errors import InvalidArgument, LookalikeError
+from ..search_slo import SearchSlo
 from .calibration import Calibrator
 from .catalog import Catalog
 from .embedding import Embedding
@@ -44,6 +46,11 @@ SETTLE_DELAY_SECONDS = 0.5
 # segment that Milvus then indexes beside the live ingest, which stalled interactive calls by up to 180 ms),
 # but no longer than this after the first stream's end.
 SETTLE_MAX_WAIT_SECONDS = 10.0
+# A flush waits for searches to be quiet (it seals a segment that Milvus then indexes), but no longer than this:
+# the rows must be indexed some time.
+FLUSH_MAX_DEFER_SECONDS = 30.0
+# How often a throttled stream's reader looks again whether it may read on.
+THROTTLED_READ_POLL_SECONDS = 0.02
 
 
 @dataclass
@@ -56,8 +63,9 @@ class Row:
 
 class Ingest:
     def __init__(self, config: ServerConfig, catalog: Catalog, embedding: Embedding, calls: StoreCalls,
-                 calibrator: Calibrator) -> None:
+                 calibrator: Calibrator, slo: SearchSlo | None = None) -> None:
         self.config = config
+        self.slo = slo if slo is not None else SearchSlo(0.0)
         self.catalog = catalog
         self.embedding = embedding
         self.calls = calls
@@ -73,6 +81,7 @@ class Ingest:
             concurrency=1 if lite else UPSERT_CALLS_IN_FLIGHT,
             overlap_at=UPSERT_OVERLAP_AT,
             name="upsert-batcher",
+            pacer=self.slo,  # upserts wait while searches need Milvus and the cores; their batches grow meanwhile
         )
         # Collections with a flush pending after an ingest (see _settle_soon), and those flushes under way.
         self._settle_timers: dict[str, asyncio.TimerHandle] = {}
@@ -136,6 +145,7 @@ class Ingest:
         # Rows stored from here on need a flush of their own: a stream ending now schedules the next one.
         self._settle_timers.pop(name, None)
         self._settle_asked.pop(name, None)
+        await self.slo.wait_for_quiet(FLUSH_MAX_DEFER_SECONDS)
         try:
             await self.calls.call(self.calls.store.flush, name)
         except Exception as e:  # Milvus down or the collection dropped: the next stream's end tries again
@@ -172,10 +182,17 @@ class Ingest:
     async def ingest(self, items: AsyncIterator[IngestItem]) -> AsyncIterator[ItemResult]:
         """Yields one result per item, in order, each only after its row is stored (or failed)."""
         window: asyncio.Queue[asyncio.Task[Row | ItemResult] | None] = asyncio.Queue(self.config.ingest_window)
+        unanswered = 0  # items read and not yet answered
 
         async def read() -> None:
+            nonlocal unanswered
             async for item in items:
+                unanswered += 1
                 await window.put(asyncio.ensure_future(self._prepare_row(item)))
+                # While searches need the cores, fewer items in flight: the stream's next messages stay unread
+                # and HTTP/2 flow control holds its client back (nothing is dropped).
+                while self.slo.share < 1.0 and unanswered >= self.slo.read_window(self.config.ingest_window):
+                    await asyncio.sleep(THROTTLED_READ_POLL_SECONDS)
             await window.put(None)
 
         reader = asyncio.ensure_future(read())
@@ -203,6 +220,7 @@ class Ingest:
                 for p in prepared:
                     result = next(stored) if isinstance(p, Row) else p
                     metrics.ITEMS.labels(result.code).inc()
+                    unanswered -= 1
                     yield result
                 waiting = []
             await reader

@@ -4,6 +4,7 @@ candidates ordered exactly, or an exact scan where no index serves."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from ..batcher import INTERACTIVE, MicroBatcher
 from ..config import MAX_K, QUANTIZED_INDEXES
 from ..errors import InvalidArgument, NotFound
 from ..expressions import ids_in
+from ..search_slo import SearchSlo
 from ..store import Candidate, CollectionSpec
 from .calibration import Calibrator
 from .catalog import Catalog
@@ -61,10 +63,18 @@ class _SearchJob:
     key: _SearchKey
     spec: CollectionSpec
     vectors: np.ndarray
+    milvus_s: float = 0.0  # the Milvus time of the batch that served it: the rest of its wait was the queue's
+
+
+# Each stage's histogram, looked up once (labels() takes a lock and builds a key per call).
+_STAGE = {stage: metrics.SEARCH_STAGE_SECONDS.labels(stage) for stage in ("vectors", "queue", "milvus", "rank",
+                                                                          "total")}
 
 
 class Searcher:
-    def __init__(self, catalog: Catalog, embedding: Embedding, calls: StoreCalls, calibrator: Calibrator) -> None:
+    def __init__(self, catalog: Catalog, embedding: Embedding, calls: StoreCalls, calibrator: Calibrator,
+                 slo: SearchSlo | None = None) -> None:
+        self.slo = slo  # told every search's latency, so bulk work yields when searches slow down
         self.catalog = catalog
         self.embedding = embedding
         self.calls = calls
@@ -147,6 +157,18 @@ class Searcher:
         self, collection: str, queries: Sequence[Query], options: SearchOptions, deadline: float | None = None
     ) -> list[list[Hit]]:
         """Top k per query: Milvus' approximate candidates, re-ranked exactly by the native core."""
+        started = time.perf_counter()
+        try:
+            return await self._search(collection, queries, options, deadline)
+        finally:
+            elapsed = time.perf_counter() - started
+            _STAGE["total"].observe(elapsed)
+            if self.slo is not None:
+                self.slo.observe(elapsed)
+
+    async def _search(
+        self, collection: str, queries: Sequence[Query], options: SearchOptions, deadline: float | None
+    ) -> list[list[Hit]]:
         if not 1 <= options.k <= MAX_K:
             raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {options.k}")
         if not queries:
@@ -157,7 +179,9 @@ class Searcher:
         if not 0.0 <= options.min_recall <= 1.0:
             raise InvalidArgument(f"min_recall must be between 0 and 1, got {options.min_recall}")
         spec = await self.catalog.spec(collection)
+        stage_started = time.perf_counter()
         vectors = await self._query_vectors(spec, queries, options.consistency, deadline)
+        _STAGE["vectors"].observe(time.perf_counter() - stage_started)
         self.calls.check()
         want = options.k + options.offset
         filter_expr = options.filter_expr
@@ -181,13 +205,21 @@ class Searcher:
                 with_vectors = spec.index_type in QUANTIZED_INDEXES or options.include_vectors
                 key = _SearchKey(spec.name, spec.index_type, plan.fetch, filter_expr, options.include_metadata,
                                  plan.effort, options.consistency, with_vectors)
-                found = await self._batcher.submit(_SearchJob(key, spec, probe), INTERACTIVE)
+                job = _SearchJob(key, spec, probe)
+                stage_started = time.perf_counter()
+                found = await self._batcher.submit(job, INTERACTIVE)
+                _STAGE["queue"].observe(max(0.0, time.perf_counter() - stage_started - job.milvus_s))
+                _STAGE["milvus"].observe(job.milvus_s)
                 if spec.index_type not in QUANTIZED_INDEXES:
                     # Float indexes score candidates exactly already: merge and order Milvus' own scores.
+                    stage_started = time.perf_counter()
                     ranked = rank_by_distance(found, want, spec.metric, options.reverse)
+                    _STAGE["rank"].observe(time.perf_counter() - stage_started)
                     return [hits[options.offset :] for hits in ranked]
+        stage_started = time.perf_counter()
         with metrics.RERANK_SECONDS.time():
             ranked = rerank(vectors, found, want, spec.metric, options.reverse)
+        _STAGE["rank"].observe(time.perf_counter() - stage_started)
         return [hits[options.offset :] for hits in ranked]
 
     async def _search_batch(self, jobs: Sequence[_SearchJob]) -> list[list[list[Candidate]]]:
@@ -202,6 +234,7 @@ class Searcher:
             # VECTOR_REPLY_FLOATS when the hits carry their vectors.
             step = queries_per_call(key.limit, jobs[positions[0]].spec.dimension, key.with_vectors)
             found = []
+            milvus_started = time.perf_counter()
             for start in range(0, len(vectors), step):
                 args = (key.collection, jobs[positions[0]].spec, vectors[start : start + step], key.limit,
                         key.filter_expr, key.with_metadata, key.effort, key.consistency, key.with_vectors)
@@ -209,8 +242,10 @@ class Searcher:
                     found += await self.store.search_async(*args)
                 else:
                     found += await self.calls.call(self.store.search, *args)
+            milvus_s = time.perf_counter() - milvus_started
             start = 0
             for p in positions:
+                jobs[p].milvus_s = milvus_s
                 count = len(jobs[p].vectors)
                 results[p] = found[start : start + count]
                 start += count
