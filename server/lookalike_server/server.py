@@ -178,8 +178,7 @@ class LookalikeServer:
             self._watchdog.cancel()
         await self.grpc_server.stop(grace)
         if self.pipeline:
-            await self.pipeline.close()
-            self.pipeline.store.close()
+            await self.pipeline.close()  # closes the store too
         if self.embedded_milvus:
             await asyncio.get_running_loop().run_in_executor(None, self.embedded_milvus.stop)
         log.info("stopped")

@@ -22,7 +22,6 @@ from . import metrics, served_index
 from .config import INDEX_TYPES, SERVER_ONLY_INDEX_TYPES, ServerConfig
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
 from .expressions import ids_in
-from .milvus_rpc import MilvusRpc
 from .read_write_lock import ReadWriteLock
 from .served_index import IndexState
 from .store_layout import (
@@ -31,7 +30,6 @@ from .store_layout import (
     CollectionSpec,
     build_params,
     candidates,
-    hits_per_query,
     output_fields,
     rows_by_id,
     search_params,
@@ -89,9 +87,7 @@ class Store:
                     if value:
                         kwargs[key] = value
         self.uri = uri
-        self._connect_args = kwargs
-        # A Milvus server is also called from the event loop (see open_async); Milvus Lite runs in-process.
-        self.aio: MilvusRpc | None = None
+        self.connect_args = kwargs
         try:
             self.client = MilvusClient(uri, **kwargs)
         except MilvusException as e:
@@ -103,27 +99,13 @@ class Store:
         self._strong = {} if self.is_lite else {"consistency_level": "Strong"}
         # Milvus Lite in this process runs a write (a flush, an upsert) alone, whichever thread makes it: its
         # flush swaps in an empty memtable before the flushed segment is visible, and its searches read both
-        # without a lock, so a search beside a flush (the recall calibration flushes from its own thread)
-        # missed rows. Reads share it: when every call ran alone, a calibration's read of all rows (2-4 s a
+        # without a lock, so a search beside a flush (on another of AsyncStore's threads) missed rows.
+        # Reads share it: when every call ran alone, a calibration's read of all rows (2-4 s a
         # call at 20,000 x 1280) held each search behind it, p99 2.1 s in the half minute after an ingest.
         self._lite_lock = ReadWriteLock() if self.is_lite else None
 
     def close(self) -> None:
         self.client.close()
-
-    def open_async(self) -> None:
-        """Opens the event-loop client for searches and reads by id, on the running loop (a server only).
-
-        The interactive path then makes no hop to a thread and back: at 32 concurrent Search clients on
-        Milvus standalone that hop, and the GIL handed between the threads, cost about 15% of the QPS.
-        """
-        if not self.is_lite and self.aio is None:
-            self.aio = MilvusRpc(self.uri, **{k: v for k, v in self._connect_args.items() if v})
-
-    async def close_async(self) -> None:
-        if self.aio is not None:
-            await self.aio.close()
-            self.aio = None
 
     def ping(self) -> None:
         """Raises Unavailable unless Milvus answers."""
@@ -139,8 +121,8 @@ class Store:
                 self._reload(collection)
                 return fn(*args, **kwargs)
 
-    async def _call_async(self, fn: Any, *args: Any, collection: str, filter_expr: str = "", **kwargs: Any) -> Any:
-        """_call for the event-loop client: the same errors, metrics and reload of a released collection."""
+    async def call_async(self, fn: Any, *args: Any, collection: str, filter_expr: str = "", **kwargs: Any) -> Any:
+        """_call for AsyncStore's event-loop client: the same errors, metrics and reload of a released collection."""
         with self._translated(fn.__name__, collection, filter_expr):
             try:
                 return await fn(collection, *args, **kwargs)
@@ -292,23 +274,6 @@ class Store:
         """Seals the collection's recent rows so Milvus indexes them."""
         self._call(self.client.flush, name, collection=name)
 
-    def wait_for_index(self, name: str, timeout: float = 120.0) -> IndexState | None:
-        """Flushes and waits until every flushed row is searched through its index; returns that state (see
-        served_index), or None if that did not happen in time.
-
-        Recall measured before then is misleading: Milvus answers rows it has not indexed, or whose index its
-        query node has not loaded yet, by brute force.
-        """
-        self.flush(name)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            state = self.index_state(name)
-            if state is not None:
-                return state
-            time.sleep(0.5)
-        log.warning("collection %s: the index was not serving every row within %.0f s", name, timeout)
-        return None
-
     def index_state(self, name: str) -> IndexState | None:
         """The segments and indexes that answer the collection's searches, once every flushed row is searched
         through its index; None while some are still searched another way."""
@@ -384,25 +349,6 @@ class Store:
                 results = self.client.search(name, **request)
         return candidates(results, with_vectors, with_metadata)
 
-    async def search_async(
-        self,
-        name: str,
-        spec: CollectionSpec,
-        vectors: np.ndarray,
-        limit: int,
-        filter_expr: str = "",
-        with_metadata: bool = False,
-        effort: int = 0,
-        consistency: str = "",
-        with_vectors: bool = True,
-    ) -> list[list[Candidate]]:
-        """search() on the event loop (open_async first)."""
-        assert self.aio is not None, "open_async() first"
-        rows = await self._call_async(self.aio.search, vectors, limit, search_params(spec.index_type, limit, effort),
-                                      filter_expr, tuple(output_fields(with_vectors, with_metadata)),
-                                      self._level_name(consistency), collection=name, filter_expr=filter_expr)
-        return hits_per_query(rows)
-
     def _search_request(
         self, spec: CollectionSpec, vectors: np.ndarray, limit: int, filter_expr: str, with_metadata: bool,
         effort: int, consistency: str, with_vectors: bool,
@@ -419,10 +365,10 @@ class Store:
     def _level(self, consistency: str) -> dict[str, str]:
         if self.is_lite:
             return {}
-        return {"consistency_level": self._level_name(consistency)}
+        return {"consistency_level": self.level_name(consistency)}
 
     @staticmethod
-    def _level_name(consistency: str) -> str:
+    def level_name(consistency: str) -> str:
         """The consistency level a server read uses: the one asked for, or Session."""
         if consistency and consistency not in CONSISTENCY_LEVELS:
             raise InvalidArgument(f"consistency must be one of {CONSISTENCY_LEVELS}, got {consistency!r}")
@@ -439,28 +385,12 @@ class Store:
             # filter among those found (3.8 s).
             ids = list(self.get(name, ids, with_vectors=False, with_metadata=False))
         found: dict[str, tuple[np.ndarray | None, dict[str, Any] | None]] = {}
-        for request in self._get_requests(ids, with_vectors, with_metadata, filter_expr, self._strong):
+        for request in self.get_requests(ids, with_vectors, with_metadata, filter_expr, self._strong):
             found.update(rows_by_id(self._call(self.client.query, name, collection=name, **request),
                                      with_vectors, with_metadata))
         return found
 
-    async def get_vectors_async(self, name: str, ids: list[str], consistency: str = "") -> dict[str, np.ndarray]:
-        """The stored vectors among `ids`, on the event loop, read at a search's consistency level.
-
-        They are a search's query vectors, so they are read as the search itself reads: Strong would make
-        every search by id on a Milvus server wait for its next time tick (about 200 ms, measured).
-        """
-        assert self.aio is not None, "open_async() first"
-        found: dict[str, np.ndarray] = {}
-        level = self._level_name(consistency)
-        for request in self._get_requests(ids, True, False, "", {}):
-            rows = await self._call_async(self.aio.query, request["filter"], tuple(request["output_fields"]), level,
-                                          collection=name)
-            if rows.vectors is not None:
-                found.update(zip(rows.ids, rows.vectors, strict=True))
-        return found
-
-    def _get_requests(self, ids: Sequence[str], with_vectors: bool, with_metadata: bool, filter_expr: str,
+    def get_requests(self, ids: Sequence[str], with_vectors: bool, with_metadata: bool, filter_expr: str,
                       level: dict[str, str]) -> Iterator[dict[str, Any]]:
         fields = output_fields(with_vectors, with_metadata)
         for start in range(0, len(ids), GET_CHUNK):

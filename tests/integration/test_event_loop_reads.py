@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import numpy as np
 import pytest
 
+from lookalike_server.async_store import AsyncStore
 from lookalike_server.config import ServerConfig
 from lookalike_server.errors import FailedPrecondition, InvalidArgument, NotFound
 from lookalike_server.store import CONSISTENCY_LEVELS, CollectionSpec, Store
@@ -33,15 +35,16 @@ def test_event_loop_search_and_reads_match_pymilvus(milvus_server_uri, index_typ
         queries = vectors[[3, 150, 299]]
 
         async def on_the_loop():
-            store.open_async()
+            surface = AsyncStore(store)
+            surface.open()
             try:
-                searched = await store.search_async(spec.name, spec, queries, 7, "metadata['even'] == true",
-                                                    with_metadata=True, effort=64, with_vectors=True)
-                plain = await store.search_async(spec.name, spec, queries[:1], 5, with_vectors=False)
-                read = await store.get_vectors_async(spec.name, ["row-10", "row-11", "ghost"])
+                searched = await surface.search(spec, queries, 7, "metadata['even'] == true", with_metadata=True,
+                                                effort=64, with_vectors=True)
+                plain = await surface.search(spec, queries[:1], 5, with_vectors=False)
+                read = await surface.get_vectors(spec.name, ["row-10", "row-11", "ghost"])
                 return searched, plain, read
             finally:
-                await store.close_async()
+                await surface.close(close_store=False)
 
         searched, plain, read = asyncio.run(on_the_loop())
         expected = store.search(spec.name, spec, queries, 7, "metadata['even'] == true", with_metadata=True,
@@ -72,7 +75,8 @@ def test_event_loop_reads_see_this_servers_writes_and_report_milvus_errors(milvu
         store.upsert(spec.name, ids, vectors, metadata)
 
         async def on_the_loop():
-            store.open_async()
+            surface = AsyncStore(store)
+            surface.open()
             try:
                 seen = {}
                 _, new_vectors, _ = _rows(len(CONSISTENCY_LEVELS), seed=3)
@@ -81,21 +85,20 @@ def test_event_loop_reads_see_this_servers_writes_and_report_milvus_errors(milvu
                     fresh = f"fresh-{level}"
                     store.upsert(spec.name, [fresh], vector[None], [{}])
                     if level in ("Strong", "Session"):
-                        stored = await store.get_vectors_async(spec.name, [fresh], level)
-                        hits = await store.search_async(spec.name, spec, vector[None], 1, consistency=level)
+                        stored = await surface.get_vectors(spec.name, [fresh], level)
+                        hits = await surface.search(spec, vector[None], 1, consistency=level)
                         seen[level] = (fresh in stored, hits[0][0].id == fresh)
                     else:  # weaker levels are accepted; what they see is up to the server
-                        await store.search_async(spec.name, spec, vectors[:1], 1, consistency=level)
+                        await surface.search(spec, vectors[:1], 1, consistency=level)
                 with pytest.raises(InvalidArgument, match="metadata"):
-                    await store.search_async(spec.name, spec, vectors[:1], 3, "metadata['n'] >>> 1",
-                                             with_vectors=False)
+                    await surface.search(spec, vectors[:1], 3, "metadata['n'] >>> 1", with_vectors=False)
                 with pytest.raises(InvalidArgument, match="consistency"):
-                    await store.search_async(spec.name, spec, vectors[:1], 3, consistency="Sometimes")
+                    await surface.search(spec, vectors[:1], 3, consistency="Sometimes")
                 with pytest.raises(NotFound, match="missing"):
-                    await store.search_async("missing", spec, vectors[:1], 3)
+                    await surface.search(dataclasses.replace(spec, name="missing"), vectors[:1], 3)
                 return seen
             finally:
-                await store.close_async()
+                await surface.close(close_store=False)
 
         seen = asyncio.run(on_the_loop())
         assert seen == {"Strong": (True, True), "Session": (True, True)}

@@ -7,11 +7,13 @@ argument: a quantized index whose compressed scores put only part of the true to
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
 from milvus_lite.storage.segment import Segment
 
+from lookalike_server.async_store import AsyncStore
 from lookalike_server.config import ServerConfig
 from lookalike_server.pipeline import rank_by_distance
 from lookalike_server.pipeline.calibration import OVERFETCH_STEPS, calibrate
@@ -29,6 +31,27 @@ def _collection(tmp_path, index_type: str) -> tuple[Store, CollectionSpec, list[
     store.create(spec)
     store.upsert(spec.name, ids, vectors, [{} for _ in ids])
     return store, spec, ids, vectors
+
+
+def _calibrate(store: Store, spec: CollectionSpec, search, **replaced):
+    """calibrate() through the store's async surface, with some of its calls replaced (name -> result maker);
+    `search` is a plain function, as the scripted indexes below are."""
+
+    async def run():
+        surface = AsyncStore(store)
+        for name, make in replaced.items():
+            async def replacement(*args, make=make, **kwargs):
+                return make(*args, **kwargs)
+            setattr(surface, name, replacement)
+
+        async def searched(*args, **kwargs):
+            return search(*args, **kwargs)
+        try:
+            return await calibrate(surface, spec, 0.99, searched)
+        finally:
+            await surface.close(close_store=False)
+
+    return asyncio.run(run())
 
 
 def _scripted_index(ids: list[str], vectors: np.ndarray, calls: list[tuple[int, int]], needs: int):
@@ -49,7 +72,7 @@ def _calibrated(tmp_path, index_type: str, calls: list[tuple[int, int]]):
     """calibrate() on a real collection of `index_type` whose index needs 8 candidates per result."""
     store, spec, ids, vectors = _collection(tmp_path, index_type)
     try:
-        return calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8))
+        return _calibrate(store, spec, _scripted_index(ids, vectors, calls, needs=8))
     finally:
         store.drop(spec.name)
         store.close()
@@ -82,9 +105,9 @@ def test_an_index_still_being_built_is_not_measured(tmp_path, monkeypatch):
     the index. It is left for the next check instead."""
     store, spec, ids, vectors = _collection(tmp_path, "IVF_SQ8")
     try:
-        monkeypatch.setattr(store, "wait_for_index", lambda name, timeout=120.0: None)
         calls: list[tuple[int, int]] = []
-        assert calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8)) is None
+        assert _calibrate(store, spec, _scripted_index(ids, vectors, calls, needs=8),
+                          wait_for_index=lambda name, timeout=120.0: None) is None
         assert calls == []
     finally:
         store.drop(spec.name)
@@ -125,7 +148,7 @@ def test_a_calibration_measures_the_index_milvus_then_searches_with(tmp_path, mo
     try:
         store.create(spec)
         store.upsert(spec.name, ids, vectors, [{} for _ in ids])
-        calibration = calibrate(store, spec, 0.99, _real_search(store, spec))
+        calibration = _calibrate(store, spec, _real_search(store, spec))
         assert attached, "the calibration ended before Milvus Lite attached the index"
         assert calibration is not None and calibration.index_state is not None
         assert calibration.measured_at - time.time() + time.monotonic() >= attached[-1] - 1.0
@@ -144,10 +167,10 @@ def test_a_calibration_is_discarded_when_the_served_index_changes_while_it_is_me
     store, spec, ids, vectors = _collection(tmp_path, "IVF_SQ8")
     try:
         states = iter([frozenset({("segment-1", 1)}), frozenset({("segment-2", 2)})])
-        monkeypatch.setattr(store, "wait_for_index", lambda name, timeout=120.0: next(states))
-        monkeypatch.setattr(store, "index_state", lambda name: next(states))
         calls: list[tuple[int, int]] = []
-        assert calibrate(store, spec, 0.99, _scripted_index(ids, vectors, calls, needs=8)) is None
+        assert _calibrate(store, spec, _scripted_index(ids, vectors, calls, needs=8),
+                          wait_for_index=lambda name, timeout=120.0: next(states),
+                          index_state=lambda name: next(states)) is None
         assert calls  # it was measured, then thrown away
     finally:
         store.drop(spec.name)

@@ -2,7 +2,7 @@
 
 catalog (collections and their settings), embedding (images to vectors), ingest (streams into Milvus),
 search (queries to hits), ranking (every exact top-k), calibration (the recall guarantee and search plans),
-store_calls (the way into Milvus from the event loop). No part imports this module.
+and the store's async surface (async_store) their one way into Milvus. No part imports this module.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..async_store import AsyncStore
 from ..batcher import INTERACTIVE
 from ..config import ServerConfig
 from ..embedder import Embedder
@@ -23,7 +24,6 @@ from .embedding import Embedding
 from .ingest import Ingest
 from .ranking import rank_by_distance, rerank
 from .search import Searcher
-from .store_calls import StoreCalls
 from .types import CollectionInfo, Hit, IngestItem, ItemResult, Query, SearchOptions, check_id
 
 __all__ = ["CollectionInfo", "Hit", "IngestItem", "ItemResult", "Pipeline", "Query", "SearchOptions", "check_id",
@@ -36,15 +36,14 @@ class Pipeline:
     def __init__(self, config: ServerConfig, embedder: Embedder, store: Store) -> None:
         self.config = config
         self.embedder = embedder
-        self.store = store
-        self.calls = StoreCalls(store)
-        self.calibrator = Calibrator(store)
-        self.catalog = Catalog(config, embedder, self.calls, self.calibrator)
+        self.store = AsyncStore(store)
+        self.calibrator = Calibrator(self.store)
+        self.catalog = Catalog(config, embedder, self.store, self.calibrator)
         # The Search latency target: bulk work (ingest's inference, upserts, reads and flushes) yields to it.
         self.slo = SearchSlo(config.search_p99_target_ms)
         self.embedding = Embedding(config, embedder, pacer=self.slo)
-        self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.calls, self.calibrator, self.slo)
-        self.searcher = Searcher(self.catalog, self.embedding, self.calls, self.calibrator, self.slo)
+        self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.store, self.calibrator, self.slo)
+        self.searcher = Searcher(self.catalog, self.embedding, self.store, self.calibrator, self.slo)
 
     @property
     def model_name(self) -> str:
@@ -53,14 +52,14 @@ class Pipeline:
     @property
     def milvus_down(self) -> str:
         """Why Milvus is unavailable, while the server's health watchdog finds it so ("" when it answers)."""
-        return self.calls.down
+        return self.store.down
 
     @milvus_down.setter
     def milvus_down(self, why: str) -> None:
-        self.calls.down = why
+        self.store.down = why
 
     async def start(self) -> None:
-        self.store.open_async()
+        self.store.open()
         self.slo.start()
         self.embedding.start()
         self.searcher.start()
@@ -72,12 +71,11 @@ class Pipeline:
         await self.searcher.close()
         await self.ingest_streams.close()
         await self.slo.close()
-        self.calls.close()
-        self.calibrator.close()
-        await self.store.close_async()
+        await self.calibrator.close()
+        await self.store.close()
 
     async def ping(self) -> None:
-        await self.calls.ping()
+        await self.store.ping()
 
     # Collections
 
@@ -129,10 +127,10 @@ class Pipeline:
         self, collection: str, ids: Sequence[str], with_vectors: bool, with_metadata: bool
     ) -> tuple[list[tuple[str, np.ndarray | None, dict[str, Any] | None]], list[str]]:
         spec = await self.catalog.spec(collection)
-        rows = await self.calls.call(self.store.get, spec.name, list(ids), with_vectors, with_metadata)
+        rows = await self.store.get(spec.name, list(ids), with_vectors, with_metadata)
         found = [(i, *rows[i]) for i in ids if i in rows]
         return found, [i for i in ids if i not in rows]
 
     async def delete(self, collection: str, ids: Sequence[str]) -> int:
         spec = await self.catalog.spec(collection)
-        return await self.calls.call(self.store.delete, spec.name, list(dict.fromkeys(ids)))
+        return await self.store.delete(spec.name, list(dict.fromkeys(ids)))

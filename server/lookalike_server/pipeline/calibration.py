@@ -16,25 +16,30 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
+from ..async_store import AsyncStore
 from ..config import QUANTIZED_INDEXES
 from ..served_index import IndexState
-from ..store import CollectionSpec, Store
+from ..store import CollectionSpec
 from ..thread_priority import BULK_NICE, thread_pool
-from .ranking import OVERFETCH, exact_top_k, fetch_size, queries_per_call, ranked_ids
+from .ranking import OVERFETCH, exact_top_k, fetch_size, ranked_ids
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+# The calibration's searches: (queries, k, effort, over-fetch) -> the ranked ids of each query's top k.
+Search = Callable[..., Awaitable[list[list[str]]]]
 
 CALIBRATION_KS = (10, 100)
 SAMPLE_QUERIES = 64
 # Up to this many rows the reference is exact (every row read once); above, the reference is the
 # index searched at its highest effort (exact for IVF, near-exact for HNSW) and says so.
 EXACT_REFERENCE_MAX_ROWS = 200_000
-PAGE_ROWS = 10_000
 # From 16 on Milvus Lite, whose per-search work grows with ef (5,000 rows, k=10: 4.2 ms a search at ef 16,
 # 4.5 at 64). A Milvus server starts at 64: lookalike's own QPS there was the same at ef 16 and 64
 # (998 and 1,020-1,132 from 32 clients), so the narrower beam only gave up recall margin on new data.
@@ -105,11 +110,18 @@ def _efforts(spec: CollectionSpec) -> tuple[int, ...]:
     return (*tuple(e for e in IVF_EFFORTS if e < nlist), nlist)
 
 
-def exact_reference(store: Store, spec: CollectionSpec, queries: np.ndarray, k: int) -> list[list[str]]:
+async def on_bulk_thread(pool: Executor | None, fn: Callable[..., T], *args: Any) -> T:
+    """fn(*args) off the event loop: on the calibration's low-priority thread (or any, without one)."""
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def exact_reference(
+    store: AsyncStore, spec: CollectionSpec, queries: np.ndarray, k: int, cpu: Executor | None = None
+) -> list[list[str]]:
     """The true top k of each query, ranked, from every stored row, in pages through the native core."""
     kept: list[list[tuple[str, np.ndarray]]] = [[] for _ in queries]
-    for ids, vectors, _ in store.scan(spec.name, batch_size=PAGE_ROWS):
-        top, _ = exact_top_k(queries, vectors, min(k, len(ids)), spec.metric)
+    async for ids, vectors, _ in store.scan(spec.name):
+        top, _ = await on_bulk_thread(cpu, exact_top_k, queries, vectors, min(k, len(ids)), spec.metric)
         for q, row_list in enumerate(top):
             kept[q].extend((ids[r], vectors[r]) for r in row_list if r >= 0)
     ranked = []
@@ -120,9 +132,8 @@ def exact_reference(store: Store, spec: CollectionSpec, queries: np.ndarray, k: 
     return ranked
 
 
-def new_points(
-    store: Store, spec: CollectionSpec, ids: list[str], rows: np.ndarray,
-    search: Callable[[np.ndarray, int, int], list[list[str]]], effort: int, seed: int,
+async def new_points(
+    store: AsyncStore, spec: CollectionSpec, ids: list[str], rows: np.ndarray, search: Search, effort: int, seed: int,
 ) -> tuple[np.ndarray, list[set[str]]]:
     """New query points among the data, made from each row and its nearest other row, with the rows whose
     ranking they leave out: for the first half of the rows, the midpoint of the two (both left out); for the
@@ -139,9 +150,9 @@ def new_points(
     and stayed at 1.0 on clustered rows, so they keep the sample honest for fresh queries without the
     pessimism of points between clusters.
     """
-    found = search(rows, 2, effort)
+    found = await search(rows, 2, effort)
     nearest = [next((hit for hit in hits if hit != own), None) for own, hits in zip(ids, found, strict=True)]
-    vectors = store.get(spec.name, [n for n in nearest if n is not None], True, False)
+    vectors = await store.get(spec.name, [n for n in nearest if n is not None], True, False)
     made = [(row, own, n) for row, own, n in zip(rows, ids, nearest, strict=True) if n in vectors]
     rng = np.random.default_rng(seed)
     points, left_out = [], []
@@ -163,11 +174,8 @@ def _without(ranked: list[list[str]], excluded: list[set[str]], k: int) -> list[
     return [[i for i in ids if i not in made_from][:k] for ids, made_from in zip(ranked, excluded, strict=True)]
 
 
-def calibrate(
-    store: Store,
-    spec: CollectionSpec,
-    target: float,
-    search: Callable[..., list[list[str]]],
+async def calibrate(
+    store: AsyncStore, spec: CollectionSpec, target: float, search: Search, cpu: Executor | None = None,
 ) -> Calibration | None:
     """Measures the least effort per k reaching `target`; None when the collection is too small to matter.
 
@@ -175,11 +183,11 @@ def calibrate(
     and returns the ranked ids of the top k per query. A quantized index that misses the target at every
     effort is measured again with a wider over-fetch (OVERFETCH_STEPS), at its highest effort first.
     """
-    rows = store.row_count(spec.name)
+    rows = await store.row_count(spec.name)
     if rows < MIN_ROWS or spec.index_type == "FLAT":
         return None
     started = time.monotonic()
-    index_state = store.wait_for_index(spec.name)
+    index_state = await store.wait_for_index(spec.name)
     if index_state is None:
         # Rows not yet served by their index are searched another way (exactly, or through a server's interim
         # index), so what would be measured now is not the index: measured again at the next check.
@@ -188,12 +196,12 @@ def calibrate(
     efforts = _efforts(spec)
     if spec.index_type == "HNSW":
         # ef beyond the row count adds nothing: the graph either reaches a row or it does not.
-        lowest = HNSW_EFFORTS[0] if store.engine_is_lite() else HNSW_SERVER_MIN_EFFORT
+        lowest = HNSW_EFFORTS[0] if await store.engine_is_lite() else HNSW_SERVER_MIN_EFFORT
         efforts = tuple(e for e in efforts if lowest <= e <= max(rows, lowest))
-    ids, rows_read = store.page(spec.name, offset, SAMPLE_QUERIES)
+    ids, rows_read = await store.page(spec.name, offset, SAMPLE_QUERIES)
     # A third stored rows (each scored without itself), two thirds new points among them.
     third = len(ids) // 3
-    points, left_out = new_points(store, spec, ids[third:], rows_read[third:], search, efforts[-1], seed=rows)
+    points, left_out = await new_points(store, spec, ids[third:], rows_read[third:], search, efforts[-1], seed=rows)
     queries = np.concatenate([rows_read[:third], points])
     excluded = [{own} for own in ids[:third]] + left_out
     made = len(points)  # new_points: midpoints first, then moved rows
@@ -204,16 +212,16 @@ def calibrate(
     top_k = max(CALIBRATION_KS)
     steps = OVERFETCH_STEPS if spec.index_type in QUANTIZED_INDEXES else OVERFETCH_STEPS[:1]
     reference = _without(
-        exact_reference(store, spec, queries, top_k + spare) if exact
-        else search(queries, top_k + spare, efforts[-1], steps[-1]),
+        await exact_reference(store, spec, queries, top_k + spare, cpu) if exact
+        else await search(queries, top_k + spare, efforts[-1], steps[-1]),
         excluded, top_k,
     )
     chosen: dict[int, int] = {}
     recalls: dict[int, float] = {}
     overfetch: dict[int, int] = {}
 
-    def measure(k: int, effort: int, factor: int, truth: list[set[str]]) -> float:
-        found = _without(search(queries, k + spare, effort, factor), excluded, k)
+    async def measure(k: int, effort: int, factor: int, truth: list[set[str]]) -> float:
+        found = _without(await search(queries, k + spare, effort, factor), excluded, k)
         per_query = np.array([len(set(f) & t) / max(1, len(t)) for f, t in zip(found, truth, strict=True)])
         # Each kind of query must reach the target on its own (on random rows the moved ones are the hardest,
         # and a mean over all three let ef 64 pass where fresh queries got 0.94), and clear it by one standard
@@ -230,10 +238,10 @@ def calibrate(
         for n, factor in enumerate(steps):
             # A wider list is tried at the highest effort first: only if it reaches the target there is the
             # least effort looked for (each wide search moves many vectors).
-            if n > 0 and measure(k, efforts[-1], factor, truth) < target:
+            if n > 0 and await measure(k, efforts[-1], factor, truth) < target:
                 continue
             for effort in efforts:
-                if measure(k, effort, factor, truth) >= target:
+                if await measure(k, effort, factor, truth) >= target:
                     break
             if recalls[k] >= target:
                 break
@@ -244,12 +252,12 @@ def calibrate(
     log.info("calibrated %s (%d rows, %s reference) in %.1f s: effort %s, recall %s, over-fetch %s", spec.name,
              rows, "exact" if exact else "highest-effort", time.monotonic() - started, chosen,
              {k: round(r, 3) for k, r in recalls.items()}, overfetch)
-    rows_after = store.row_count(spec.name)
+    rows_after = await store.row_count(spec.name)
     if abs(rows_after - rows) > STABLE_CHANGE * rows:
         log.info("calibration of %s discarded: its rows went from %d to %d while it was measured; "
                  "it is measured again once they settle", spec.name, rows, rows_after)
         return None
-    if store.index_state(spec.name) != index_state:
+    if await store.index_state(spec.name) != index_state:
         log.info("calibration of %s discarded: Milvus changed the segments or indexes that answer its searches "
                  "while it was measured; it is measured again at the next check", spec.name)
         return None
@@ -257,20 +265,16 @@ def calibrate(
     return Calibration(target, rows, chosen, recalls, exact, time.time(), fallback, overfetch, index_state)
 
 
-def search_for_calibration(
-    store: Store, spec: CollectionSpec, queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH
+async def search_for_calibration(
+    store: AsyncStore, spec: CollectionSpec, queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH,
+    cpu: Executor | None = None,
 ) -> list[list[str]]:
-    """lookalike's own search path (over-fetch, exact re-rank or Milvus' exact float scores), called from the
-    calibration thread: the ranked ids of each query's top k at this effort."""
+    """lookalike's own search path (over-fetch, exact re-rank or Milvus' exact float scores) through the same
+    store surface as live searches: the ranked ids of each query's top k at this effort."""
     quantized = spec.index_type in QUANTIZED_INDEXES
     fetch = fetch_size(spec, k, overfetch)
-    step = queries_per_call(fetch, spec.dimension, quantized)  # wide over-fetches: few queries a call
-    ranked: list[list[str]] = []
-    for start in range(0, len(queries), step):
-        chunk = queries[start : start + step]
-        found = store.search(spec.name, spec, chunk, fetch, "", False, effort, "Strong", with_vectors=quantized)
-        ranked += ranked_ids(chunk, found, k, spec)
-    return ranked
+    found = await store.search(spec, queries, fetch, "", False, effort, "Strong", with_vectors=quantized)
+    return await on_bulk_thread(cpu, ranked_ids, queries, found, k, spec)
 
 
 # A collection's calibration is checked at most this often while it is searched: redone when older than the
@@ -292,15 +296,20 @@ class SearchPlan:
 class Calibrator:
     """Keeps each (collection, recall target)'s calibration, measured in the background, and plans searches."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AsyncStore) -> None:
         self.store = store
         self._calibrations: dict[tuple[str, float], Calibration] = {}
         self._checked: dict[tuple[str, float], float] = {}
-        self._running: set[tuple[str, float]] = set()
-        # Calibration is background work: it must not take the cores from interactive calls.
+        self._running: dict[tuple[str, float], asyncio.Task[Calibration | None]] = {}
+        # A calibration runs on the event loop through the store's async surface, as searches do; its
+        # arithmetic (exact top-k over every row) runs here, so that it never takes the cores from searches.
         self._pool = thread_pool(1, "calibrate", BULK_NICE)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        running = list(self._running.values())
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def calibrations_of(self, name: str) -> list[Calibration]:
@@ -339,16 +348,16 @@ class Calibrator:
         if key in self._running or now - self._checked.get(key, -1e9) < CALIBRATION_CHECK_SECONDS:
             return
         self._checked[key] = now
-        self._running.add(key)
-        future = asyncio.get_running_loop().run_in_executor(self._pool, self._calibrate, spec, key)
-        future.add_done_callback(lambda f: self._done(key, f))
+        task = asyncio.ensure_future(self._calibrate(spec, key))
+        self._running[key] = task
+        task.add_done_callback(lambda f: self._done(key, f))
 
-    def _calibrate(self, spec: CollectionSpec, key: tuple[str, float]) -> Calibration | None:
-        """Runs on the calibration thread: re-measures when the collection grew, shrank, aged, or Milvus now
-        searches some of it with other segments or indexes."""
+    async def _calibrate(self, spec: CollectionSpec, key: tuple[str, float]) -> Calibration | None:
+        """Re-measures when the collection grew, shrank, aged, or Milvus now searches some of it with other
+        segments or indexes."""
         current = self._calibrations.get(key)
         if current is not None:
-            state = self.store.index_state(spec.name)
+            state = await self.store.index_state(spec.name)
             if state is not None and current.index_state is not None and not current.index_state <= state:
                 # Some segment it was measured on is no longer searched as it was (an index rebuilt or handed
                 # over, segments compacted): the measured effort says nothing about its successor. Until that
@@ -358,18 +367,20 @@ class Calibrator:
                 log.info("collection %s: the segments or indexes Milvus searches changed since its recall "
                          "calibration; measuring again", spec.name)
             else:
-                rows = self.store.row_count(spec.name)
+                rows = await self.store.row_count(spec.name)
                 fresh = time.time() - current.measured_at < CALIBRATION_MAX_AGE_SECONDS
                 if fresh and abs(rows - current.rows) <= 0.1 * current.rows:
                     return current
 
-        def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH) -> list[list[str]]:
-            return search_for_calibration(self.store, spec, queries, k, effort, overfetch)
+        async def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH) -> list[list[str]]:
+            return await search_for_calibration(self.store, spec, queries, k, effort, overfetch, self._pool)
 
-        return calibrate(self.store, spec, key[1], search)
+        return await calibrate(self.store, spec, key[1], search, self._pool)
 
     def _done(self, key: tuple[str, float], future: asyncio.Future[Calibration | None]) -> None:
-        self._running.discard(key)
+        self._running.pop(key, None)
+        if future.cancelled():
+            return
         try:
             result = future.result()
         except Exception:

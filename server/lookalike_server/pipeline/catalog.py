@@ -8,12 +8,12 @@ import dataclasses
 import logging
 import time
 
+from ..async_store import AsyncStore
 from ..config import INDEX_TYPES, METRICS, ServerConfig
 from ..embedder import Embedder
 from ..errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ..store import CollectionSpec
 from .calibration import Calibrator
-from .store_calls import StoreCalls
 from .types import CollectionInfo
 
 log = logging.getLogger(__name__)
@@ -25,10 +25,10 @@ SPEC_CACHE_SECONDS = 10.0
 
 
 class Catalog:
-    def __init__(self, config: ServerConfig, embedder: Embedder, calls: StoreCalls, calibrator: Calibrator) -> None:
+    def __init__(self, config: ServerConfig, embedder: Embedder, store: AsyncStore, calibrator: Calibrator) -> None:
         self.config = config
         self.embedder = embedder
-        self.calls = calls
+        self.store = store
         self.calibrator = calibrator
         self._specs: dict[str, tuple[CollectionSpec, float]] = {}
         self._spec_loading: dict[str, asyncio.Future[CollectionSpec]] = {}
@@ -39,7 +39,7 @@ class Catalog:
 
     async def ensure_default_collection(self) -> None:
         name = self.config.default_collection
-        if name not in await self.calls.call(self.calls.store.list_collections):
+        if name not in await self.store.list_collections():
             # Another replica may create it at the same moment: that is fine.
             with contextlib.suppress(AlreadyExists):
                 await self.create(name, self.config.default_metric, self.config.default_index, "")
@@ -74,16 +74,16 @@ class Catalog:
 
     async def _load_spec(self, name: str, first: bool) -> CollectionSpec:
         now = time.monotonic()
-        spec = await self.calls.call(self.calls.store.describe, name)
+        spec = await self.store.describe(name)
         if first:
-            await self.calls.call(self.calls.store.ensure_loaded, name)
+            await self.store.ensure_loaded(name)
         self._specs[name] = (spec, now)
         return spec
 
     async def info(self, spec: CollectionSpec) -> CollectionInfo:
         """Row count, and the index parameters as Milvus itself reports them (not as we asked)."""
-        rows = await self.calls.call(self.calls.store.row_count, spec.name)
-        index = await self.calls.call(self.calls.store.describe_index, spec.name)
+        rows = await self.store.row_count(spec.name)
+        index = await self.store.describe_index(spec.name)
         params = {k: int(v) for k, v in index.get("params", {}).items() if str(v).isdigit()}
         return CollectionInfo(dataclasses.replace(spec, index_params=params), rows, self.embedder.provider,
                               self.embedder.precision, self.calibrator.calibrations_of(spec.name),
@@ -128,7 +128,7 @@ class Catalog:
             name, metric, index_type, self.model_name if ours else "", dimension,
             dict(index_params or {}), min_recall or 0.99,
         )
-        await self.calls.call(self.calls.store.create, spec)
+        await self.store.create(spec)
         self._specs[name] = (spec, time.monotonic())
         return CollectionInfo(spec, 0, self.embedder.provider, self.embedder.precision,
                               embeds_text=self._embeds_text(spec))
@@ -138,7 +138,7 @@ class Catalog:
 
     async def list(self) -> list[CollectionInfo]:
         infos = []
-        for name in await self.calls.call(self.calls.store.list_collections):
+        for name in await self.store.list_collections():
             try:
                 infos.append(await self.info(await self.spec(name)))
             except NotFound:
@@ -148,4 +148,4 @@ class Catalog:
     async def drop(self, collection: str) -> None:
         name = self.name(collection)
         self._specs.pop(name, None)
-        await self.calls.call(self.calls.store.drop, name)
+        await self.store.drop(name)

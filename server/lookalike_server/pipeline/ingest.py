@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .. import metrics
+from ..async_store import AsyncStore
 from ..batcher import BULK, MicroBatcher
 from ..config import ServerConfig
 from ..errors import InvalidArgument, LookalikeError
@@ -22,7 +23,6 @@ from ..search_slo import SearchSlo
 from .calibration import Calibrator
 from .catalog import Catalog
 from .embedding import Embedding
-from .store_calls import StoreCalls
 from .types import IngestItem, ItemResult, check_id
 from .vectors import check_vector
 
@@ -62,20 +62,20 @@ class Row:
 
 
 class Ingest:
-    def __init__(self, config: ServerConfig, catalog: Catalog, embedding: Embedding, calls: StoreCalls,
+    def __init__(self, config: ServerConfig, catalog: Catalog, embedding: Embedding, store: AsyncStore,
                  calibrator: Calibrator, slo: SearchSlo | None = None) -> None:
         self.config = config
         self.slo = slo if slo is not None else SearchSlo(0.0)
         self.catalog = catalog
         self.embedding = embedding
-        self.calls = calls
+        self.store = store
         self.calibrator = calibrator
         # Ingest images between the network and their embedding, across all streams: memory stays flat.
         self._slots = asyncio.Semaphore(4 * embedding.max_batch * embedding.embedder.concurrent_runs)
-        lite = calls.store.is_lite
+        lite = store.is_lite
         self._batcher: MicroBatcher[Row, ItemResult] = MicroBatcher(
             self._store_rows,
-            calls.pool,
+            None,  # a coroutine: the store's async surface picks its threads
             max_batch_size=MAX_UPSERT_ROWS,
             max_queue_delay=0.0,
             concurrency=1 if lite else UPSERT_CALLS_IN_FLIGHT,
@@ -147,15 +147,15 @@ class Ingest:
         self._settle_asked.pop(name, None)
         await self.slo.wait_for_quiet(FLUSH_MAX_DEFER_SECONDS)
         try:
-            await self.calls.call(self.calls.store.flush, name)
+            await self.store.flush(name)
         except Exception as e:  # Milvus down or the collection dropped: the next stream's end tries again
             log.warning("flushing collection %s failed: %s", name, e)
         spec = self.catalog.cached(name)
         if spec is not None:
             self.calibrator.calibrate_soon(spec)
 
-    def _store_rows(self, rows: Sequence[Row]) -> list[ItemResult]:
-        """Runs on the store pool: upserts rows grouped by collection; a failed group fails only its own items."""
+    async def _store_rows(self, rows: Sequence[Row]) -> list[ItemResult]:
+        """Upserts rows grouped by collection; a failed group fails only its own items."""
         results: dict[int, ItemResult] = {}
         by_collection: dict[str, list[int]] = {}
         for position, row in enumerate(rows):
@@ -165,8 +165,7 @@ class Ingest:
             latest = {rows[p].id: p for p in positions}
             chosen = sorted(latest.values())
             try:
-                self.calls.check()
-                self.calls.store.upsert(
+                await self.store.upsert(
                     collection,
                     [rows[p].id for p in chosen],
                     np.stack([rows[p].vector for p in chosen]),

@@ -1,6 +1,6 @@
 """Every exact top-k and merge of the server, in one place: live searches and the recall calibration share it.
 
-Also the arithmetic of what one Milvus call may carry (candidates per query, queries per call)."""
+Also how many candidates a search asks of Milvus (async_store splits calls to fit Milvus' replies)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .. import _native
+from ..async_store import MAX_RESULTS_PER_MILVUS_CALL, VECTOR_REPLY_FLOATS, queries_per_call
 from ..config import MAX_K, QUANTIZED_INDEXES
 from ..store import Candidate, CollectionSpec
 from .types import Hit
@@ -18,11 +19,8 @@ from .types import Hit
 # Quantized indexes are asked for this many candidates per result, then re-ranked exactly, until the recall
 # calibration measures how many they need (calibration.OVERFETCH_STEPS).
 OVERFETCH = 2
-# Hits (queries x candidates) per Milvus call at most.
-MAX_RESULTS_PER_MILVUS_CALL = 32_768
-# Candidate vectors per Milvus call at most (40 MB): a Milvus server sends no reply over 64 MB (measured: a
-# calibration asking 102 queries x 320 candidates of 1280 floats was refused at 105 MB).
-VECTOR_REPLY_FLOATS = 10_000_000
+# Re-exported: the reply limits live with the calls they limit (async_store).
+__all__ = ["MAX_RESULTS_PER_MILVUS_CALL", "VECTOR_REPLY_FLOATS", "queries_per_call"]
 
 
 def exact_top_k(
@@ -34,17 +32,28 @@ def exact_top_k(
     return _native.top_k_shared(queries, rows, k, "l2" if metric == "l2" else "ip", reverse)
 
 
+class BestPerBatch:
+    """Keeps each query's `want` best rows of every batch added; a final re-rank merges them exactly."""
+
+    def __init__(self, vectors: np.ndarray, want: int, metric: str, reverse: bool) -> None:
+        self.vectors, self.want, self.metric, self.reverse = vectors, want, metric, reverse
+        self.kept: list[list[Candidate]] = [[] for _ in range(len(vectors))]
+
+    def add(self, ids: list[str], batch: np.ndarray, metadata: list[Any]) -> None:
+        top, _ = exact_top_k(self.vectors, batch, min(self.want, len(ids)), self.metric, self.reverse)
+        for q, row_list in enumerate(top):
+            self.kept[q].extend(Candidate(ids[r], batch[r], metadata[r]) for r in row_list if r >= 0)
+
+
 def best_per_batch(
     vectors: np.ndarray, batches: Iterable[tuple[list[str], np.ndarray, list[Any]]], want: int, metric: str,
     reverse: bool,
 ) -> list[list[Candidate]]:
-    """Keeps each query's `want` best rows of every batch; a final re-rank merges them exactly."""
-    kept: list[list[Candidate]] = [[] for _ in range(len(vectors))]
+    """BestPerBatch over batches that are all at hand."""
+    best = BestPerBatch(vectors, want, metric, reverse)
     for ids, batch, metadata in batches:
-        top, _ = exact_top_k(vectors, batch, min(want, len(ids)), metric, reverse)
-        for q, row_list in enumerate(top):
-            kept[q].extend(Candidate(ids[r], batch[r], metadata[r]) for r in row_list if r >= 0)
-    return kept
+        best.add(ids, batch, metadata)
+    return best.kept
 
 
 def rank_by_distance(found: list[list[Candidate]], k: int, metric: str, reverse: bool = False) -> list[list[Hit]]:
@@ -103,13 +112,6 @@ def fetch_size(spec: CollectionSpec, want: int, overfetch: int = OVERFETCH) -> i
         return want
     # Each candidate comes with its vector: the list stops where one query's reply would grow too large.
     return min(MAX_K, max(overfetch * want, want + 32), max(want, VECTOR_REPLY_FLOATS // spec.dimension))
-
-
-def queries_per_call(limit: int, dimension: int, with_vectors: bool) -> int:
-    """Queries per Milvus search call, so that a reply stays within what Milvus sends."""
-    hits = min(MAX_RESULTS_PER_MILVUS_CALL, VECTOR_REPLY_FLOATS // dimension) if with_vectors \
-        else MAX_RESULTS_PER_MILVUS_CALL
-    return max(1, hits // limit)
 
 
 def ranked_ids(queries: np.ndarray, found: list[list[Candidate]], k: int, spec: CollectionSpec) -> list[list[str]]:

@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from .. import metrics
+from ..async_store import VECTOR_REPLY_FLOATS, AsyncStore, with_id_set
 from ..batcher import INTERACTIVE, MicroBatcher
 from ..config import MAX_K, QUANTIZED_INDEXES
 from ..errors import InvalidArgument, NotFound
-from ..expressions import ids_in
 from ..search_slo import SearchSlo
 from ..store import Candidate, CollectionSpec
 from .calibration import Calibrator
 from .catalog import Catalog
 from .embedding import Embedding
-from .ranking import VECTOR_REPLY_FLOATS, best_per_batch, queries_per_call, rank_by_distance, rerank
-from .store_calls import StoreCalls
+from .ranking import BestPerBatch, rank_by_distance, rerank
 from .types import Hit, Query, SearchOptions
 from .vectors import check_vector, mean_of
 
@@ -31,6 +29,8 @@ from .vectors import check_vector, mean_of
 # (Milvus Lite) and 2.9 s (standalone) against 13.1 s and 58.5 s for reading the set's vectors, and a tag
 # field or a temporary partition costs a rewrite of the set first (40-94 s).
 RESTRICT_FILTER_MAX_IDS = 100_000
+# Ids read per call when a large id set is searched exactly.
+EXACT_IDS_PER_READ = 2000
 # Offset + k beyond Milvus' top-k limit pages through an exact scan, which keeps (offset + k) candidates per
 # query in memory: at most this many in all.
 MAX_PAGED_RESULTS = 1_000_000
@@ -72,13 +72,12 @@ _STAGE = {stage: metrics.SEARCH_STAGE_SECONDS.labels(stage) for stage in ("vecto
 
 
 class Searcher:
-    def __init__(self, catalog: Catalog, embedding: Embedding, calls: StoreCalls, calibrator: Calibrator,
+    def __init__(self, catalog: Catalog, embedding: Embedding, store: AsyncStore, calibrator: Calibrator,
                  slo: SearchSlo | None = None) -> None:
         self.slo = slo  # told every search's latency, so bulk work yields when searches slow down
         self.catalog = catalog
         self.embedding = embedding
-        self.calls = calls
-        self.store = calls.store
+        self.store = store
         self.calibrator = calibrator
         # Concurrent searches with the same parameters share one Milvus call: Milvus Lite spends about
         # 25 ms of Python per call whatever its size, so 32 queries in one call cost little more than one.
@@ -104,12 +103,7 @@ class Searcher:
         self, spec: CollectionSpec, ids: Sequence[str], consistency: str
     ) -> dict[str, np.ndarray]:
         unique = list(dict.fromkeys(ids))
-        if self.store.aio is not None:
-            self.calls.check()
-            stored = await self.store.get_vectors_async(spec.name, unique, consistency)
-        else:
-            rows = await self.calls.call(self.store.get, spec.name, unique, True, False)
-            stored = {i: v for i, (v, _) in rows.items()}
+        stored = await self.store.get_vectors(spec.name, unique, consistency)
         missing = [i for i in ids if i not in stored]
         if missing:
             raise NotFound(f"id {missing[0]!r} is not in collection {spec.name!r}"
@@ -182,23 +176,23 @@ class Searcher:
         stage_started = time.perf_counter()
         vectors = await self._query_vectors(spec, queries, options.consistency, deadline)
         _STAGE["vectors"].observe(time.perf_counter() - stage_started)
-        self.calls.check()
+        self.store.check()
         want = options.k + options.offset
         filter_expr = options.filter_expr
         if options.restrict_ids and len(options.restrict_ids) <= RESTRICT_FILTER_MAX_IDS:
-            filter_expr = _and(ids_in(options.restrict_ids), filter_expr)
+            filter_expr = with_id_set(options.restrict_ids, filter_expr)
         if len(options.restrict_ids) > RESTRICT_FILTER_MAX_IDS:
-            found = await self.calls.call(self._exact_over_ids, spec, vectors, want, options)
+            found = await self._exact_over_ids(spec, vectors, want, options)
         elif ((options.reverse and spec.metric == "l2") or want > MAX_K
               or (spec.index_type in QUANTIZED_INDEXES and want * spec.dimension > 1.2 * VECTOR_REPLY_FLOATS)):
             # No index finds the farthest points; Milvus returns at most MAX_K results, so deeper pages come
             # from an exact scan; and so does a quantized index when k candidates' vectors alone would
             # overflow a reply (k 16,384 at 1280-d).
-            found = await self.calls.call(self._exact_scan, spec, vectors, want, filter_expr, options)
+            found = await self._exact_scan(spec, vectors, want, filter_expr, options)
         else:
             plan = self.calibrator.plan(spec, want, options.min_recall or spec.min_recall, bool(filter_expr))
             if plan.exact:  # no effort reaches the recall target: an exact scan replaces the index
-                found = await self.calls.call(self._exact_scan, spec, vectors, want, filter_expr, options)
+                found = await self._exact_scan(spec, vectors, want, filter_expr, options)
             else:
                 # For inner product and cosine, the least similar to q are the most similar to -q.
                 probe = -vectors if options.reverse else vectors
@@ -230,18 +224,9 @@ class Searcher:
         results: list[list[list[Candidate]]] = [[] for _ in jobs]
         for key, positions in groups.items():
             vectors = np.concatenate([jobs[p].vectors for p in positions])
-            # Milvus caps a reply and its work per call: at most MAX_RESULTS_PER_MILVUS_CALL hits, and
-            # VECTOR_REPLY_FLOATS when the hits carry their vectors.
-            step = queries_per_call(key.limit, jobs[positions[0]].spec.dimension, key.with_vectors)
-            found = []
             milvus_started = time.perf_counter()
-            for start in range(0, len(vectors), step):
-                args = (key.collection, jobs[positions[0]].spec, vectors[start : start + step], key.limit,
-                        key.filter_expr, key.with_metadata, key.effort, key.consistency, key.with_vectors)
-                if self.store.aio is not None:
-                    found += await self.store.search_async(*args)
-                else:
-                    found += await self.calls.call(self.store.search, *args)
+            found = await self.store.search(jobs[positions[0]].spec, vectors, key.limit, key.filter_expr,
+                                            key.with_metadata, key.effort, key.consistency, key.with_vectors)
             milvus_s = time.perf_counter() - milvus_started
             start = 0
             for p in positions:
@@ -251,27 +236,26 @@ class Searcher:
                 start += count
         return results
 
-    def _exact_over_ids(
+    async def _exact_over_ids(
         self, spec: CollectionSpec, vectors: np.ndarray, want: int, options: SearchOptions
     ) -> list[list[Candidate]]:
-        """Exact top candidates among a large id set, read in chunks (runs on the store thread)."""
+        """Exact top candidates among a large id set, read in chunks; each chunk ranked off the event loop."""
         ids = list(dict.fromkeys(options.restrict_ids))
+        best = BestPerBatch(vectors, want, spec.metric, options.reverse)
+        for start in range(0, len(ids), EXACT_IDS_PER_READ):
+            rows = await self.store.get(spec.name, ids[start : start + EXACT_IDS_PER_READ], True,
+                                        options.include_metadata, options.filter_expr)
+            if rows:
+                keys = list(rows)
+                batch = np.stack([rows[i][0] for i in keys])
+                await asyncio.to_thread(best.add, keys, batch, [rows[i][1] for i in keys])
+        return best.kept
 
-        def batches() -> Iterator[tuple[list[str], np.ndarray, list[Any]]]:
-            for start in range(0, len(ids), 2000):
-                rows = self.store.get(spec.name, ids[start : start + 2000], True, options.include_metadata,
-                                      options.filter_expr)
-                if rows:
-                    keys = list(rows)
-                    yield keys, np.stack([rows[i][0] for i in keys]), [rows[i][1] for i in keys]
-        return best_per_batch(vectors, batches(), want, spec.metric, options.reverse)
-
-    def _exact_scan(
+    async def _exact_scan(
         self, spec: CollectionSpec, vectors: np.ndarray, want: int, filter_expr: str, options: SearchOptions
     ) -> list[list[Candidate]]:
-        batches = self.store.scan(spec.name, filter_expr, options.include_metadata)
-        return best_per_batch(vectors, batches, want, spec.metric, options.reverse)
+        best = BestPerBatch(vectors, want, spec.metric, options.reverse)
+        async for ids, batch, metadata in self.store.scan(spec.name, filter_expr, options.include_metadata):
+            await asyncio.to_thread(best.add, ids, batch, metadata)
+        return best.kept
 
-
-def _and(a: str, b: str) -> str:
-    return f"({a}) and ({b})" if a and b else a or b
