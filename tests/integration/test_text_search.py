@@ -189,6 +189,12 @@ def test_invalid_utf8_never_reaches_the_text_tower(text_client):
         assert e.value.code() == grpc.StatusCode.UNKNOWN
         assert "String field had bad UTF-8" in e.value.details()
         assert len(raw(good.replace(b"XX", "é".encode()), timeout=30).results[0].hits) == 3  # the server is fine
+    # grpcurl reads JSON: it replaces invalid bytes with U+FFFD before sending, and that prompt is embedded.
+    reply = subprocess.run([GRPCURL, "-plaintext", "-d", "@", text_client.server, "lookalike.v1.Images/Embed"],
+                           input=b'{"texts": [{"id": "x", "text": "a \xff cat"}]}', capture_output=True, timeout=60)
+    assert reply.returncode == 0, reply.stderr
+    vector = json.loads(reply.stdout)["results"][0]["vector"]["values"]
+    np.testing.assert_allclose(vector, text_client.embed_texts(["a \ufffd cat"])[0], atol=1e-6)
 
 
 def test_a_model_without_a_text_tower_names_itself(client, collection, photos_dir):
