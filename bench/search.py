@@ -64,6 +64,8 @@ from search_summary import notes, summarise  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
+QPS_ONLY_KEYS = {"lite": ["qps_lite"], "standalone": ["qps_standalone"]}  # what --qps-only measures again
+
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "qps_rounds": args.qps_rounds, "scaling": [f"{r}x{d}" for r, d in args.scaling],
             "scaling_queries": args.scaling_queries, "batch": args.batch, "scaling_only": args.scaling_only,
             "scaling_cap_s": args.scaling_cap or None, "scaling_reserve_s": args.scaling_reserve,
+            "qps_only": args.qps_only,
             "server": "lookalike serve (this venv's installed build), defaults but --metrics-port",
         },
     }
@@ -93,13 +96,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "standalone": lambda: standalone_block(args, workdir, result, clusters_holder),
             "standalone-indexes": lambda: standalone_indexes_block(args, workdir, result, clusters_holder),
         }
-        # --scaling-only keeps the blocks it runs too: their scaling points are replaced or added one by one.
-        run_now = [] if args.scaling_only else [b for b in every if b in args.blocks]
+        # --scaling-only and --qps-only keep the blocks they run too: only the figures they measure are replaced.
+        partial = args.scaling_only or args.qps_only
+        run_now = [] if partial else [b for b in every if b in args.blocks]
         earlier_points: dict[str, dict[str, Any]] = {}  # scaling points of the merged files, by store
         for earlier in args.merge:  # later files win
             path, only = merge_spec(earlier)
             previous = json.loads(Path(path).read_text())
             merge_previous(result, previous, run_now + [b for b in BLOCK_KEYS if only and b not in only])
+            if "native_client" in previous and not only:  # written into the file by bench/search_native_client.py
+                result["native_client"] = previous["native_client"]
             for store, points in previous.get("scaling", {}).items():
                 if not only or store in only:
                     earlier_points.setdefault(store, {}).update(points)
@@ -107,7 +113,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, block in blocks:
             block_started = time.monotonic()
             build = installed_server()  # the servers this block starts run the build installed now
-            kept = result.get("provenance", {}).get(name) if args.scaling_only else None
+            kept = result.get("provenance", {}).get(name) if partial else None
             log(f"=== {name}")
             try:
                 block()
@@ -123,7 +129,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "run_started": result["date"],
                 "load_average_1m_at_run_start": result["machine"]["load_average_1m_at_start"],
                 "server_build_at_block_start": {k: build[k] for k in ("sha256_16_of_modules", "installed_at")}}
-            if kept:
+            if kept and args.qps_only:
+                result["provenance"][name].update(
+                    measured_this_run=QPS_ONLY_KEYS.get(name, []), seconds_this_run=seconds, other_figures=kept)
+            elif kept:
                 result["provenance"][name].update(
                     scaling_points_this_run=[f"{r}x{d}" for r, d in args.scaling], seconds_this_run=seconds,
                     other_figures=kept)
@@ -142,6 +151,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["summary"] = summarise(result)
     except Exception as e:  # the figures above are still worth printing
         result["summary"] = {"error": f"{type(e).__name__}: {e}"}
+    for store, figures in result.get("native_client", {}).get("stores", {}).items():  # as that script sums them
+        result["summary"][f"qps_grpc_{store}_native_client"] = figures["native"]["qps"]
+        result["summary"][f"qps_grpc_{store}_python_client_same_run"] = figures["python"]["qps"]
     result["total_seconds_this_invocation"] = round(time.monotonic() - started, 1)
     result["measured_seconds_all_blocks"] = round(sum(result.get("phase_seconds", {}).values()), 1)
     result["notes"] = notes(args, result)
@@ -185,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scaling-only", action="store_true",
                         help="run only the scaling points of the chosen blocks (no recall matrix, no QPS comparison); "
                              "with --merge, the blocks' other figures and other points are kept")
+    parser.add_argument("--qps-only", action="store_true",
+                        help="run only the QPS comparison of the lite and standalone blocks (the clustered HNSW "
+                             "collection, filled and calibrated as in a full run; no recall/latency matrix, no "
+                             "scaling); with --merge, the blocks' other figures are kept")
     parser.add_argument("--scaling-cap", type=float, default=0.0,
                         help="seconds at most per scaling point after its data is made (0: none); a phase that runs "
                              "past it is cut and recorded (which, after how long, how many rows were in)")
@@ -203,6 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600.0, help="the whole run stops after this many seconds")
     parser.add_argument("--write", action="store_true", help="also save bench/results/search.json")
     args = parser.parse_args(argv)
+    if args.qps_only and (args.scaling_only or not args.qps):
+        parser.error("--qps-only measures the QPS alone: not with --scaling-only or --no-qps")
     with time_limit(args.timeout):
         result = run(args)
     text = json.dumps(result, indent=2)

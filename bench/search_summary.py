@@ -44,7 +44,10 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
                                          "at_min_recall_0.9": ratio(low_grpc, low_direct)}
     native = result.get("native_vs_numpy", {})
     if "speedups" in native:
-        summary["native_vs_numpy"] = {**native["speedups"], "target": 2.0, "pass": native["pass_2x"]}
+        # Issue 24's targets: 2x numpy for the kernels, at least numpy's GEMM + argpartition for shared candidates.
+        targets = {name: 1.0 if name == "rerank_same_candidates" else 2.0 for name in native["speedups"]}
+        summary["native_vs_numpy"] = {**native["speedups"], "target": targets,
+                                      "pass": {name: v >= targets[name] for name, v in native["speedups"].items()}}
     failures = calibration_failures(result)
     if failures:
         summary["calibration_failures"] = failures
