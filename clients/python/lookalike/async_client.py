@@ -17,22 +17,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
-from .client import (
-    DEFAULT_SERVER,
+from .channel import DEFAULT_SERVER, channel_credentials, channel_options, error_from_rpc, grpc_target
+from .messages import (
     CollectionInfo,
     Hit,
     IngestResult,
     ItemLike,
     QueryLike,
-    _collection_from_wire,
-    _raise,
-    channel_credentials,
-    channel_options,
+    collection_from_wire,
     create_collection_request,
     embed_request,
     embed_texts_request,
     embeddings_from_reply,
-    grpc_target,
     hits_from_reply,
     image_files,
     ingest_requests,
@@ -136,29 +132,29 @@ class AsyncClient:
         request = create_collection_request(name, metric, index_type, index_params, min_recall, dimension,
                                              vectors_only)
         try:
-            return _collection_from_wire(await self._collections.CreateCollection(request, **self._per_call()))
+            return collection_from_wire(await self._collections.CreateCollection(request, **self._per_call()))
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
 
     async def list_collections(self) -> list[CollectionInfo]:
         try:
             reply = await self._collections.ListCollections(pb.ListCollectionsRequest(), **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
-        return [_collection_from_wire(c) for c in reply.collections]
+            raise error_from_rpc(e, self.server) from None
+        return [collection_from_wire(c) for c in reply.collections]
 
     async def describe_collection(self, name: str = "") -> CollectionInfo:
         request = pb.DescribeCollectionRequest(name=name or self.collection)
         try:
-            return _collection_from_wire(await self._collections.DescribeCollection(request, **self._per_call()))
+            return collection_from_wire(await self._collections.DescribeCollection(request, **self._per_call()))
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
 
     async def drop_collection(self, name: str) -> None:
         try:
             await self._collections.DropCollection(pb.DropCollectionRequest(name=name), **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
 
     # Ingest
 
@@ -214,7 +210,7 @@ class AsyncClient:
                 yield IngestResult(reply.id, pb.StatusCode.Name(reply.code), reply.message)
             await writer
         except grpc.RpcError as e:
-            raise source_error() or _raise(e, self.server) from None
+            raise source_error() or error_from_rpc(e, self.server) from None
         except asyncio.CancelledError:
             error = source_error()
             if error is None:
@@ -245,7 +241,7 @@ class AsyncClient:
         try:
             reply = await self._images.Embed(request, **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return embeddings_from_reply(reply)
 
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -253,7 +249,7 @@ class AsyncClient:
         try:
             reply = await self._images.Embed(embed_texts_request(texts), **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return embeddings_from_reply(reply)
 
     # Search
@@ -282,7 +278,7 @@ class AsyncClient:
         try:
             reply = await self._images.Search(request, **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return hits_from_reply(reply, include_metadata, include_vectors)
 
     async def search(self, query: QueryLike, k: int = 10, **kwargs: Any) -> list[Hit]:
@@ -302,7 +298,7 @@ class AsyncClient:
         try:
             reply = await self._images.Get(request, **self._per_call())
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return rows_from_reply(reply, vectors, metadata)
 
     async def delete(self, ids: Sequence[str], collection: str = "") -> int:
@@ -311,4 +307,4 @@ class AsyncClient:
         try:
             return (await self._images.Delete(request, **self._per_call())).deleted_count
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None

@@ -3,445 +3,63 @@
 from __future__ import annotations
 
 import collections
-import ipaddress
-import json
 import os
 import queue
-import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from lookalike.v1 import lookalike_pb2 as pb
 from lookalike.v1 import lookalike_pb2_grpc as pb_grpc
 
-from .no_server import call_details
-
-DEFAULT_SERVER = "localhost:50051"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Images larger than this are uploaded in chunks of this size (the server joins them).
-CHUNK_BYTES = 4 * 1024 * 1024
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
-
-_METRICS = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_IP, "l2": pb.METRIC_L2, "": pb.METRIC_UNSPECIFIED}
-_INDEXES = {
-    "": pb.INDEX_TYPE_UNSPECIFIED,
-    "FLAT": pb.INDEX_TYPE_FLAT,
-    "HNSW": pb.INDEX_TYPE_HNSW,
-    "IVF_FLAT": pb.INDEX_TYPE_IVF_FLAT,
-    "IVF_SQ8": pb.INDEX_TYPE_IVF_SQ8,
-    "IVF_PQ": pb.INDEX_TYPE_IVF_PQ,
-    "SCANN": pb.INDEX_TYPE_SCANN,
-}
-
-
-# Calls that are safe to repeat: gRPC retries them on UNAVAILABLE (a replica restarting or gone).
-_IDEMPOTENT = [
-    {"service": "lookalike.v1.Images", "method": m} for m in ("Search", "Embed", "Get", "Delete")
-] + [{"service": "lookalike.v1.Collections", "method": m} for m in ("ListCollections", "DescribeCollection")]
-SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [
-        {
-            "name": _IDEMPOTENT,
-            "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.1s",
-                "maxBackoff": "2s",
-                "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE"],
-            },
-        }
-    ],
-}
-
-
-def grpc_target(server: str) -> str:
-    """HOST:PORT[,HOST:PORT...] as one gRPC target; a target with a scheme (dns:///, ipv4:) is kept."""
-    if "://" in server or server.startswith(("ipv4:", "ipv6:", "unix:")):
-        return server
-    addresses = [a.strip() for a in server.split(",") if a.strip()]
-    if len(addresses) == 1:
-        return addresses[0]
-    resolved = []
-    for address in addresses:
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            # A name: every address it resolves to joins the list.
-            infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-            resolved.extend(f"{info[4][0]}:{port}" for info in infos if info[0] == socket.AF_INET)
-            continue
-        resolved.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
-    scheme = "ipv6:" if resolved and all(r.startswith("[") for r in resolved) else "ipv4:"
-    return scheme + ",".join(dict.fromkeys(resolved))
-
-
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <token>` to every call."""
-
-    def __init__(self, token: str) -> None:
-        self._header = ("authorization", f"Bearer {token}")
-
-    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        metadata = [*(details.metadata or ()), self._header]
-        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _CallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
-            details.compression,
-        )
-
-    def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return continuation(self._with_token(details), request)
-
-    def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
-        return continuation(self._with_token(details), request)
-
-    def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return continuation(self._with_token(details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
-        return continuation(self._with_token(details), request_iterator)
-
-
-@dataclass(frozen=True)
-class _CallDetails(grpc.ClientCallDetails):
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: Any
-    compression: Any
-
-
-class LookalikeClientError(Exception):
-    """A call failed; `code` is the gRPC status name, `details` the server's message."""
-
-    def __init__(self, code: str, details: str) -> None:
-        super().__init__(f"{code}: {details}")
-        self.code = code
-        self.details = details
-
-
-@dataclass(frozen=True)
-class ById:
-    """A query by a stored id: the vector stays on the server."""
-
-    id: str
-
-
-@dataclass(frozen=True)
-class ByIds:
-    """Several stored ids searched as one query, by the mean of their vectors."""
-
-    ids: Sequence[str]
-
-
-@dataclass(frozen=True)
-class MeanOf:
-    """Several vectors searched as one query, by their mean."""
-
-    vectors: Sequence[Sequence[float]]
-
-
-@dataclass(frozen=True)
-class Text:
-    """A text prompt, for models with a text tower (`CollectionInfo.embeds_text`): the server embeds it."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Texts:
-    """Several text prompts searched as one query, by the mean of their vectors."""
-
-    texts: Sequence[str]
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float
-    metadata: dict[str, Any] | None = None
-    vector: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    id: str
-    code: str
-    message: str
-
-    @property
-    def ok(self) -> bool:
-        return self.code == "OK"
-
-
-@dataclass(frozen=True)
-class CollectionInfo:
-    name: str
-    metric: str
-    index_type: str
-    model: str
-    dimension: int
-    row_count: int
-    execution_provider: str
-    index_params: dict[str, int]
-    min_recall: float
-    # k -> (effort, recall) as the server's recall calibration measured them.
-    calibrations: dict[int, tuple[int, float]]
-    model_precision: str = "float32"  # "float16" with --fp16, "int8" with a quantized card
-    vectors_only: bool = False  # vectors computed elsewhere: no images, no image or text queries
-    embeds_text: bool = False  # the server's model has a text tower for this collection: Text queries work
-
-
-# A query: an image path, image bytes, a vector, or a stored id.
-QueryLike = str | os.PathLike | bytes | Sequence[float] | np.ndarray | ById | ByIds | MeanOf | Text | Texts
-CONSISTENCY_LEVELS = {
-    "": pb.CONSISTENCY_UNSPECIFIED,
-    "Strong": pb.CONSISTENCY_STRONG,
-    "Session": pb.CONSISTENCY_SESSION,
-    "Bounded": pb.CONSISTENCY_BOUNDED,
-    "Eventually": pb.CONSISTENCY_EVENTUALLY,
-}
-# An item to ingest: (id, image path | image bytes | vector[, metadata]).
-ItemLike = tuple[str, Any] | tuple[str, Any, Mapping[str, Any]]
-
-
-def _struct(data: Mapping[str, Any] | None) -> struct_pb2.Struct | None:
-    if not data:
-        return None
-    message = struct_pb2.Struct()
-    message.update(dict(data))
-    return message
-
-
-def _to_dict(message: struct_pb2.Struct, present: bool) -> dict[str, Any] | None:
-    return json_format.MessageToDict(message) if present else None
-
-
-def _raise(e: grpc.RpcError, server: str) -> LookalikeClientError:
-    code = e.code().name
-    return LookalikeClientError(code, call_details(code, e.details() or "", server))
-
-
-def _collection_from_wire(info: pb.CollectionInfo) -> CollectionInfo:
-    return CollectionInfo(
-        name=info.name,
-        metric=pb.Metric.Name(info.metric).removeprefix("METRIC_").lower(),
-        index_type=pb.IndexType.Name(info.index_type).removeprefix("INDEX_TYPE_"),
-        model=info.model,
-        dimension=info.dimension,
-        row_count=info.row_count,
-        execution_provider=info.execution_provider,
-        index_params=dict(info.index_params),
-        min_recall=info.min_recall,
-        calibrations={c.k: (c.effort, c.recall) for c in info.calibrations if abs(c.target - info.min_recall) < 1e-4},
-        model_precision=info.model_precision or "float32",
-        vectors_only=info.vectors_only,
-        embeds_text=info.embeds_text,
-    )
-
-
-# Requests and replies, shared by Client and AsyncClient: plain Python values in, wire messages out, and back.
-
-
-def channel_options(server_name: str | None = None) -> list[tuple[str, Any]]:
-    options: list[tuple[str, Any]] = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.lb_policy_name", "round_robin"),
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-        # Each client its own connections: gRPC otherwise shares one among all its channels to a target,
-        # and a server's workers (serve --workers) are picked per connection.
-        ("grpc.use_local_subchannel_pool", 1),
-    ]
-    if server_name:
-        options.append(("grpc.ssl_target_name_override", server_name))
-    return options
-
-
-def channel_credentials(
-    secure: bool,
-    ca_cert: str | os.PathLike | None,
-    client_cert: str | os.PathLike | None,
-    client_key: str | os.PathLike | None,
-) -> grpc.ChannelCredentials | None:
-    """TLS credentials when any TLS setting is given; None means plaintext."""
-    if not (secure or ca_cert or client_cert):
-        return None
-    return grpc.ssl_channel_credentials(
-        root_certificates=Path(ca_cert).read_bytes() if ca_cert else None,
-        private_key=Path(client_key).read_bytes() if client_key else None,
-        certificate_chain=Path(client_cert).read_bytes() if client_cert else None,
-    )
-
-
-def create_collection_request(
-    name: str, metric: str, index_type: str, index_params: Mapping[str, int] | None, min_recall: float, dimension: int,
-    vectors_only: bool = False,
-) -> pb.CreateCollectionRequest:
-    return pb.CreateCollectionRequest(
-        name=name,
-        metric=_METRICS[metric],
-        index_type=_INDEXES[index_type],
-        index_params=dict(index_params or {}),
-        min_recall=min_recall,
-        dimension=dimension,
-        vectors_only=vectors_only,
-    )
-
-
-def ingest_requests(item: ItemLike, collection: str) -> list[pb.IngestRequest]:
-    """One request per item; images over CHUNK_BYTES go as several chunk requests of the same id."""
-    item_id, content, *rest = item
-    metadata = _struct(rest[0] if rest else None)
-    if isinstance(content, (str, os.PathLike)):
-        content = Path(content).read_bytes()
-    if isinstance(content, (bytes, bytearray, memoryview)):
-        data = bytes(content)
-        if len(data) <= CHUNK_BYTES:
-            return [pb.IngestRequest(collection=collection, id=item_id, metadata=metadata, image=data)]
-        starts = range(0, len(data), CHUNK_BYTES)
-        return [
-            pb.IngestRequest(
-                collection=collection, id=item_id, metadata=metadata if start == 0 else None,
-                chunk=pb.ImageChunk(data=data[start : start + CHUNK_BYTES], last=start == starts[-1]),
-            )
-            for start in starts
-        ]
-    request = pb.IngestRequest(collection=collection, id=item_id, metadata=metadata)
-    request.vector.values.extend(np.asarray(content, dtype=np.float32).ravel().tolist())
-    return [request]
-
-
-def embed_request(images: Sequence[str | os.PathLike | bytes]) -> pb.EmbedRequest:
-    return pb.EmbedRequest(items=[
-        pb.ImageItem(id=str(i), image=Path(img).read_bytes() if isinstance(img, (str, os.PathLike)) else img)
-        for i, img in enumerate(images)
-    ])
-
-
-def _utf8(text: str) -> str:
-    """The prompt itself; a ValueError naming it if it cannot be sent (protobuf strings must be UTF-8)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"text prompt {text!r} cannot be sent: it is not valid Unicode ({e.reason} at "
-                         f"position {e.start}), and protobuf strings must be UTF-8") from None
-    return text
-
-
-def embed_texts_request(texts: Sequence[str]) -> pb.EmbedRequest:
-    return pb.EmbedRequest(texts=[pb.TextItem(id=str(i), text=_utf8(t)) for i, t in enumerate(texts)])
-
-
-def embeddings_from_reply(reply: pb.EmbedResponse) -> np.ndarray:
-    """The (N, dim) array of an Embed reply; raises on the first image the server could not embed."""
-    for result in reply.results:
-        if result.code != pb.OK:
-            raise LookalikeClientError(pb.StatusCode.Name(result.code), result.message)
-    return np.array([r.vector.values for r in reply.results], dtype=np.float32)
-
-
-def query_message(query: QueryLike) -> pb.Query:
-    if isinstance(query, ById):
-        return pb.Query(id=query.id)
-    if isinstance(query, ByIds):
-        return pb.Query(ids=pb.IdList(ids=list(query.ids)))
-    if isinstance(query, MeanOf):
-        vectors = [pb.Vector(values=np.asarray(v, dtype=np.float32).ravel().tolist()) for v in query.vectors]
-        return pb.Query(vectors=pb.VectorList(vectors=vectors))
-    if isinstance(query, Text):
-        return pb.Query(text=_utf8(query.text))
-    if isinstance(query, Texts):
-        return pb.Query(texts=pb.TextList(texts=[_utf8(t) for t in query.texts]))
-    if isinstance(query, (str, os.PathLike)):
-        return pb.Query(image=Path(query).read_bytes())
-    if isinstance(query, (bytes, bytearray)):
-        return pb.Query(image=bytes(query))
-    return pb.Query(vector=pb.Vector(values=np.asarray(query, dtype=np.float32).ravel().tolist()))
-
-
-def search_request(
-    queries: Sequence[QueryLike],
-    k: int,
-    collection: str,
-    filter: str,
-    include_metadata: bool,
-    include_vectors: bool,
-    reverse: bool,
-    offset: int,
-    restrict_ids: Sequence[str],
-    consistency: str,
-    min_recall: float,
-) -> pb.SearchRequest:
-    return pb.SearchRequest(
-        collection=collection,
-        queries=[query_message(q) for q in queries],
-        k=k,
-        filter=filter,
-        include_metadata=include_metadata,
-        include_vectors=include_vectors,
-        reverse=reverse,
-        offset=offset,
-        restrict_ids=list(restrict_ids),
-        consistency=CONSISTENCY_LEVELS[consistency],
-        min_recall=min_recall,
-    )
-
-
-def hits_from_reply(reply: pb.SearchResponse, include_metadata: bool, include_vectors: bool) -> list[list[Hit]]:
-    return [
-        [
-            Hit(
-                h.id,
-                h.score,
-                _to_dict(h.metadata, include_metadata),
-                np.asarray(h.vector.values, dtype=np.float32) if include_vectors else None,
-            )
-            for h in result.hits
-        ]
-        for result in reply.results
-    ]
-
-
-def rows_from_reply(
-    reply: pb.GetResponse, vectors: bool, metadata: bool
-) -> dict[str, tuple[np.ndarray | None, dict[str, Any] | None]]:
-    return {
-        item.id: (
-            np.asarray(item.vector.values, dtype=np.float32) if vectors else None,
-            _to_dict(item.metadata, metadata),
-        )
-        for item in reply.items
-    }
-
-
-def image_files(root: Path | str, all_files: bool = False) -> Iterator[Path]:
-    """Image files under root, recursively, in a stable order; hidden files and folders are skipped."""
-    root = Path(root)
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            path = Path(folder) / name
-            if not name.startswith(".") and (all_files or path.suffix.lower() in IMAGE_EXTENSIONS):
-                yield path
+from .channel import (
+    DEFAULT_SERVER,
+    MAX_MESSAGE_BYTES,
+    LookalikeClientError,
+    _BearerToken,
+    channel_credentials,
+    channel_options,
+    error_from_rpc,
+    grpc_target,
+)
+from .messages import (
+    CHUNK_BYTES,
+    CONSISTENCY_LEVELS,
+    IMAGE_EXTENSIONS,
+    ById,
+    ByIds,
+    CollectionInfo,
+    Hit,
+    IngestResult,
+    ItemLike,
+    MeanOf,
+    QueryLike,
+    Text,
+    Texts,
+    collection_from_wire,
+    create_collection_request,
+    embed_request,
+    embed_texts_request,
+    embeddings_from_reply,
+    hits_from_reply,
+    image_files,
+    ingest_requests,
+    rows_from_reply,
+    search_request,
+)
+
+# Client, and what `lookalike.client` offered before channel.py and messages.py took their parts out.
+__all__ = [
+    "CHUNK_BYTES", "CONSISTENCY_LEVELS", "DEFAULT_SERVER", "IMAGE_EXTENSIONS", "MAX_MESSAGE_BYTES", "ById", "ByIds",
+    "Client", "CollectionInfo", "Hit", "IngestResult", "ItemLike", "LookalikeClientError", "MeanOf", "QueryLike",
+    "Text", "Texts", "image_files",
+]
 
 
 class Client:
@@ -532,29 +150,29 @@ class Client:
         request = create_collection_request(name, metric, index_type, index_params, min_recall, dimension,
                                              vectors_only)
         try:
-            return _collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))
+            return collection_from_wire(self._collections.CreateCollection(request, timeout=self.timeout))
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
 
     def list_collections(self) -> list[CollectionInfo]:
         try:
             reply = self._collections.ListCollections(pb.ListCollectionsRequest(), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
-        return [_collection_from_wire(c) for c in reply.collections]
+            raise error_from_rpc(e, self.server) from None
+        return [collection_from_wire(c) for c in reply.collections]
 
     def describe_collection(self, name: str = "") -> CollectionInfo:
         request = pb.DescribeCollectionRequest(name=name or self.collection)
         try:
-            return _collection_from_wire(self._collections.DescribeCollection(request, timeout=self.timeout))
+            return collection_from_wire(self._collections.DescribeCollection(request, timeout=self.timeout))
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
 
     def drop_collection(self, name: str) -> None:
         try:
             self._collections.DropCollection(pb.DropCollectionRequest(name=name), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
 
     # Ingest
 
@@ -619,7 +237,7 @@ class Client:
                 break
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or attempt >= self.ingest_retries:
-                    raise _raise(e, self.server) from None
+                    raise error_from_rpc(e, self.server) from None
                 with lock:
                     attempt += 1
                 time.sleep(min(2.0, 0.1 * 2**attempt))
@@ -641,7 +259,7 @@ class Client:
         try:
             reply = self._images.Embed(embed_request(images), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return embeddings_from_reply(reply)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
@@ -650,7 +268,7 @@ class Client:
         try:
             reply = self._images.Embed(embed_texts_request(texts), timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return embeddings_from_reply(reply)
 
     # Search
@@ -681,7 +299,7 @@ class Client:
         try:
             reply = self._images.Search(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return hits_from_reply(reply, include_metadata, include_vectors)
 
     def search(self, query: QueryLike, k: int = 10, **kwargs: Any) -> list[Hit]:
@@ -701,7 +319,7 @@ class Client:
         try:
             reply = self._images.Get(request, timeout=self.timeout)
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
         return rows_from_reply(reply, vectors, metadata)
 
     def delete(self, ids: Sequence[str], collection: str = "") -> int:
@@ -710,4 +328,4 @@ class Client:
         try:
             return self._images.Delete(request, timeout=self.timeout).deleted_count
         except grpc.RpcError as e:
-            raise _raise(e, self.server) from None
+            raise error_from_rpc(e, self.server) from None
