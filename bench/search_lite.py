@@ -45,27 +45,35 @@ def lite_block(args: argparse.Namespace, workdir: Path, result: dict[str, Any],
     with lookalike_serve(workdir / "serve-lite", *lite, "--data-dir", str(data_dir)) as (server, metrics_port):
         address = server.address
         clusters = ensure_clusters(args, address, workdir, clusters_holder)
-        datasets = [] if args.scaling_only else make_datasets(args, clusters)
+        only = {"datasets": ["clustered"], "indexes": ["HNSW"]} if args.qps_only else {}
+        run_args = argparse.Namespace(**{**vars(args), **only})
+        datasets = [] if args.scaling_only else make_datasets(run_args, clusters)
         result.setdefault("data", {}).update({ds.name: ds.description for ds in datasets})
-        matrix: dict[str, Any] = result.setdefault("recall_latency", {})
+        matrix: dict[str, Any] = {} if args.qps_only else result.setdefault("recall_latency", {})
         for ds in datasets:
-            for index_type in args.indexes:
+            for index_type in run_args.indexes:
                 name = f"b_{ds.name}_{index_type.lower()}"
                 log(f"[lite] {ds.name} {index_type}")
                 entry = prepare_collection(address, name, index_type, ds.rows, ds.queries[0], args)
                 entry["index_files_built_before_measuring"] = lite_index_built(db, name)
-                entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks, args.measure_budget,
-                                                metrics_port)
-                log(f"  {json.dumps({k: v for k, v in entry['per_k'].items() if k.isdigit()})}")
+                if not args.qps_only:
+                    entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks,
+                                                    args.measure_budget, metrics_port)
+                    log(f"  {json.dumps({k: v for k, v in entry['per_k'].items() if k.isdigit()})}")
                 matrix.setdefault(ds.name, {})[index_type] = entry
                 if ds.name == "clustered" and index_type == "HNSW" and args.qps:
                     try:
                         result["qps_lite"] = lite_qps(args, address, server.proc.pid, db, name, ds, workdir)
+                        if args.qps_only:  # how the collection was filled and calibrated, as the matrix says
+                            result["qps_lite"]["collection_prepared"] = entry
                     except Exception as e:  # the rest of the matrix is still worth measuring
                         result["qps_lite"] = {"error": f"{type(e).__name__}: {e}"[:2000]}
                         log(f"[lite] QPS failed: {e}")
                 with Client(address) as client:
                     client.drop_collection(name)
+        if args.qps_only:  # the earlier run's matrix, scaling points and server log stay
+            result["qps_lite"]["server_log_findings"] = log_findings(server)
+            return
         result.setdefault("scaling", {}).setdefault("lite", {}).update(scaling_points(
             args, address, clusters, "lite", db,
             serve_for_dim=lambda dim: serve_dim(workdir, dim, *lite, "--data-dir", str(workdir / f"lite-data-{dim}d")),
