@@ -52,6 +52,9 @@ def standalone_block(args: argparse.Namespace, workdir: Path, result: dict[str, 
             clusters = ensure_clusters(args, address, workdir, clusters_holder)
             if not args.scaling_only:
                 standalone_recall_qps(args, address, metrics_port, uri, milvus.server_pid, clusters, result)
+            if args.qps_only:  # the earlier run's recall/latency, scaling points and server log stay
+                result["qps_standalone"]["server_log_findings"] = log_findings(server)
+                return
             result.setdefault("scaling", {}).setdefault("standalone", {}).update(scaling_points(
                 args, address, clusters, "standalone", uri=uri,
                 serve_for_dim=lambda dim: serve_dim(workdir, dim, "--milvus-uri", uri)))
@@ -72,10 +75,11 @@ def standalone_recall_qps(args: argparse.Namespace, address: str, metrics_port: 
     entry = prepare_collection(address, name, "HNSW", ds.rows, ds.queries[0], args,
                                index_wait=lambda: wait_index(name, None, uri, Cap(args.index_timeout), 0.0))
     entry["describe_index_before_measuring"] = server_index_state(uri, name)
-    entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks, args.measure_budget,
-                                    metrics_port)
-    log(f"  {json.dumps({k: v for k, v in entry['per_k'].items() if k.isdigit()})}")
-    result.setdefault("recall_latency_standalone", {})["clustered"] = {"HNSW": entry}
+    if not args.qps_only:  # --qps-only: the earlier run's recall/latency stays
+        entry["per_k"] = recall_latency(address, name, ds.queries, ds.truth, args.ks, args.measure_budget,
+                                        metrics_port)
+        log(f"  {json.dumps({k: v for k, v in entry['per_k'].items() if k.isdigit()})}")
+        result.setdefault("recall_latency_standalone", {})["clustered"] = {"HNSW": entry}
     if args.qps:
         low = wait_calibrated(address, name, LOW_TARGET, ds.queries[0], args.calibration_timeout)
         high = {"calibrations": [c for c in calibrations(address, name)
@@ -113,6 +117,8 @@ def standalone_recall_qps(args: argparse.Namespace, address: str, metrics_port: 
             "ef": {"0.99": ef_high, "0.9": ef_low}, "calibration_0.9": low, **sanity, **figures,
             "cpu_note": "watched_process_s is the milvus server process",
         }
+        if args.qps_only:  # how the collection was filled and calibrated, as the recall/latency entry says
+            result["qps_standalone"]["collection_prepared"] = entry
     with Client(address) as client:
         client.drop_collection(name)
 
