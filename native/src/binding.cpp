@@ -216,9 +216,10 @@ PYBIND11_MODULE(_native, m) {
         "a short tail is row -1 / score NaN. threads: 0 = all cores.");
   m.def("top_k_shared", &TopKShared, py::arg("queries"), py::arg("candidates"), py::arg("k"),
         py::arg("metric") = "ip", py::arg("reverse") = false, py::arg("threads") = 0,
-        "Exact top-k of each query over every row of one shared candidate matrix: the same (rows int64 "
-        "(Q, k), scores float32 (Q, k)), bit for bit, as rerank listing every row for every query ('ip' "
-        "best largest, 'l2' squared distance best smallest, reverse = worst first, ties by smaller row, "
-        "a tail past N is row -1 / score NaN), without writing the (Q, N) score matrix. threads: 0 = all "
-        "cores.");
+        "Exact top-k of each query over every row of one shared candidate matrix: (rows int64 (Q, k), "
+        "scores float32 (Q, k)) as rerank listing every row for every query gives them ('ip' best "
+        "largest, 'l2' squared distance best smallest, reverse = worst first, ties by smaller row, a tail "
+        "past N is row -1 / score NaN), without writing the (Q, N) score matrix. Each score is one "
+        "sequential sum over the dimensions: its last bits may differ from rerank's, never with the "
+        "threads or the other queries. threads: 0 = all cores.");
 }

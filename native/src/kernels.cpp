@@ -188,99 +188,95 @@ ScoreRowFn PickScoreRow(Metric metric) {
   return l2 ? ScoreRowL2Base : ScoreRowIpBase;
 }
 
-// Tiles: a few queries x a few candidates scored together, so each vector loaded feeds several
-// multiply-adds. Every pair keeps ScoreGroup's two accumulators and order of operations, so its
-// score is the same bits as Rerank's. The tile fills the registers: 2 x 6 x 2 accumulators of the
-// 32 AVX-512 ones, 2 x 3 x 2 of the 16 AVX2/SSE ones.
-constexpr int kMaxTileQueries = 6;
-constexpr int kMaxTileCands = 3;
-
-// out[g * stride + j] = score(queries[g], cands[j]) for g < Q, j < C.
-template <class V, int Q, int C, bool kL2>
-LOOKALIKE_INLINE void ScoreTileT(const float* const* queries, const float* const* cands, int64_t dim, float* out,
-                                 int64_t stride) {
-  constexpr int64_t kWidth = sizeof(V) / sizeof(float);
-  const float* q[Q];
-  const float* c[C];
-  for (int g = 0; g < Q; ++g) q[g] = queries[g];
-  for (int j = 0; j < C; ++j) c[j] = cands[j];
-  V acc[Q][C][2] = {};
-  int64_t i = 0;
-  for (; i + 2 * kWidth <= dim; i += 2 * kWidth) {
-    for (int h = 0; h < 2; ++h) {
-      V cv[C];
-      for (int j = 0; j < C; ++j) Load(cv[j], c[j] + i + h * kWidth);
-      for (int g = 0; g < Q; ++g) {
-        V x;
-        Load(x, q[g] + i + h * kWidth);
-        // Held in a register: loaded once for its C multiply-adds, not folded into each of them.
-        __asm__("" : "+x"(x));
-        for (int j = 0; j < C; ++j) {
-          if (kL2) {
-            const V diff = cv[j] - x;
-            acc[g][j][h] += diff * diff;
-          } else {
-            acc[g][j][h] += cv[j] * x;
-          }
+// Tiles for TopKShared, GEMM-style: the queries are packed once into panels of `lanes` queries
+// stored dimension-major (panel[d * lanes + i] = query i's element d), so one vector load holds a
+// dimension of every query of the panel. A tile scores `rows` consecutive candidate rows against a
+// panel: each candidate element is broadcast and multiply-added into that candidate's accumulators,
+// rows x (lanes / width) vectors that stay in registers, with no horizontal sums. Every score is then
+// one sequential chain over the dimensions (a fused multiply-add per step where the CPU has FMA), so
+// it does not depend on the tile, the blocking, the threads or the other queries of the call.
+template <class V, int NV, int MR, bool kL2>
+LOOKALIKE_INLINE void ScorePanelT(const float* panel, const float* rows, int64_t row_stride, int64_t len,
+                                  bool first, float* out, int64_t out_stride) {
+  constexpr int kWidth = sizeof(V) / sizeof(float);
+  V acc[MR][NV];
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV; ++v) {
+      if (first) {
+        acc[m][v] = V{};
+      } else {
+        Load(acc[m][v], out + m * out_stride + v * kWidth);
+      }
+    }
+  }
+  for (int64_t d = 0; d < len; ++d) {
+    V q[NV];
+    for (int v = 0; v < NV; ++v) Load(q[v], panel + d * NV * kWidth + v * kWidth);
+    for (int m = 0; m < MR; ++m) {
+      const float c = rows[m * row_stride + d];
+      for (int v = 0; v < NV; ++v) {
+        if (kL2) {
+          const V diff = q[v] - c;
+          acc[m][v] += diff * diff;
+        } else {
+          acc[m][v] += q[v] * c;
         }
       }
     }
   }
-  for (int g = 0; g < Q; ++g) {
-    for (int j = 0; j < C; ++j) {
-      float s = SumLanes(acc[g][j][0] + acc[g][j][1]);
-      for (int64_t t = i; t < dim; ++t) {
-        const float cj = c[j][t];
-        const float x = q[g][t];
-        s += kL2 ? (cj - x) * (cj - x) : cj * x;
-      }
-      out[g * stride + j] = s;
-    }
+  for (int m = 0; m < MR; ++m) {
+    for (int v = 0; v < NV; ++v) __builtin_memcpy(out + m * out_stride + v * kWidth, &acc[m][v], sizeof(V));
   }
 }
 
-using ScoreTileFn = void (*)(const float* const* queries, const float* const* cands, int64_t dim, float* out,
-                             int64_t stride);
+// out[m * out_stride + i] = score(row m, panel query i) for m < rows, i < lanes, over dimensions
+// [0, len) of the already offset `panel` and `rows`; `first` starts from zero, else adds to out.
+using ScorePanelFn = void (*)(const float* panel, const float* rows, int64_t row_stride, int64_t len, bool first,
+                              float* out, int64_t out_stride);
 
-struct TileScorer {
-  ScoreTileFn fn;
-  int queries;  // queries per tile, at most kMaxTileQueries
-  int cands;    // candidates per tile, at most kMaxTileCands
+struct PanelScorer {
+  ScorePanelFn fn;
+  int lanes;  // queries per panel
+  int rows;   // candidate rows per tile
 };
 
-void ScoreTileIpBase(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
-  ScoreTileT<F4, 3, 2, false>(q, c, d, o, s);
-}
-void ScoreTileL2Base(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
-  ScoreTileT<F4, 3, 2, true>(q, c, d, o, s);
-}
-#ifdef LOOKALIKE_X86
-LOOKALIKE_TARGET("avx2,fma")
-void ScoreTileIpAvx2(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
-  ScoreTileT<F8, 3, 2, false>(q, c, d, o, s);
-}
-LOOKALIKE_TARGET("avx2,fma")
-void ScoreTileL2Avx2(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
-  ScoreTileT<F8, 3, 2, true>(q, c, d, o, s);
-}
-LOOKALIKE_TARGET("avx512f")
-void ScoreTileIpAvx512(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
-  ScoreTileT<F16, 6, 2, false>(q, c, d, o, s);
-}
-LOOKALIKE_TARGET("avx512f")
-void ScoreTileL2Avx512(const float* const* q, const float* const* c, int64_t d, float* o, int64_t s) {
-  ScoreTileT<F16, 6, 2, true>(q, c, d, o, s);
-}
-#endif
+// Each ISA has a wide tile (two vectors of queries) and a narrow one for calls with few queries. The
+// accumulators fill the registers: 12 x 2 or 16 x 1 of the 32 AVX-512 ones, 6 x 2 or 12 x 1 of 16.
+#define LOOKALIKE_PANEL(name, isa_attr, V, NV, MR)                                                         \
+  isa_attr void name##Ip(const float* p, const float* r, int64_t rs, int64_t n, bool f, float* o,           \
+                         int64_t os) {                                                                      \
+    ScorePanelT<V, NV, MR, false>(p, r, rs, n, f, o, os);                                                   \
+  }                                                                                                         \
+  isa_attr void name##L2(const float* p, const float* r, int64_t rs, int64_t n, bool f, float* o,           \
+                         int64_t os) {                                                                      \
+    ScorePanelT<V, NV, MR, true>(p, r, rs, n, f, o, os);                                                    \
+  }
 
-// The tile scorer of the same width as PickScoreRow's, so both kernels give the same bits.
-TileScorer PickScoreTile(Metric metric) {
+LOOKALIKE_PANEL(ScorePanelWideBase, , F4, 2, 6)
+LOOKALIKE_PANEL(ScorePanelNarrowBase, , F4, 1, 12)
+#ifdef LOOKALIKE_X86
+LOOKALIKE_PANEL(ScorePanelWideAvx2, LOOKALIKE_TARGET("avx2,fma"), F8, 2, 6)
+LOOKALIKE_PANEL(ScorePanelNarrowAvx2, LOOKALIKE_TARGET("avx2,fma"), F8, 1, 12)
+LOOKALIKE_PANEL(ScorePanelWideAvx512, LOOKALIKE_TARGET("avx512f"), F16, 2, 12)
+LOOKALIKE_PANEL(ScorePanelNarrowAvx512, LOOKALIKE_TARGET("avx512f"), F16, 1, 16)
+#endif
+#undef LOOKALIKE_PANEL
+
+// The widest code this CPU runs; the narrow tile when every query fits one vector.
+PanelScorer PickScorePanel(Metric metric, int64_t num_queries) {
   const bool l2 = metric == Metric::kSquaredL2;
 #ifdef LOOKALIKE_X86
-  if (BestIsa() == Isa::kAvx512) return {l2 ? ScoreTileL2Avx512 : ScoreTileIpAvx512, 6, 2};
-  if (BestIsa() == Isa::kAvx2) return {l2 ? ScoreTileL2Avx2 : ScoreTileIpAvx2, 3, 2};
+  if (BestIsa() == Isa::kAvx512) {
+    if (num_queries <= 16) return {l2 ? ScorePanelNarrowAvx512L2 : ScorePanelNarrowAvx512Ip, 16, 16};
+    return {l2 ? ScorePanelWideAvx512L2 : ScorePanelWideAvx512Ip, 32, 12};
+  }
+  if (BestIsa() == Isa::kAvx2) {
+    if (num_queries <= 8) return {l2 ? ScorePanelNarrowAvx2L2 : ScorePanelNarrowAvx2Ip, 8, 12};
+    return {l2 ? ScorePanelWideAvx2L2 : ScorePanelWideAvx2Ip, 16, 6};
+  }
 #endif
-  return {l2 ? ScoreTileL2Base : ScoreTileIpBase, 3, 2};
+  if (num_queries <= 4) return {l2 ? ScorePanelNarrowBaseL2 : ScorePanelNarrowBaseIp, 4, 12};
+  return {l2 ? ScorePanelWideBaseL2 : ScorePanelWideBaseIp, 8, 6};
 }
 
 // Asks the memory system for a row we are about to score, so its fetch overlaps the current one.
@@ -478,13 +474,15 @@ void Rerank(const float* queries, int64_t num_queries, const float* candidates, 
   });
 }
 
-// Work items are (block of queries, chunk of candidate rows). Inside one, candidate rows go in blocks
-// that stay in L2 while every group of tile.queries queries (in L1) sweeps them, one tile at a time,
-// into a tile.queries x block score buffer. Each query then keeps a running top-k of its chunk: the
-// scores not below its threshold (the worst of the best k so far) go into a list of up to k + max(k, 256),
-// cut back to the best k whenever it fills, so a score costs one comparison and a kept one amortised O(1).
-// A query's lists of every chunk are merged at the end; since (key, row) is a total order, the answer
-// depends neither on the chunking nor on the threads.
+// Work items are (block of queries, chunk of candidate rows); the queries are packed into panels once
+// (see ScorePanelT). Inside an item, candidate rows go in blocks of about 1 MiB that stay in L2, and
+// the dimensions in slices whose panel slice stays in L1 while every tile of the block uses it; the
+// scores of a block land in a small rows x queries buffer. Each query then keeps a running top-k of its
+// chunk: the scores not below its threshold (the worst of the best k so far) go into a list of up to
+// k + max(k, 256), cut back to the best k whenever it fills, so a score costs one comparison and a kept
+// one amortised O(1). A query's lists of every chunk are merged at the end; since (key, row) is a total
+// order and a score does not depend on the tiling, the answer depends neither on the chunking nor on
+// the threads.
 void TopKShared(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
                 int64_t dim, int64_t k, Metric metric, bool reverse, int threads, int64_t* out_rows,
                 float* out_scores) {
@@ -494,84 +492,105 @@ void TopKShared(const float* queries, int64_t num_queries, const float* candidat
     for (int64_t q = 0; q < num_queries; ++q) WriteTopK(nullptr, 0, k, negate, out_rows + q * k, out_scores + q * k);
     return;
   }
-  const TileScorer tile = PickScoreTile(metric);
+  const PanelScorer tile = PickScorePanel(metric, num_queries);
+  const int64_t lanes = tile.lanes;
 
-  // Blocks of about 256 KiB of candidates and up to 512 KiB of queries: both stay in L2 together.
-  const int64_t row_bytes = std::max<int64_t>(dim, 1) * static_cast<int64_t>(sizeof(float));
-  auto rows_in = [&](int64_t bytes, int64_t multiple, int64_t most) {
-    const int64_t rows = std::clamp<int64_t>(bytes / row_bytes, multiple, most);
-    return rows / multiple * multiple;
-  };
-  const int64_t block_rows = std::min(rows_in(int64_t{256} << 10, tile.cands, 1024), num_candidates);
-
-  // Threads pay off only when there is real work; below ~1M multiply-adds run inline. Several items
-  // per thread keep the threads busy to the end when the cores are shared: split the queries first
-  // (a chunk of candidates per item costs a merge), then the candidates.
-  threads = num_queries * num_candidates * std::max<int64_t>(dim, 1) < (int64_t{1} << 20) ? 1 : ResolveThreads(threads);
-  int64_t query_block = std::min(rows_in(int64_t{512} << 10, tile.queries, 256), num_queries);
-  if (threads > 1) {
-    const int64_t share = (num_queries + 2 * threads - 1) / (2 * threads);
-    query_block = std::min(query_block, (share + tile.queries - 1) / tile.queries * tile.queries);
+  // Pack the queries, zero-padded to whole panels: panels[p][d][i] = queries[p * lanes + i][d].
+  const int64_t num_panels = (num_queries + lanes - 1) / lanes;
+  std::vector<float> panels(num_panels * lanes * std::max<int64_t>(dim, 1), 0.0f);
+  for (int64_t q = 0; q < num_queries; ++q) {
+    float* dst = panels.data() + (q / lanes) * lanes * dim + q % lanes;
+    const float* src = queries + q * dim;
+    for (int64_t d = 0; d < dim; ++d) dst[d * lanes] = src[d];
   }
-  const int64_t query_blocks = (num_queries + query_block - 1) / query_block;
-  const int64_t most_chunks = (num_candidates + block_rows - 1) / block_rows;
+
+  // Candidate blocks of about 1 MiB (L2), dimension slices of 128 (a 16 KiB panel slice in L1).
+  const int64_t row_bytes = std::max<int64_t>(dim, 1) * static_cast<int64_t>(sizeof(float));
+  constexpr int64_t kSlice = 128;
+  const int64_t block_rows =
+      std::clamp<int64_t>((int64_t{1} << 20) / row_bytes / tile.rows, 1, 1024 / tile.rows) * tile.rows;
+
+  // Threads pay off only when there is real work; below ~1M multiply-adds run inline. Split the
+  // candidates into chunks first (every query block reads all of them again), into several items per
+  // thread so the threads stay busy to the end when the cores are shared; queries in blocks of up to
+  // 256 (8 panels) bound the score buffer.
+  threads = num_queries * num_candidates * std::max<int64_t>(dim, 1) < (int64_t{1} << 20) ? 1 : ResolveThreads(threads);
+  const int64_t panels_per_block = std::max<int64_t>(1, 256 / lanes);
+  const int64_t query_block = panels_per_block * lanes;
+  const int64_t query_blocks = (num_panels + panels_per_block - 1) / panels_per_block;
+  const int64_t most_chunks = std::max<int64_t>(1, num_candidates / (4 * tile.rows));
   const int64_t chunks =
-      threads == 1 ? 1 : std::clamp<int64_t>((4 * threads + query_blocks - 1) / query_blocks, 1, most_chunks);
+      threads == 1 ? 1 : std::clamp<int64_t>((3 * threads + query_blocks - 1) / query_blocks, 1, most_chunks);
   const int64_t chunk_rows = (num_candidates + chunks - 1) / chunks;
   const int64_t keep = std::min(k, chunk_rows);  // the best `keep` of a chunk are all a query can need
   const int64_t capacity = std::min(keep + std::max<int64_t>(keep, 256), chunk_rows);
 
   std::vector<Scored> lists(chunks * num_queries * capacity);
   std::vector<int64_t> sizes(chunks * num_queries, 0);
-  const int64_t stride = (block_rows + tile.cands - 1) / tile.cands * tile.cands;
-  std::vector<std::vector<float>> buffers(threads);
+  const int64_t stride = std::min(query_block, num_panels * lanes);  // floats per candidate in a buffer
+  struct Scratch {
+    std::vector<float> scores;  // block_rows x stride
+    std::vector<float> tail;    // a short last tile's rows, zero-padded to tile.rows
+  };
+  std::vector<Scratch> scratch(threads);
 
   ParallelFor(0, query_blocks * chunks, threads, [&](int64_t item, int thread_id) {
     const int64_t chunk = item % chunks;
-    const int64_t q_begin = item / chunks * query_block;
-    const int64_t q_end = std::min(num_queries, q_begin + query_block);
+    const int64_t p_begin = item / chunks * panels_per_block;
+    const int64_t p_end = std::min(num_panels, p_begin + panels_per_block);
+    const int64_t q_begin = p_begin * lanes;
+    const int64_t q_end = std::min(num_queries, p_end * lanes);
     const int64_t r_begin = chunk * chunk_rows;
     const int64_t r_end = std::min(num_candidates, r_begin + chunk_rows);
-    std::vector<float>& buffer = buffers[thread_id];
-    if (buffer.empty()) buffer.resize(kMaxTileQueries * stride);
+    Scratch& mine = scratch[thread_id];
+    if (mine.scores.empty()) {
+      mine.scores.resize(block_rows * stride);
+      mine.tail.assign(tile.rows * std::max<int64_t>(dim, 1), 0.0f);
+    }
     // Each query's threshold: a key below it cannot enter that query's best `keep` (-inf until known).
     std::vector<float> threshold(q_end - q_begin, -std::numeric_limits<float>::infinity());
 
     for (int64_t b_begin = r_begin; b_begin < r_end; b_begin += block_rows) {
       const int64_t b_end = std::min(r_end, b_begin + block_rows);
-      for (int64_t g_begin = q_begin; g_begin < q_end; g_begin += tile.queries) {
-        // A short group or tile repeats its last row; the extra scores are never read.
-        const float* group[kMaxTileQueries];
-        for (int g = 0; g < tile.queries; ++g) group[g] = queries + std::min(g_begin + g, q_end - 1) * dim;
-        for (int64_t j_begin = b_begin; j_begin < b_end; j_begin += tile.cands) {
-          const float* cands[kMaxTileCands];
-          for (int j = 0; j < tile.cands; ++j) cands[j] = candidates + std::min(j_begin + j, b_end - 1) * dim;
-          tile.fn(group, cands, dim, buffer.data() + (j_begin - b_begin), stride);
-        }
-        const int64_t group_size = std::min<int64_t>(tile.queries, q_end - g_begin);
-        for (int64_t g = 0; g < group_size; ++g) {
-          const int64_t slot = chunk * num_queries + g_begin + g;
-          Scored* list = lists.data() + slot * capacity;
-          int64_t size = sizes[slot];
-          float bar = threshold[g_begin + g - q_begin];  // locals: the list's stores cannot alias them
-          const float sign = negate ? -1.0f : 1.0f;
-          const float* scores = buffer.data() + g * stride;
-          for (int64_t r = b_begin; r < b_end; ++r) {
-            const float key = sign * scores[r - b_begin];
-            if (key < bar) continue;  // false for NaN keys: those go in, and sort last
-            if (size == capacity) {
-              std::nth_element(list, list + keep - 1, list + size, Before);
-              size = keep;
-              bar = list[keep - 1].key;
-              if (key < bar) continue;
-            }
-            list[size].key = key;
-            list[size].row = r;
-            ++size;
+      // A short last tile is scored from a zero-padded copy; its extra scores are never read.
+      const int64_t full_end = b_begin + (b_end - b_begin) / tile.rows * tile.rows;
+      if (full_end < b_end) {
+        std::fill(mine.tail.begin(), mine.tail.end(), 0.0f);
+        std::copy(candidates + full_end * dim, candidates + b_end * dim, mine.tail.begin());
+      }
+      for (int64_t d0 = 0; d0 < std::max<int64_t>(dim, 1); d0 += kSlice) {
+        const int64_t len = std::min(kSlice, dim - d0);
+        for (int64_t p = p_begin; p < p_end; ++p) {
+          const float* panel = panels.data() + p * lanes * dim + d0 * lanes;
+          float* out = mine.scores.data() + (p - p_begin) * lanes;
+          for (int64_t j = b_begin; j < b_end; j += tile.rows) {
+            const float* rows = j < full_end ? candidates + j * dim : mine.tail.data();
+            tile.fn(panel, rows + d0, dim, len, d0 == 0, out + (j - b_begin) * stride, stride);
           }
-          sizes[slot] = size;
-          threshold[g_begin + g - q_begin] = bar;
         }
+      }
+      for (int64_t q = q_begin; q < q_end; ++q) {
+        const int64_t slot = chunk * num_queries + q;
+        Scored* list = lists.data() + slot * capacity;
+        int64_t size = sizes[slot];
+        float bar = threshold[q - q_begin];  // locals: the list's stores cannot alias them
+        const float sign = negate ? -1.0f : 1.0f;
+        const float* scores = mine.scores.data() + (q - q_begin);
+        for (int64_t r = b_begin; r < b_end; ++r) {
+          const float key = sign * scores[(r - b_begin) * stride];
+          if (key < bar) continue;  // false for NaN keys: those go in, and sort last
+          if (size == capacity) {
+            std::nth_element(list, list + keep - 1, list + size, Before);
+            size = keep;
+            bar = list[keep - 1].key;
+            if (key < bar) continue;
+          }
+          list[size].key = key;
+          list[size].row = r;
+          ++size;
+        }
+        sizes[slot] = size;
+        threshold[q - q_begin] = bar;
       }
     }
   });

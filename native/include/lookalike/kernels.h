@@ -97,10 +97,12 @@ void Rerank(const float* queries, int64_t num_queries, const float* candidates, 
 // Exact top-k over one shared candidate matrix: for each of the num_queries queries (row-major,
 // num_queries x dim), scores every row of `candidates` (num_candidates x dim) and writes the best k,
 // best first (worst first if reverse), to out_rows / out_scores (num_queries x k each). The same
-// scores, bit for bit, order, ties (smaller row first) and padding (row -1, score NaN past
-// num_candidates) as Rerank with every row listed for every query, but blocked: tiles of queries x
-// candidates are scored from cache into a small buffer and each query keeps a running top-k, so
-// the num_queries x num_candidates score matrix is never written. threads: 0 = all hardware threads.
+// order, ties (smaller row first) and padding (row -1, score NaN past num_candidates) as Rerank with
+// every row listed for every query, but blocked like a matrix product: tiles of candidates x queries
+// accumulate in registers and each query keeps a running top-k, so the num_queries x num_candidates
+// score matrix is never written. A score is one sequential sum over the dimensions, so its last bits
+// may differ from Rerank's (which sums in vector lanes) but never depend on the other queries, the
+// threads or the shapes. threads: 0 = all hardware threads.
 void TopKShared(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
                 int64_t dim, int64_t k, Metric metric, bool reverse, int threads, int64_t* out_rows,
                 float* out_scores);
