@@ -216,6 +216,7 @@ def run_version(label: str, pythonpath: str, uri: str, name: str) -> dict[str, A
         raise RuntimeError(f"{label} failed ({done.returncode}): {done.stderr[-3000:]}")
     out = json.loads(done.stdout.strip().splitlines()[-1])
     out["load_average_1m_at_start"] = round(load, 2)
+    out["calibration_log"] = [line for line in done.stderr.splitlines() if "calibrat" in line][-6:]
     return out
 
 
@@ -229,11 +230,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default="IVF_FLAT", choices=("IVF_FLAT", "HNSW"))
     parser.add_argument("--data", default="clustered", choices=("clustered", "random"))
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--warmup", action="store_true",
+                        help="one untimed calibration (HEAD) first, so that no version pays for Milvus' first reads")
     parser.add_argument("--versions", default=",".join((*OLD_VERSIONS, "HEAD")),
                         help="commits to time, HEAD being this process's own PYTHONPATH (the working tree)")
     parser.add_argument("--write", action="store_true", help="also save bench/results/calibration_time.json")
     args = parser.parse_args(argv)
     if args.worker:
+        import logging
+
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)  # the calibration's own lines, read back below
         print(json.dumps(worker(args.uri, args.collection)))
         return 0
 
@@ -273,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[calibration_time] Milvus at {uri}; making {args.rows} x {args.dim} {args.index}", file=sys.stderr)
         result["collection"] = make_collection(uri, args.collection, args.rows, args.dim, args.index, args.data)
         print(f"[calibration_time] {result['collection']}", file=sys.stderr)
+        if args.warmup and "HEAD" in versions:
+            result["warmup"] = run_version("HEAD", paths["HEAD"], uri, args.collection)
+            print(f"[calibration_time] warm-up {json.dumps(result['warmup'])}", file=sys.stderr)
         runs: list[dict[str, Any]] = []
         for r in range(args.rounds):
             order = versions if r % 2 == 0 else versions[::-1]
