@@ -212,3 +212,12 @@ def test_a_model_without_a_text_tower_names_itself(client, collection, photos_di
         reply = pb_grpc.ImagesStub(channel).Embed(request, timeout=60)
     assert [(r.id, pb.StatusCode.Name(r.code)) for r in reply.results] == [("p", "OK"), ("t", "FAILED_PRECONDITION")]
     assert reply.results[1].message.startswith("model 'efficientnet-lite0' has no text tower, so text 't' cannot")
+
+
+def test_the_cli_asks_for_one_kind_of_query(capsys):
+    from lookalike.cli import main
+
+    assert main(["search", "--server", "127.0.0.1:1"]) == 2
+    assert "give a photo, a stored id with --id, or --text PROMPT" in capsys.readouterr().err
+    assert main(["search", "x.jpg", "--text", "a cat", "--server", "127.0.0.1:1"]) == 2
+    assert "not several" in capsys.readouterr().err
