@@ -1,10 +1,12 @@
 """Quantize the shipped float32 EfficientNet-Lite0 to int8: lookalike's CPU card.
 
 ONNX Runtime static quantization, QDQ format: int8 weights per output channel (symmetric), uint8
-activations per tensor, ranges calibrated on real photos. The calibration set is generated here,
-deterministically, from scikit-image's bundled photos (random crops of 50-100% of each side, left-right
-flips and some upside-down ones), preprocessed exactly as the server does (``lookalike_server.imaging``),
-so nothing is downloaded and the same command always makes the same file.
+activations per tensor, ranges calibrated on real photos. The stem and the first two blocks (FLOAT_BLOCKS,
+the 112x112 layers) stay float32: in int8 they move the neighbours found too far from float32's, and they
+are a small share of the time (bench/quantization.py measures both; card.toml gives the figures). The
+calibration set is generated here, deterministically, from scikit-image's bundled photos (random crops of
+50-100% of each side, left-right flips and some upside-down ones), preprocessed exactly as the server does
+(``lookalike_server.imaging``), so nothing is downloaded and the same command always makes the same file.
 
 Run it from the repository root, in the project's venv (``make setup``; scikit-image comes with the
 ``test`` extra)::
@@ -51,6 +53,9 @@ SOURCE_PHOTOS = (
 # ImageNet-1k classes the check photos must keep: tabby / tiger cat; espresso.
 EXPECTED_TOP1 = {"chelsea": (281, 282), "coffee": (967,)}
 MIN_CHECK_COSINE = 0.95  # float32 vs int8 embedding on the check photos
+# Blocks left in float32 (the first part of their nodes' names). Per-tensor uint8 activations are coarsest at
+# full resolution, and the network amplifies that noise: chosen by a per-block sensitivity sweep.
+FLOAT_BLOCKS = ("_conv_stem", "_blocks.0", "_blocks.1")
 
 
 def source_photos() -> list[Image.Image]:
@@ -97,8 +102,16 @@ class _Batches(CalibrationDataReader):
         return next(self._batches, None)
 
 
-def quantize(card: ModelCard, output: Path, tensors: np.ndarray, method: str = DEFAULT_METHOD) -> Path:
-    """Writes the int8 QDQ version of card's network to output, its ranges calibrated on tensors."""
+def float_nodes(model: onnx.ModelProto, blocks: Sequence[str]) -> list[str]:
+    """The Conv and Add nodes of the given blocks (EfficientNet's `/<block>/...` node names)."""
+    return [n.name for n in model.graph.node
+            if n.op_type in ("Conv", "Add") and n.name.split("/")[1:2] and n.name.split("/")[1] in blocks]
+
+
+def quantize(card: ModelCard, output: Path, tensors: np.ndarray, method: str = DEFAULT_METHOD,
+             float_blocks: Sequence[str] = FLOAT_BLOCKS) -> Path:
+    """Writes the int8 QDQ version of card's network to output, its ranges calibrated on tensors; the nodes
+    of float_blocks stay float32."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
     with tempfile.TemporaryDirectory(prefix="lookalike-quantize-") as tmp:
@@ -106,6 +119,9 @@ def quantize(card: ModelCard, output: Path, tensors: np.ndarray, method: str = D
         # quantizing. Symbolic shape inference needs sympy, which the venv lacks; the shapes here are static.
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(card.model_path), str(prepared), skip_symbolic_shape=True)
+        excluded = float_nodes(onnx.load(str(prepared)), float_blocks)
+        if len(float_blocks) > 0 and not excluded:
+            raise ValueError(f"no Conv or Add node in blocks {list(float_blocks)}")
         quantize_static(
             str(prepared),
             str(output),
@@ -114,13 +130,15 @@ def quantize(card: ModelCard, output: Path, tensors: np.ndarray, method: str = D
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
             calibrate_method=getattr(CalibrationMethod, method),
             calibration_providers=["CPUExecutionProvider"],
         )
     model = onnx.load(str(output))
+    in_float = f"; float32: {', '.join(float_blocks)}" if float_blocks else "; every block in int8"
     onnx.helper.set_model_props(model, {
         "lookalike.quantization": f"static QDQ, int8 per-channel weights, uint8 activations, {method} "
-                                  f"calibration on {len(tensors)} crops of scikit-image photos",
+                                  f"calibration on {len(tensors)} crops of scikit-image photos{in_float}",
     })
     onnx.save(model, str(output))
     return output

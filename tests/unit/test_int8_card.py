@@ -57,6 +57,17 @@ def test_int8_model_is_quantized():
     assert "calibration" in props["lookalike.quantization"]
 
 
+def test_int8_model_keeps_the_first_blocks_in_float32():
+    model = onnx.load(str(load_model_card(INT8_CARD).model_path))
+    dequantized = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    conv_weight_quantized = {n.name: n.input[1] in dequantized for n in model.graph.node if n.op_type == "Conv"}
+    in_float = {name for name, quantized in conv_weight_quantized.items() if not quantized}
+    block = {name.split("/")[1] for name in in_float}
+    assert block == set(quantize_script().FLOAT_BLOCKS)  # the stem and blocks 0-1, nothing else
+    assert len(in_float) == 6
+    assert sum(conv_weight_quantized.values()) == len(conv_weight_quantized) - 6
+
+
 def test_int8_vectors_agree_with_float32_on_the_test_photos(photos_dir):
     int8_card, float_card = load_model_card(INT8_CARD), load_model_card()
     int8 = Embedder(int8_card, device="cpu", threads=2)
@@ -93,3 +104,10 @@ def test_quantize_refuses_an_unknown_method(tmp_path):
     quantize = quantize_script()
     with pytest.raises(ValueError, match="MinMax"):
         quantize.quantize(load_model_card(), tmp_path / "m.onnx", np.zeros((1, 3, 224, 224), np.float32), "KL")
+
+
+def test_quantize_refuses_float_blocks_the_network_lacks(tmp_path):
+    quantize = quantize_script()
+    with pytest.raises(ValueError, match=r"_blocks\.99"):
+        quantize.quantize(load_model_card(), tmp_path / "m.onnx", np.zeros((1, 3, 224, 224), np.float32),
+                          float_blocks=("_blocks.99",))
