@@ -1,21 +1,23 @@
-"""Load: 16 Ingest streams of photos and 32 searchers against one `lookalike serve` on Milvus Lite, for minutes.
+"""Load: Search under a 16-stream ingest, with the Search latency target on and off, against `lookalike serve`.
 
-One server (a fresh data folder in a temp dir, loopback only; Milvus Lite as its child `milvus-lite server` by
-default, --milvus-embedded lite keeps it in the server's process) gets, for --minutes:
-  16 concurrent Ingest streams, each its own lookalike.Client, each a generator of JPEG bytes under unique
-     ids that stops at the end time; the JPEGs are made once (bench/common.make_photos, cached on disk) from
-     scikit-image's photos with random rescaling, crops and flips, so they differ, and none is sent twice
-     while the folder lasts (identical images stored under many ids make HNSW's recall, hence the server's
-     recall calibration, a different test);
-  32 concurrent searchers, each its own lookalike.Client, k=10, half by vector (a photo's embedding plus a
-     little noise) and half by the id of an image already acknowledged.
-Reported: items sent, acknowledged OK and stored (the collection's row count at the end; all three must be
-equal), errors by status code, p50/p99 latency of searches and of ingest acknowledgements, throughput per
-interval, the server's RSS (VmRSS of /proc/<pid>/status) at start, after the warm-up and at the end, and
-pass/fail for "RSS growth after warm-up <= 10%" and "no errors but configured overload (RESOURCE_EXHAUSTED)".
+For each setting of `--search-p99-target-ms` (the --target-ms given, then 0: off), one server (a fresh data
+folder in a temp dir, loopback only; by default the Milvus standalone server as its child) runs four phases:
+  solo:  16 concurrent Ingest streams alone (searchers off): ingest images/s alone;
+  idle:  32 concurrent searchers alone, on the rows the solo phase stored: Search p50/p99 idle;
+  load:  both at once for --minutes (or --off-minutes with the target off): Search p50/p99 and ingest
+         images/s under load, and the server's RSS growth from --warmup-s into the load to its end;
+and then the drain: every item sent must be acknowledged and stored (sent = acknowledged = row count).
+  Ingest streams: each its own lookalike.Client, a generator of JPEG bytes under unique ids; the JPEGs are made
+     once (bench/common.make_photos, cached on disk) from scikit-image's photos with random rescaling, crops and
+     flips, so they differ, and none is sent twice while the folder lasts.
+  Searchers: each its own lookalike.Client, k=10, half by vector (a photo's embedding plus a little noise) and
+     half by the id of an image already acknowledged.
+The server's own metrics (--metrics-port) are scraped around each phase: where a search's time went (stages:
+query vectors, the search batcher's queue, the Milvus call, ranking; the event loop's lag; Milvus call times),
+and the bulk share the latency target left to ingest, sampled every 5 s.
 
-Run (after `make setup`; the committed figure is --minutes 5: 8 to 10 minutes with start-up and drain):
-    .venv/bin/python bench/load.py [--minutes 5] [--write]
+Run (after `make setup`; the committed figures: --minutes 5 --off-minutes 3, about 14 minutes in all):
+    .venv/bin/python bench/load.py [--minutes 5] [--off-minutes 3] [--write]
 --write also saves the JSON to bench/results/load.json.
 """
 
@@ -41,6 +43,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+import server_metrics  # noqa: E402
 from common import (  # noqa: E402
     CpuMeter,
     ManagedProcess,
@@ -61,6 +64,10 @@ COLLECTION = "load"
 K = 10
 SEARCH_DEADLINE_S = 60.0
 RSS_GROWTH_LIMIT_PCT = 10.0
+# The issue's targets: Search p99 under load at most this many times its idle p99, ingest under load at least
+# this share of its solo rate.
+P99_LOAD_OVER_IDLE_MAX = 10.0
+INGEST_LOAD_OVER_SOLO_MIN = 0.5
 # The only status a healthy server may answer under load: its own configured overload, with a hint to retry.
 ALLOWED_ERRORS = {"RESOURCE_EXHAUSTED"}
 
@@ -89,7 +96,7 @@ def children_rss_mib(pid: int) -> float:
 class Tally:
     """Everything the load threads count, behind one lock."""
 
-    def __init__(self, start: float, bucket_s: float) -> None:
+    def __init__(self, start: float, bucket_s: float, acked_ids: list[str], abort: threading.Event) -> None:
         self.lock = threading.Lock()
         self.start = start
         self.bucket_s = bucket_s
@@ -103,11 +110,11 @@ class Tally:
         self.by_id_self_not_first = 0
         self.search_latency: list[float] = []
         self.ack_latency: list[float] = []
-        self.acked_ids: list[str] = []
+        self.acked_ids = acked_ids  # shared by the phases: searchers by id pick from every earlier phase
         self.timeline: dict[int, Counter[str]] = {}
         self.last_ack = start
         self.error_samples: dict[str, str] = {}
-        self.abort = threading.Event()  # set when this process grows past --max-client-rss-gib
+        self.abort = abort  # set when this process grows past --max-client-rss-gib
 
     def bucket(self, t: float, what: str) -> None:
         self.timeline.setdefault(int((t - self.start) // self.bucket_s), Counter())[what] += 1
@@ -118,20 +125,22 @@ class Tally:
             self.error_samples.setdefault(code, message[:300])
 
 
-def ingest_stream(i: int, streams: int, address: str, photos: list[Path], end_at: float, tally: Tally) -> None:
+def ingest_stream(i: int, streams: int, address: str, photos: list[Path], end_at: float, tally: Tally,
+                  counters: list[int]) -> None:
     """One Ingest stream of unique ids until end_at; a broken stream is opened again until then.
 
     Stream i sends photos i, i + streams, i + 2 * streams... (read from disk as it goes), so no photo is sent
-    twice unless the run outlasts the folder.
+    twice unless the run outlasts the folder; counters[i] carries its place from one phase to the next.
     """
     sent_at: dict[str, float] = {}
-    n = 0
+    n = counters[i]
 
     def items() -> Iterator[tuple[str, bytes, dict[str, Any]]]:
         nonlocal n
         while (now := time.monotonic()) < end_at and not tally.abort.is_set():
             item_id = f"s{i:02d}-{n:06d}"
             n += 1
+            counters[i] = n
             sent_at[item_id] = now
             with tally.lock:
                 tally.sent += 1
@@ -188,190 +197,243 @@ def searcher(i: int, address: str, queries: np.ndarray, end_at: float, tally: Ta
                     tally.by_id_self_not_first += 1
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    duration_s = args.minutes * 60.0
-    result: dict[str, Any] = {
-        "benchmark": "load",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "server_package": installed_server(),
-        "settings": {
-            "minutes": args.minutes, "warmup_s": args.warmup_s, "ingest_streams": args.streams,
-            "searchers": args.searchers, "k": K, "min_recall": args.min_recall or "the server's default",
-            "distinct_photos": args.photos,
-            "photo": "640x480 JPEG q90 from skimage.data, random rescale/crop/flip (bench/common.make_photos)",
-            "search_mix": "half by vector (a photo embedding + N(0, 0.01) noise), half by an acknowledged id",
-            "server": f"lookalike serve --data-dir <temp> --milvus-embedded {args.milvus_embedded}, defaults "
-                      f"otherwise; one collection {COLLECTION!r} (cosine, HNSW)",
-            "rss_measured": "VmRSS of the lookalike server process alone; an embedded Milvus child (lite-server, "
-                            "standalone) holds the rows and is reported beside it as milvus_child_*",
-            "configured_overload": "the server's own limits at their defaults (--max-inflight-requests, "
-                                   "--max-streams-per-client; every client here is one host, 127.0.0.1): "
-                                   "RESOURCE_EXHAUSTED from them is allowed, any other error fails the run",
-            "client_deadline_s": {"search": SEARCH_DEADLINE_S, "ingest_stream": "none"},
-        },
-    }
-    photo_dir = Path(args.photo_dir)
-    log(f"making {args.photos} photos in {photo_dir}")
-    photos = make_photos(photo_dir, args.photos)
+class Phase:
+    """One phase's load threads (ingest streams and/or searchers) until its end time, with the server's metrics
+    scraped around it."""
+
+    def __init__(self, name: str, seconds: float, streams: int, searchers: int) -> None:
+        self.name, self.seconds, self.streams, self.searchers = name, seconds, streams, searchers
+
+
+def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[str, Any]:
+    """Runs one phase; returns its figures (and leaves its Tally in ctx['tallies'])."""
+    args, address, pid, port = ctx["args"], ctx["address"], ctx["pid"], ctx["metrics_port"]
+    start = time.monotonic()
+    end_at = start + phase.seconds
+    tally = Tally(start, args.bucket_s, ctx["acked_ids"], ctx["abort"])
+    ctx["tallies"].append(tally)
+    before = server_metrics.scrape(port)
+    shares: list[tuple[float, float | None]] = []
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        while not stop_sampling.wait(5.0):
+            share = server_metrics.gauge(port, "lookalike_ingest_bulk_share")
+            shares.append((round(time.monotonic() - start, 1), share))
+            if on_sample is not None:
+                on_sample(time.monotonic() - start, tally)
+
+    threads = [
+        threading.Thread(target=ingest_stream,
+                         args=(i, phase.streams, address, ctx["photos"], end_at, tally, ctx["counters"]), daemon=True)
+        for i in range(phase.streams)
+    ] + [
+        threading.Thread(target=searcher, args=(i, address, ctx["queries"], end_at, tally), daemon=True)
+        for i in range(phase.searchers)
+    ]
+    sampler = threading.Thread(target=sample, daemon=True)
+    log(f"{ctx['label']}: phase {phase.name} for {phase.seconds:.0f} s ({phase.streams} streams, "
+        f"{phase.searchers} searchers)")
+    with CpuMeter(watched_pid=pid, tree=True) as cpu:
+        sampler.start()
+        for t in threads:
+            t.start()
+        drain_deadline = end_at + args.drain_s
+        for t in threads:
+            t.join(max(0.0, drain_deadline - time.monotonic()))
+    stop_sampling.set()
+    sampler.join(10)
+    after = server_metrics.scrape(port)
+    with tally.lock:
+        span = tally.last_ack - start
+        return {
+            "seconds": phase.seconds,
+            "ingest_streams": phase.streams,
+            "searchers": phase.searchers,
+            "search_ms": percentiles(tally.search_latency),
+            "ingest_acknowledgement_ms": percentiles(tally.ack_latency),
+            "images_per_s": round(tally.acked_ok / span, 1) if phase.streams and span > 0 else None,
+            "searches_per_s": round(tally.search_ok / phase.seconds, 1) if phase.searchers else None,
+            "sent": tally.sent,
+            "acknowledged_ok": tally.acked_ok,
+            "last_ack_after_end_s": round(tally.last_ack - end_at, 1) if phase.streams else None,
+            "threads_still_running_after_drain": sum(t.is_alive() for t in threads),
+            "server_stages": server_metrics.between(before, after),
+            "bulk_share_every_5s": shares,
+            "cpu_s": cpu.result,
+            f"per_{args.bucket_s:.0f}s": [{"t_s": b * args.bucket_s, **tally.timeline[b]}
+                                          for b in sorted(tally.timeline)],
+        }
+
+
+def run_server(args: argparse.Namespace, photos: list[Path], target_ms: float, load_minutes: float) -> dict[str, Any]:
+    """One server with this latency target, through the solo, idle and load phases and the drain."""
+    label = f"target {target_ms:g} ms" if target_ms else "target off"
+    result: dict[str, Any] = {"search_p99_target_ms": target_ms}
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-load-") as tmp:
         workdir = Path(tmp)
         address = f"127.0.0.1:{free_port()}"
+        metrics_port = free_port()
         server = ManagedProcess(
             [str(VENV_BIN / "lookalike"), "serve", "--address", address, "--data-dir", str(workdir / "data"),
-             "--milvus-embedded", args.milvus_embedded],
+             "--milvus-embedded", args.milvus_embedded, "--metrics-port", str(metrics_port),
+             "--search-p99-target-ms", str(target_ms)],
             workdir / "serve.log",
         )
         with server:
             pid = server.pid
             with Client(address, collection=COLLECTION) as client:
                 try:
-                    client.wait_until_ready(120)
+                    client.wait_until_ready(180)
                 except TimeoutError as e:
                     raise RuntimeError(f"{e}\n{server.log_tail()}") from None
                 client.create_collection(COLLECTION, "cosine", "HNSW", min_recall=args.min_recall)
                 queries = client.embed([p.read_bytes() for p in photos[:16]])
+            ctx = {"args": args, "address": address, "pid": pid, "metrics_port": metrics_port, "photos": photos,
+                   "queries": queries, "acked_ids": [], "counters": [0] * args.streams, "abort": threading.Event(),
+                   "tallies": [], "label": label}
             rss: dict[str, Any] = {"start_mib": vm_rss_mib(pid)}
-            log(f"server pid {pid} at {address}, RSS {rss['start_mib']} MiB; load for {duration_s:.0f} s")
+            phases: dict[str, Any] = {}
+            phases["solo"] = run_phase(Phase("solo", args.solo_s, args.streams, 0), ctx)
+            time.sleep(args.settle_s)  # the solo phase's flush, index build and calibration run meanwhile
+            phases["idle"] = run_phase(Phase("idle", args.idle_s, 0, args.searchers), ctx)
+            samples: list[tuple[float, float | None, float | None, float]] = []
 
-            start = time.monotonic()
-            end_at = start + duration_s
-            tally = Tally(start, args.bucket_s)
-            samples: list[tuple[float, float | None, float | None, int]] = []
-            stop_sampling = threading.Event()
-            own_pid = os.getpid()
+            def sample_rss(t: float, tally: Tally) -> None:
+                value, own = vm_rss_mib(pid), vm_rss_mib(os.getpid())
+                samples.append((round(t, 1), value, own, children_rss_mib(pid)))
+                if own and own > args.max_client_rss_gib * 1024 and not ctx["abort"].is_set():
+                    result["aborted"] = f"the clients' process grew to {own:.0f} MiB after {t:.0f} s"
+                    ctx["abort"].set()
+                if "after_warmup_mib" not in rss and t >= args.warmup_s:
+                    rss["after_warmup_mib"], rss["milvus_child_after_warmup_mib"] = value, samples[-1][3]
+                if t <= load_minutes * 60:
+                    rss["end_of_load_mib"], rss["milvus_child_end_of_load_mib"] = value, samples[-1][3]
 
-            def sample_rss() -> None:
-                warm_at = start + args.warmup_s
-                while not stop_sampling.wait(5.0):
-                    now = time.monotonic()
-                    value = vm_rss_mib(pid)
-                    own = vm_rss_mib(own_pid)
-                    with tally.lock:
-                        unacknowledged = tally.sent - sum(tally.item_codes.values())
-                    samples.append((round(now - start, 1), value, own, unacknowledged))
-                    if own and own > args.max_client_rss_gib * 1024 and not tally.abort.is_set():
-                        log(f"this process holds {own:.0f} MiB: stopping the load early")
-                        result["aborted"] = (f"the clients' process grew to {own:.0f} MiB after "
-                                             f"{now - start:.0f} s with {unacknowledged} items unacknowledged")
-                        tally.abort.set()
-                    if "after_warmup_mib" not in rss and now >= warm_at:
-                        rss["after_warmup_mib"] = value
-                        rss["milvus_child_after_warmup_mib"] = round(children_rss_mib(pid), 1)
-                    if now <= end_at:
-                        rss["end_of_load_mib"] = value  # the last sample while the full load still ran
-                        rss["milvus_child_end_of_load_mib"] = round(children_rss_mib(pid), 1)
-
-            threads = [
-                threading.Thread(target=ingest_stream, args=(i, args.streams, address, photos, end_at, tally),
-                                 daemon=True)
-                for i in range(args.streams)
-            ] + [
-                threading.Thread(target=searcher, args=(i, address, queries, end_at, tally), daemon=True)
-                for i in range(args.searchers)
-            ]
-            sampler = threading.Thread(target=sample_rss, daemon=True)
-            with CpuMeter(watched_pid=pid) as cpu:
-                sampler.start()
-                for t in threads:
-                    t.start()
-                drain_deadline = end_at + args.drain_s
-                for t in threads:
-                    t.join(max(0.0, drain_deadline - time.monotonic()))
-                drained_at = time.monotonic()
-            stop_sampling.set()
-            sampler.join(10)
-            hung = sum(t.is_alive() for t in threads)
-            rss["after_drain_mib"] = vm_rss_mib(pid)
-            rss["children_mib_after_drain"] = children_rss_mib(pid)
-            rss["max_mib"] = max((s[1] for s in samples if s[1] is not None), default=None)
-            rss["clients_process_max_mib"] = max((s[2] for s in samples if s[2] is not None), default=None)
-            log(f"load over; drained {drained_at - end_at:.0f} s after the end, {hung} threads still running")
-
+            phases["load"] = run_phase(Phase("load", load_minutes * 60, args.streams, args.searchers), ctx,
+                                       sample_rss)
             with Client(address, collection=COLLECTION) as client:
                 stored = client.describe_collection(COLLECTION).row_count
             stop_started = time.monotonic()
             exit_code = server.stop()
             stop_s = time.monotonic() - stop_started
         log_text = server.log_path.read_text(errors="replace")
-
-    with tally.lock:
-        warm, end = rss.get("after_warmup_mib"), rss.get("end_of_load_mib")
-        growth = round(100.0 * (end - warm) / warm, 1) if warm and end else None
-        rss["growth_after_warmup_pct"] = growth
-        rss["samples_every_5s"] = {
-            "columns": ["t_s", "server_mib", "clients_process_mib", "items_sent_not_yet_answered"],
-            "rows": samples,
-        }
-        errors = {
-            "ingest_items": {c: n for c, n in tally.item_codes.items() if c != "OK"},
-            "ingest_streams": dict(tally.stream_errors),
-            "search": dict(tally.search_errors),
-        }
-        error_codes = {c for group in errors.values() for c in group}
-        ingest_span = tally.last_ack - start
-        result.update({
-            "items": {
-                "sent": tally.sent,
-                "acknowledged_ok": tally.acked_ok,
-                "stored_row_count": stored,
-                "equal": tally.sent == tally.acked_ok == stored,
-                "distinct_images_sent": min(tally.sent, len(photos)),
-            },
-            "errors_by_status": errors,
-            "error_samples": tally.error_samples,
-            "latency_ms": {
-                "search": percentiles(tally.search_latency),
-                "ingest_acknowledgement": percentiles(tally.ack_latency),
-            },
-            "throughput": {
-                "images_per_s": round(tally.acked_ok / ingest_span, 1) if ingest_span > 0 else None,
-                "searches_per_s": round(tally.search_ok / duration_s, 1),
-                "searches_by": dict(tally.search_by),
-                "last_ack_after_end_s": round(tally.last_ack - end_at, 1),
-                f"per_{args.bucket_s:.0f}s": [
-                    {"t_s": b * args.bucket_s, **tally.timeline[b]} for b in sorted(tally.timeline)
-                ],
-            },
-            "by_id_queries_whose_top_score_was_below_0.999": tally.by_id_self_not_first,
-            "server_rss": rss,
-            "cpu_s": cpu.result,
-            "threads_still_running_after_drain": hung,
-            "server_stop": {"exit_code": exit_code, "seconds": round(stop_s, 1)},
-            "server_log": {
-                "lines": log_text.count("\n"),
-                "error_lines": sum(" ERROR " in line or "Traceback" in line for line in log_text.splitlines()),
-                "warning_lines": sum(" WARNING " in line for line in log_text.splitlines()),
-                "tail": log_text.splitlines()[-5:],
-            },
-        })
+    tallies = ctx["tallies"]
+    warm, end = rss.get("after_warmup_mib"), rss.get("end_of_load_mib")
+    rss["growth_after_warmup_pct"] = round(100.0 * (end - warm) / warm, 1) if warm and end else None
+    rss["samples_every_5s"] = {"columns": ["t_s", "server_mib", "clients_process_mib", "milvus_child_mib"],
+                               "rows": samples}
+    errors = {
+        "ingest_items": dict(sum((Counter({c: n for c, n in t.item_codes.items() if c != "OK"}) for t in tallies),
+                                 Counter())),
+        "ingest_streams": dict(sum((t.stream_errors for t in tallies), Counter())),
+        "search": dict(sum((t.search_errors for t in tallies), Counter())),
+    }
+    sent, acked = sum(t.sent for t in tallies), sum(t.acked_ok for t in tallies)
+    idle, load, solo = phases["idle"]["search_ms"], phases["load"]["search_ms"], phases["solo"]["images_per_s"]
+    p99_ratio = round(load["p99"] / idle["p99"], 2) if load["p99"] and idle["p99"] else None
+    ingest_ratio = round(phases["load"]["images_per_s"] / solo, 2) if solo and phases["load"]["images_per_s"] else None
+    result.update({
+        "summary": {
+            "search_idle_p50_ms": idle["p50"], "search_idle_p99_ms": idle["p99"],
+            "search_load_p50_ms": load["p50"], "search_load_p99_ms": load["p99"],
+            "search_p99_load_over_idle": p99_ratio,
+            "ingest_solo_images_per_s": solo, "ingest_load_images_per_s": phases["load"]["images_per_s"],
+            "ingest_load_over_solo": ingest_ratio,
+            "searches_per_s_idle": phases["idle"]["searches_per_s"],
+            "searches_per_s_load": phases["load"]["searches_per_s"],
+            "rss_growth_after_warmup_pct": rss["growth_after_warmup_pct"],
+        },
+        "items": {"sent": sent, "acknowledged_ok": acked, "stored_row_count": stored,
+                  "equal": sent == acked == stored, "distinct_images_sent": min(sent, len(photos))},
+        "errors_by_status": errors,
+        "error_samples": {k: v for t in tallies for k, v in t.error_samples.items()},
+        "phases": phases,
+        "server_rss": rss,
+        "server_stop": {"exit_code": exit_code, "seconds": round(stop_s, 1)},
+        "server_log": {
+            "lines": log_text.count("\n"),
+            "error_lines": sum(" ERROR " in line or "Traceback" in line for line in log_text.splitlines()),
+            "warning_lines": sum(" WARNING " in line for line in log_text.splitlines()),
+            "tail": log_text.splitlines()[-5:],
+        },
+    })
+    error_codes = {c for group in errors.values() for c in group}
     result["pass"] = {
-        f"rss_growth_after_warmup_at_most_{RSS_GROWTH_LIMIT_PCT:.0f}_pct": growth is not None
-        and growth <= RSS_GROWTH_LIMIT_PCT,
+        f"search_p99_under_load_at_most_{P99_LOAD_OVER_IDLE_MAX:g}x_idle": p99_ratio is not None
+        and p99_ratio <= P99_LOAD_OVER_IDLE_MAX,
+        **({"search_p99_under_load_under_the_target": bool(load["p99"] and load["p99"] <= target_ms)}
+           if target_ms else {}),
+        f"ingest_under_load_at_least_{INGEST_LOAD_OVER_SOLO_MIN:g}x_solo": ingest_ratio is not None
+        and ingest_ratio >= INGEST_LOAD_OVER_SOLO_MIN,
+        f"rss_growth_after_warmup_at_most_{RSS_GROWTH_LIMIT_PCT:.0f}_pct": rss["growth_after_warmup_pct"] is not None
+        and rss["growth_after_warmup_pct"] <= RSS_GROWTH_LIMIT_PCT,
         "no_errors_but_configured_overload": error_codes <= ALLOWED_ERRORS,
         "sent_equals_acknowledged_equals_stored": result["items"]["equal"],
-        "no_hung_threads": hung == 0,
+        "no_hung_threads": all(p["threads_still_running_after_drain"] == 0 for p in phases.values()),
         "ran_the_full_time": "aborted" not in result,
     }
     result["passed"] = all(result["pass"].values())
+    log(f"{label}: {json.dumps(result['summary'])}")
+    return result
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "benchmark": "load",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "server_package": installed_server(),
+        "settings": {
+            "target_on_load_minutes": args.minutes, "target_off_load_minutes": args.off_minutes,
+            "solo_s": args.solo_s, "idle_s": args.idle_s, "settle_s": args.settle_s, "warmup_s": args.warmup_s,
+            "ingest_streams": args.streams, "searchers": args.searchers, "k": K,
+            "min_recall": args.min_recall or "the server's default", "distinct_photos": args.photos,
+            "photo": "640x480 JPEG q90 from skimage.data, random rescale/crop/flip (bench/common.make_photos)",
+            "search_mix": "half by vector (a photo embedding + N(0, 0.01) noise), half by an acknowledged id",
+            "idle": "the same 32 searchers with no ingest, on the rows of the solo phase",
+            "server": f"lookalike serve --data-dir <temp> --milvus-embedded {args.milvus_embedded} --metrics-port P "
+                      f"--search-p99-target-ms T, defaults otherwise; one collection {COLLECTION!r} (cosine, HNSW)",
+            "rss_measured": "VmRSS of the lookalike server process alone, from warmup_s into the load phase to its "
+                            "end; the embedded Milvus child is reported beside it (milvus_child_*)",
+            "latencies": "search_ms and ingest_acknowledgement_ms as the clients saw them (all clients are threads "
+                         "of this one Python process, on the same 2 cores as the server); server_stages as the "
+                         "server measured them (bucket-interpolated p50/p99)",
+            "configured_overload": "RESOURCE_EXHAUSTED from the server's own limits is allowed, any other error "
+                                   "fails the run",
+            "client_deadline_s": {"search": SEARCH_DEADLINE_S, "ingest_stream": "none"},
+        },
+    }
+    photos = make_photos(Path(args.photo_dir), args.photos)
+    runs = {"target_on": run_server(args, photos, args.target_ms, args.minutes)}
+    if args.off_minutes > 0:
+        runs["target_off"] = run_server(args, photos, 0.0, args.off_minutes)
+    result["runs"] = runs
+    result["passed"] = runs["target_on"]["passed"]
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=5.0, help="how long the load runs")
-    parser.add_argument("--milvus-embedded", default="lite-server", choices=["lite", "lite-server", "standalone"],
-                        help="the embedded Milvus (default lite-server: Milvus Lite in a child process, so that the "
-                             "server's RSS is the server's own and not the growing database's)")
-    parser.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured from this point")
+    parser.add_argument("--minutes", type=float, default=5.0, help="the load phase with the target on")
+    parser.add_argument("--off-minutes", type=float, default=3.0,
+                        help="the load phase of a second server with the target off (0: no such run)")
+    parser.add_argument("--target-ms", type=float, default=100.0, help="--search-p99-target-ms of the first server")
+    parser.add_argument("--solo-s", type=float, default=45.0, help="ingest alone, before the searchers")
+    parser.add_argument("--idle-s", type=float, default=30.0, help="searchers alone, before the load")
+    parser.add_argument("--settle-s", type=float, default=10.0, help="pause between the solo and idle phases")
+    parser.add_argument("--milvus-embedded", default="standalone", choices=["lite", "lite-server", "standalone"],
+                        help="the embedded Milvus (default standalone, the server's own default store)")
+    parser.add_argument("--warmup-s", type=float, default=60.0,
+                        help="RSS growth is measured from this far into the load phase")
     parser.add_argument("--streams", type=int, default=16, help="concurrent Ingest streams")
     parser.add_argument("--searchers", type=int, default=32, help="concurrent searchers")
-    parser.add_argument("--photos", type=int, default=16384,
+    parser.add_argument("--photos", type=int, default=32768,
                         help="distinct JPEGs made once (cached on disk, about 60 KB each) and sent in turn")
     parser.add_argument("--photo-dir", default=str(Path(tempfile.gettempdir()) / "lookalike-load-photos"),
                         help="where the photos are made (reused while the recipe holds)")
     parser.add_argument("--drain-s", type=float, default=300.0,
-                        help="after the end, how long to wait for outstanding acknowledgements")
+                        help="after a phase's end, how long to wait for outstanding acknowledgements")
     parser.add_argument("--min-recall", type=float, default=0.0,
                         help="the collection's recall target (0: the server's default)")
     parser.add_argument("--max-client-rss-gib", type=float, default=6.0,
@@ -379,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bucket-s", type=float, default=30.0, help="throughput timeline interval")
     parser.add_argument("--write", action="store_true", help="also save bench/results/load.json")
     args = parser.parse_args(argv)
-    with time_limit(args.minutes * 60 + args.drain_s + 600):
+    total_s = (args.minutes + args.off_minutes) * 60 + 2 * (args.solo_s + args.idle_s + args.settle_s)
+    with time_limit(total_s + 3 * args.drain_s + 900):
         result = run(args)
     text = json.dumps(result, indent=2)
     print(text)

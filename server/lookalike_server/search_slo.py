@@ -22,10 +22,10 @@ TICK_SECONDS = 0.05
 # Searches older than this say nothing about the present load.
 WINDOW_SECONDS = 1.0
 # A decision needs this many searches since the last change, or a full window without them.
-MIN_SAMPLES = 16
+MIN_SAMPLES = 100
 # Bulk work yields once the recent p99 passes ENGAGE_AT x target, and speeds up again below RELEASE_AT x target.
-ENGAGE_AT = 0.8
-RELEASE_AT = 0.5
+ENGAGE_AT = 0.85
+RELEASE_AT = 0.6
 # Multiplicative decrease, additive increase (as TCP's congestion window): quick to yield, steady to return.
 DECREASE = 0.7
 INCREASE = 0.05

@@ -57,7 +57,7 @@ def test_latency_between_release_and_engage_holds_the_share():
     controller.update(t)
     held = controller.share
     for _ in range(5):
-        t = feed(controller, 0.065, t)  # between 0.5x and 0.8x the target
+        t = feed(controller, 0.07, t)  # between RELEASE_AT and ENGAGE_AT x the target
         controller.update(t)
     assert controller.share == held
 

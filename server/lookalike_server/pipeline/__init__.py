@@ -16,6 +16,7 @@ from ..async_store import AsyncStore
 from ..batcher import INTERACTIVE
 from ..config import ServerConfig
 from ..embedder import Embedder
+from ..memory_trim import MemoryTrimmer
 from ..search_slo import SearchSlo
 from ..store import CollectionSpec, Store
 from .calibration import Calibrator
@@ -41,6 +42,7 @@ class Pipeline:
         self.catalog = Catalog(config, embedder, self.store, self.calibrator)
         # The Search latency target: bulk work (ingest's inference, upserts, reads and flushes) yields to it.
         self.slo = SearchSlo(config.search_p99_target_ms)
+        self.memory = MemoryTrimmer()  # the RSS follows what the server holds, not its high-water mark
         self.embedding = Embedding(config, embedder, pacer=self.slo)
         self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.store, self.calibrator, self.slo)
         self.searcher = Searcher(self.catalog, self.embedding, self.store, self.calibrator, self.slo)
@@ -61,6 +63,7 @@ class Pipeline:
     async def start(self) -> None:
         self.store.open()
         self.slo.start()
+        self.memory.start()
         self.embedding.start()
         self.searcher.start()
         self.ingest_streams.start()
@@ -71,6 +74,7 @@ class Pipeline:
         await self.searcher.close()
         await self.ingest_streams.close()
         await self.slo.close()
+        self.memory.stop()
         await self.calibrator.close()
         await self.store.close()
 
