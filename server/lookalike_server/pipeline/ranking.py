@@ -27,8 +27,8 @@ def exact_top_k(
     queries: np.ndarray, rows: np.ndarray, k: int, metric: str, reverse: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's k best rows among the same `rows` (positions, -1 padded; scores), ties by position: the
-    native blocked kernel, which never writes the queries x rows score matrix (2x numpy's matmul + argpartition
-    in bench/results/native.json)."""
+    native blocked kernel, which never writes the queries x rows score matrix (bench/native.py compares it with
+    numpy's matmul + argpartition: rerank_same_candidates)."""
     return _native.top_k_shared(queries, rows, k, "l2" if metric == "l2" else "ip", reverse)
 
 
