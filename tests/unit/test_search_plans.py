@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from lookalike_server.pipeline.calibration import Calibration, Calibrator, default_effort
@@ -64,3 +65,31 @@ def test_another_recall_target_has_its_own_calibration():
     calibrator = _calibrator(HNSW, _calibration())
     calibrator._checked[(HNSW.name, 0.5)] = time.monotonic()
     assert calibrator.plan(HNSW, 10, 0.5, filtered=False).effort == 512
+
+
+def test_a_due_calibration_waits_while_searches_are_near_their_latency_target():
+    """Issue 25: a calibration's scans and searches compete with live searches; it waits for them to calm down."""
+    from lookalike_server.search_slo import MIN_SAMPLES, SearchSlo
+
+    class Store:  # answers as for a collection too small to calibrate, and notes that it was asked
+        asked: list[str] = []
+
+        async def row_count(self, name: str) -> int:
+            self.asked.append(name)
+            return 10
+
+    async def main() -> None:
+        slo = SearchSlo(target_ms=10)
+        for _ in range(MIN_SAMPLES):
+            slo.observe(1.0)
+        slo.decide(time.monotonic())
+        assert not slo.bulk_may_run()
+        store = Store()
+        calibration = asyncio.ensure_future(Calibrator(store, slo)._calibrate(HNSW, ("h", 0.99)))  # type: ignore[arg-type]
+        await asyncio.sleep(0.3)
+        assert store.asked == [] and not calibration.done()
+        await slo.close()  # bulk work may run again
+        assert await calibration is None
+        assert store.asked == ["h"]
+
+    asyncio.run(main())

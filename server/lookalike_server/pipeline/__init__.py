@@ -38,10 +38,11 @@ class Pipeline:
         self.config = config
         self.embedder = embedder
         self.store = AsyncStore(store)
-        self.calibrator = Calibrator(self.store)
-        self.catalog = Catalog(config, embedder, self.store, self.calibrator)
-        # The Search latency target: bulk work (ingest's inference, upserts, reads and flushes) yields to it.
+        # The Search latency target: bulk work (ingest's inference, upserts, reads, flushes and recall
+        # calibrations) yields to it.
         self.slo = SearchSlo(config.search_p99_target_ms)
+        self.calibrator = Calibrator(self.store, self.slo)
+        self.catalog = Catalog(config, embedder, self.store, self.calibrator)
         self.memory = MemoryTrimmer()  # the RSS follows what the server holds, not its high-water mark
         self.embedding = Embedding(config, embedder, pacer=self.slo)
         self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.store, self.calibrator, self.slo)

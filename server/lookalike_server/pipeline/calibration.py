@@ -25,6 +25,7 @@ import numpy as np
 
 from ..async_store import AsyncStore
 from ..config import QUANTIZED_INDEXES
+from ..search_slo import SearchSlo
 from ..served_index import IndexState
 from ..store import CollectionSpec
 from ..thread_priority import BULK_NICE, thread_pool
@@ -281,6 +282,9 @@ async def search_for_calibration(
 # maximum age, when its row count moved by more than 10%, or when a segment it was measured on was replaced.
 CALIBRATION_CHECK_SECONDS = 10.0
 CALIBRATION_MAX_AGE_SECONDS = 600.0
+# While searches run near their latency target a due calibration waits for them to calm down, at most this
+# long: its scans and searches compete with theirs, but searches without one run at the generous default.
+CALIBRATION_MAX_DEFER_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -296,8 +300,9 @@ class SearchPlan:
 class Calibrator:
     """Keeps each (collection, recall target)'s calibration, measured in the background, and plans searches."""
 
-    def __init__(self, store: AsyncStore) -> None:
+    def __init__(self, store: AsyncStore, slo: SearchSlo | None = None) -> None:
         self.store = store
+        self.slo = slo
         self._calibrations: dict[tuple[str, float], Calibration] = {}
         self._checked: dict[tuple[str, float], float] = {}
         self._running: dict[tuple[str, float], asyncio.Task[Calibration | None]] = {}
@@ -355,6 +360,8 @@ class Calibrator:
     async def _calibrate(self, spec: CollectionSpec, key: tuple[str, float]) -> Calibration | None:
         """Re-measures when the collection grew, shrank, aged, or Milvus now searches some of it with other
         segments or indexes."""
+        if self.slo is not None:
+            await self.slo.wait_for_quiet(CALIBRATION_MAX_DEFER_SECONDS)
         current = self._calibrations.get(key)
         if current is not None:
             state = await self.store.index_state(spec.name)
