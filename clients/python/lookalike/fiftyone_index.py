@@ -153,7 +153,8 @@ class LookalikeSimilarityIndex(SimilaritySearch, fbs.SimilarityIndex, fbs.Duplic
             self.save_config()
 
     def _adopt_server_model(self, info: CollectionInfo, declared: str) -> None:
-        """Records the server model of a collection it embeds for, so image and text queries go to the server.
+        """Records the server model of a collection it embeds for, so image and text queries go to the server,
+        and whether that model embeds text (`supports_prompts`).
         `declared`: what claimed the vectors are the server's, for the error when the collection is vectors-only."""
         if not info.model:
             if declared:
@@ -162,8 +163,12 @@ class LookalikeSimilarityIndex(SimilaritySearch, fbs.SimilarityIndex, fbs.Duplic
                     f"{info.dimension}-d vectors computed elsewhere (vectors-only)"
                 )
             return
-        if self.config.server_model != info.model:
+        # FiftyOne's App and its stage read `supports_prompts` from the stored config: a text tower means the
+        # server embeds prompts for this run, as a CLIP zoo model would on the client.
+        self._supports_prompts = info.embeds_text
+        if (self.config.server_model, self.config.supports_prompts) != (info.model, info.embeds_text):
             self.config.server_model = info.model
+            self.config.supports_prompts = info.embeds_text
             self.save_config()
 
     def _write_field(self, vectors: np.ndarray, sample_ids: Sequence[str], label_ids: Sequence[str] | None) -> None:

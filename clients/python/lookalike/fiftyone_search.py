@@ -21,7 +21,7 @@ import eta.core.utils as etau
 import numpy as np
 from bson import ObjectId
 
-from lookalike.client import IMAGE_EXTENSIONS, ById, ByIds, Hit, MeanOf, Text
+from lookalike.client import IMAGE_EXTENSIONS, ById, ByIds, Hit, MeanOf, Text, Texts
 from lookalike.fiftyone_common import MAX_K, batches
 
 logger = logging.getLogger("lookalike.fiftyone_brain")  # the backend's one logger, as before the split
@@ -77,7 +77,7 @@ class SimilaritySearch:
             if len(query.items) == 1 or aggregation != "mean":
                 return [wrap(item) for item in query.items], len(query.items) == 1
             if query.kind == "text":
-                raise ValueError("The lookalike backend searches one text prompt at a time")
+                return [Texts(query.items)], True  # the server searches by the prompts' mean
             with self._errors():
                 return [MeanOf(list(self._client.embed(query.items)))], True
         if etau.is_str(query):
