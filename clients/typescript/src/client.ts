@@ -89,6 +89,10 @@ export interface CollectionInfo {
   executionProvider: string;
   indexParams: Record<string, number>;
   minRecall: number;
+  /** Holds vectors computed elsewhere: no images, no image or text queries. */
+  vectorsOnly: boolean;
+  /** The server's model has a text tower for this collection: text queries work. */
+  embedsText: boolean;
 }
 
 export interface CreateCollectionOptions {
@@ -96,6 +100,8 @@ export interface CreateCollectionOptions {
   indexType?: IndexName;
   /** 0: the model's; another dimension makes a vectors-only collection. */
   dimension?: number;
+  /** Vectors computed elsewhere, whatever their dimension (never labelled with the server's model). */
+  vectorsOnly?: boolean;
   indexParams?: Record<string, number>;
   minRecall?: number;
 }
@@ -164,6 +170,8 @@ function fromWireCollection(info: WireCollectionInfo): CollectionInfo {
     executionProvider: info.executionProvider,
     indexParams: Object.fromEntries(Object.entries(info.indexParams).map(([k, v]) => [k, Number(v)])),
     minRecall: info.minRecall,
+    vectorsOnly: info.vectorsOnly,
+    embedsText: info.embedsText,
   };
 }
 
@@ -258,6 +266,7 @@ export class LookalikeClient {
       indexParams: options.indexParams ?? {},
       minRecall: options.minRecall ?? 0,
       dimension: options.dimension ?? 0,
+      vectorsOnly: options.vectorsOnly ?? false,
     });
     return fromWireCollection(reply);
   }
@@ -320,7 +329,7 @@ export class LookalikeClient {
   /** Embeddings of images (bytes), one per image; rejects on the first image the server cannot embed. */
   async embed(images: Uint8Array[]): Promise<number[][]> {
     const items = images.map((image, i) => ({ id: String(i), image: Buffer.from(image) }));
-    const reply = await this.unary(this.images.embed, this.images, { items });
+    const reply = await this.unary(this.images.embed, this.images, { items, texts: [] });
     return reply.results.map((result) => {
       const code = statusCodeToJSON(result.code);
       if (code !== "OK") throw new LookalikeError(code, result.message);
