@@ -162,17 +162,20 @@ class Embedding:
         self, data: bytes, spec: CollectionSpec, priority: int = INTERACTIVE, deadline: float | None = None
     ) -> np.ndarray:
         """An image's embedding for a collection: refused for vectors-only collections and other models'."""
+        self._check_ours(spec, f"collection {spec.name!r} holds {spec.dimension}-d vectors computed elsewhere "
+                               "(no model): send vectors or stored ids, not images")
+        return await self.embed_image(data, priority, deadline)
+
+    def _check_ours(self, spec: CollectionSpec, vectors_only: str) -> None:
+        """FailedPrecondition unless the collection holds this server's model's vectors (`vectors_only`: what a
+        vectors-only collection is told)."""
         if not spec.model:
-            raise FailedPrecondition(
-                f"collection {spec.name!r} holds {spec.dimension}-d vectors computed elsewhere (no model): "
-                "send vectors or stored ids, not images"
-            )
+            raise FailedPrecondition(vectors_only)
         if spec.model != self.model_name:
             raise FailedPrecondition(
                 f"collection {spec.name!r} holds embeddings of model {spec.model!r}; "
                 f"this server embeds with {self.model_name!r}"
             )
-        return await self.embed_image(data, priority, deadline)
 
     # Text prompts
 
@@ -214,16 +217,9 @@ class Embedding:
         self, texts: Sequence[str], spec: CollectionSpec, deadline: float | None = None
     ) -> np.ndarray:
         """The query vector of one prompt, or of several by their mean, for a collection of this server's model."""
-        if not spec.model:
-            raise FailedPrecondition(
-                f"collection {spec.name!r} is vectors-only: it holds {spec.dimension}-d vectors computed elsewhere "
-                "(no model), so a text query cannot be embedded for it; search by vector or stored id"
-            )
-        if spec.model != self.model_name:
-            raise FailedPrecondition(
-                f"collection {spec.name!r} holds embeddings of model {spec.model!r}; "
-                f"this server embeds with {self.model_name!r}"
-            )
+        self._check_ours(spec, f"collection {spec.name!r} is vectors-only: it holds {spec.dimension}-d vectors "
+                               "computed elsewhere (no model), so a text query cannot be embedded for it; search by "
+                               "vector or stored id")
         if not texts:
             raise InvalidArgument("a query by several texts needs at least one text")
         whats = ["text"] if len(texts) == 1 else [f"text {i + 1} of {len(texts)}" for i in range(len(texts))]
