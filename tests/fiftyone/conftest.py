@@ -10,6 +10,7 @@ are temporary too, so a developer's ~/.fiftyone is never read or written.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -82,6 +83,27 @@ FIFTYONE_ENV = {
     "FIFTYONE_DATABASE_VALIDATION": "false",
     "FIFTYONE_SHOW_PROGRESS_BARS": "false",
 }
+
+
+@contextlib.contextmanager
+def app_server(lookalike_address: str, log_dir: Path) -> Iterator[str]:
+    """`python -m fiftyone.server.main` on a free loopback port (as `fo.launch_app(remote=True)` starts it),
+    registered with the lookalike server at `lookalike_address`; yields its URL."""
+    from lookalike.fiftyone_registration import environment
+
+    port = free_port()
+    log = (log_dir / "app.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env={**os.environ, **FIFTYONE_ENV, **environment(server=lookalike_address)},
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port, proc, "the FiftyOne App server", timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(proc)
+        log.close()
 os.environ.update(FIFTYONE_ENV)
 
 # FiftyOne's imports and first connection trip deprecations in its dependencies (strawberry, mongoengine):

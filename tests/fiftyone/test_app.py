@@ -10,9 +10,6 @@ App then shows). No browser is needed; docs/fiftyone_app_screenshot.py takes the
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,9 +20,8 @@ import pytest
 from bson import ObjectId
 from fiftyone.operators.store import ExecutionStore
 
-from lookalike.fiftyone_registration import environment
-from tests.conftest import ServerProcess, free_port
-from tests.fiftyone.conftest import FIFTYONE_ENV, REPO, _stop, _wait_for_port
+from tests.conftest import ServerProcess
+from tests.fiftyone.conftest import app_server
 
 SEARCH_OPERATOR = "@voxel51/panels/similarity_search"
 PANEL_STORE = "similarity_search_panel"  # plugins/panels/similarity_search/constants.py: STORE_NAME
@@ -33,20 +29,9 @@ PANEL_STORE = "similarity_search_panel"  # plugins/panels/similarity_search/cons
 
 @pytest.fixture(scope="module")
 def app_url(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python -m fiftyone.server.main` on a free loopback port, as `fo.launch_app(remote=True)` starts it."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("app") / "app.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env={**os.environ, **FIFTYONE_ENV, **environment(server=server.address)},
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_for_port(port, proc, "the FiftyOne App server", timeout=120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
-        log.close()
+    """The App server, as `fo.launch_app(remote=True)` starts it, registered with the lookalike server."""
+    with app_server(server.address, tmp_path_factory.mktemp("app")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ with the server's reason.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +19,8 @@ import pytest
 from lookalike import Client, Text, Texts
 from lookalike.fiftyone_registration import environment
 from lookalike_server.testing.tiny_clip import write_tiny_clip
-from tests.conftest import ServerProcess, free_port
-from tests.fiftyone.conftest import FIFTYONE_ENV, REPO, _stop, _wait_for_port, run_python
+from tests.conftest import ServerProcess
+from tests.fiftyone.conftest import app_server, run_python
 from tests.fiftyone.test_app import _panel_search, _post
 
 PROMPT = "a red car"
@@ -105,19 +102,8 @@ def test_a_new_process_loads_the_run_and_searches_by_prompt(text_server: ServerP
 @pytest.fixture(scope="module")
 def text_app_url(text_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The App server (`python -m fiftyone.server.main`) registered with the tiny card's lookalike server."""
-    port = free_port()
-    log = (tmp_path_factory.mktemp("text-app") / "app.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fiftyone.server.main", "--address", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env={**os.environ, **FIFTYONE_ENV, **environment(server=text_server.address)},
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        _wait_for_port(port, proc, "the FiftyOne App server", timeout=120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
-        log.close()
+    with app_server(text_server.address, tmp_path_factory.mktemp("text-app")) as url:
+        yield url
 
 
 def test_the_app_offers_text_search_and_answers_it_through_the_server(
