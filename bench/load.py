@@ -3,7 +3,7 @@
 For each setting of `--search-p99-target-ms` (the --target-ms given, then 0: off), one server (a fresh data
 folder in a temp dir, loopback only; by default the Milvus standalone server as its child) runs four phases:
   solo:  16 concurrent Ingest streams alone (searchers off): ingest images/s alone;
-  idle:  32 concurrent searchers alone, on the rows the solo phase stored: Search p50/p99 idle;
+  idle:  the searchers alone, on the rows the solo phase stored: Search p50/p99 idle;
   load:  both at once for --minutes (or --off-minutes with the target off): Search p50/p99 and ingest
          images/s under load, and the server's RSS growth from --warmup-s into the load to its end;
 and then the drain: every item sent must be acknowledged and stored (sent = acknowledged = row count).
@@ -11,7 +11,10 @@ and then the drain: every item sent must be acknowledged and stored (sent = ackn
      once (bench/common.make_photos, cached on disk) from scikit-image's photos with random rescaling, crops and
      flips, so they differ, and none is sent twice while the folder lasts.
   Searchers: each its own lookalike.Client, k=10, half by vector (a photo's embedding plus a little noise) and
-     half by the id of an image already acknowledged.
+     half by the id of an image already acknowledged; together --search-rate searches/s (default 100), each on
+     a fixed schedule, as a service calling Search all day (latency counts from when a search was due).
+     --search-rate 0 makes them a closed loop (each as fast as its answers come), which measures saturation:
+     searches then take whatever CPU ingest leaves, so yielding buys them throughput, not latency.
 The server's own metrics (--metrics-port) are scraped around each phase: where a search's time went (stages:
 query vectors, the search batcher's queue, the Milvus call, ranking; the event loop's lag; Milvus call times),
 and the bulk share the latency target left to ingest, sampled every 5 s.
@@ -167,12 +170,24 @@ def ingest_stream(i: int, streams: int, address: str, photos: list[Path], end_at
                 time.sleep(0.5)
 
 
-def searcher(i: int, address: str, queries: np.ndarray, end_at: float, tally: Tally) -> None:
-    """Searches k=10 until end_at, alternating by vector and by an acknowledged id."""
+def searcher(i: int, address: str, queries: np.ndarray, end_at: float, tally: Tally, interval_s: float) -> None:
+    """Searches k=10 until end_at, alternating by vector and by an acknowledged id: one search every interval_s
+    on a fixed schedule (0: the next as soon as the last answers). On a schedule, a search's latency counts from
+    when it was due, so a slow answer that holds the next one back is charged to the server, not hidden."""
     rng = random.Random(2000 + i)
     noise = np.random.default_rng(i)
+    due = time.monotonic() + rng.random() * interval_s  # the searchers' schedules interleave
     with Client(address, collection=COLLECTION, timeout=SEARCH_DEADLINE_S) as client:
-        while (started := time.monotonic()) < end_at and not tally.abort.is_set():
+        while not tally.abort.is_set():
+            if interval_s:
+                if due >= end_at:
+                    return
+                if (wait := due - time.monotonic()) > 0:
+                    time.sleep(wait)
+                started = due
+                due += interval_s
+            elif (started := time.monotonic()) >= end_at:
+                return
             by_id = rng.random() < 0.5 and bool(tally.acked_ids)
             if by_id:
                 wanted = tally.acked_ids[rng.randrange(len(tally.acked_ids))]
@@ -184,7 +199,8 @@ def searcher(i: int, address: str, queries: np.ndarray, end_at: float, tally: Ta
                 hits = client.search(query, k=K)
             except LookalikeClientError as e:
                 tally.error(tally.search_errors, e.code, e.details)
-                time.sleep(0.05)
+                if not interval_s:
+                    time.sleep(0.05)
                 continue
             t = time.monotonic()
             with tally.lock:
@@ -228,7 +244,8 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
                          args=(i, phase.streams, address, ctx["photos"], end_at, tally, ctx["counters"]), daemon=True)
         for i in range(phase.streams)
     ] + [
-        threading.Thread(target=searcher, args=(i, address, ctx["queries"], end_at, tally), daemon=True)
+        threading.Thread(target=searcher, args=(i, address, ctx["queries"], end_at, tally, ctx["search_interval_s"]),
+                         daemon=True)
         for i in range(phase.searchers)
     ]
     sampler = threading.Thread(target=sample, daemon=True)
@@ -291,7 +308,8 @@ def run_server(args: argparse.Namespace, photos: list[Path], target_ms: float, l
                 queries = client.embed([p.read_bytes() for p in photos[:16]])
             ctx = {"args": args, "address": address, "pid": pid, "metrics_port": metrics_port, "photos": photos,
                    "queries": queries, "acked_ids": [], "counters": [0] * args.streams, "abort": threading.Event(),
-                   "tallies": [], "label": label}
+                   "tallies": [], "label": label,
+                   "search_interval_s": args.searchers / args.search_rate if args.search_rate else 0.0}
             rss: dict[str, Any] = {"start_mib": vm_rss_mib(pid)}
             phases: dict[str, Any] = {}
             phases["solo"] = run_phase(Phase("solo", args.solo_s, args.streams, 0), ctx)
@@ -388,10 +406,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "target_on_load_minutes": args.minutes, "target_off_load_minutes": args.off_minutes,
             "solo_s": args.solo_s, "idle_s": args.idle_s, "settle_s": args.settle_s, "warmup_s": args.warmup_s,
             "ingest_streams": args.streams, "searchers": args.searchers, "k": K,
+            "search_rate_per_s": args.search_rate or "closed loop (each searcher as fast as answers come)",
+            "search_latency_from": "when the search was due on its searcher's fixed schedule" if args.search_rate
+                                   else "when the searcher sent it",
             "min_recall": args.min_recall or "the server's default", "distinct_photos": args.photos,
             "photo": "640x480 JPEG q90 from skimage.data, random rescale/crop/flip (bench/common.make_photos)",
             "search_mix": "half by vector (a photo embedding + N(0, 0.01) noise), half by an acknowledged id",
-            "idle": "the same 32 searchers with no ingest, on the rows of the solo phase",
+            "idle": "the same searchers with no ingest, on the rows of the solo phase",
             "server": f"lookalike serve --data-dir <temp> --milvus-embedded {args.milvus_embedded} --metrics-port P "
                       f"--search-p99-target-ms T, defaults otherwise; one collection {COLLECTION!r} (cosine, HNSW)",
             "rss_measured": "VmRSS of the lookalike server process alone, from warmup_s into the load phase to its "
@@ -428,6 +449,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="RSS growth is measured from this far into the load phase")
     parser.add_argument("--streams", type=int, default=16, help="concurrent Ingest streams")
     parser.add_argument("--searchers", type=int, default=32, help="concurrent searchers")
+    parser.add_argument("--search-rate", type=float, default=100.0,
+                        help="searches per second, all searchers together, each on a fixed schedule (0: closed "
+                             "loop, every searcher as fast as its answers come: searches then take whatever CPU "
+                             "ingest leaves, so no latency target can be met by yielding)")
     parser.add_argument("--photos", type=int, default=32768,
                         help="distinct JPEGs made once (cached on disk, about 60 KB each) and sent in turn")
     parser.add_argument("--photo-dir", default=str(Path(tempfile.gettempdir()) / "lookalike-load-photos"),

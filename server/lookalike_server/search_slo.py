@@ -20,9 +20,11 @@ from . import metrics
 # How often the controller decides, and the event loop's lag is sampled.
 TICK_SECONDS = 0.05
 # Searches older than this say nothing about the present load.
-WINDOW_SECONDS = 1.0
-# A decision needs this many searches since the last change, or a full window without them.
+WINDOW_SECONDS = 2.0
+# A decision needs this many searches since the last change, or this long: the p99 of fewer is their maximum,
+# and one slow search then cut the share (at 100 searches/s a quarter-second decided on 25 of them).
 MIN_SAMPLES = 100
+SETTLE_SECONDS = 1.0
 # Bulk work yields once the recent p99 passes ENGAGE_AT x target, and speeds up again below RELEASE_AT x target.
 ENGAGE_AT = 0.85
 RELEASE_AT = 0.6
@@ -66,7 +68,7 @@ class ShareController:
             return self.share
         recent = self._since_change(now)
         if recent:
-            settled = len(recent) >= MIN_SAMPLES or now - self._changed_at >= WINDOW_SECONDS / 4
+            settled = len(recent) >= MIN_SAMPLES or now - self._changed_at >= SETTLE_SECONDS
             if not settled:
                 return self.share
             signal = self.recent_p99(now) or 0.0
@@ -101,7 +103,7 @@ class SearchSlo:
         self._task: asyncio.Task[None] | None = None
         self._quiet = threading.Event()  # share at 1: for threads (calibration) and the event loop alike
         self._quiet.set()
-        self._lags: deque[float] = deque(maxlen=max(1, round(WINDOW_SECONDS / TICK_SECONDS)))
+        self._lags: deque[float] = deque(maxlen=max(1, round(SETTLE_SECONDS / TICK_SECONDS)))
         metrics.THROTTLE_SHARE.set(1.0)
 
     @property
