@@ -21,7 +21,7 @@ from pymilvus.exceptions import MilvusException
 from . import metrics, served_index
 from .config import INDEX_TYPES, SERVER_ONLY_INDEX_TYPES, ServerConfig
 from .errors import AlreadyExists, FailedPrecondition, InvalidArgument, LookalikeError, NotFound, Unavailable
-from .expressions import ids_in
+from .expressions import ids_in, string_literal
 from .read_write_lock import ReadWriteLock
 from .served_index import IndexState
 from .store_layout import (
@@ -404,7 +404,9 @@ class Store:
 
         Milvus Lite pages by offset: each of its calls costs a pass over the rows, so large pages keep a
         scan of 20,000 x 1280 near 12 s (its query iterator took 77 s). A Milvus server refuses
-        offset + limit above 16,384, so there the query iterator reads everything.
+        offset + limit above 16,384, so there pymilvus' query iterator reads everything (Python float lists,
+        ~130 MB of objects a page of 3,125 x 1280): AsyncStore.scan reads a server through milvus_rpc instead
+        (the same pages as float32 arrays; see scan_filter): only Milvus Lite in this process comes here.
         """
         fields = ["id", "vector", "metadata"] if with_metadata else ["id", "vector"]
         if self.is_lite:
@@ -416,8 +418,7 @@ class Store:
         else:
             # A reply must also fit gRPC's message limit: 10,000 rows of 1280 floats came to 98 MB.
             dimension = self.describe(name).dimension
-            rows_per_reply = max(64, REPLY_FLOATS // dimension)
-            pages = self._iterate(name, filter_expr, fields, min(batch_size, MAX_QUERY_WINDOW, rows_per_reply))
+            pages = self._iterate(name, filter_expr, fields, scan_page_rows(dimension, batch_size))
         for rows in pages:
             if not rows:
                 return
@@ -428,6 +429,14 @@ class Store:
             )
             if self.is_lite and len(rows) < batch_size:
                 return
+
+    def scan_target(self, name: str) -> tuple[int, int]:
+        """The collection's Milvus id and vector dimension, for a scan through milvus_rpc (a server only)."""
+        info = self._call(self.client.describe_collection, name, collection=name)
+        vector_field = next((f for f in info["fields"] if f["name"] == "vector"), None)
+        if vector_field is None:
+            raise NotFound(f"collection {name!r} exists in Milvus but was not created by lookalike")
+        return int(info["collection_id"]), int(vector_field["params"]["dim"])
 
     def _iterate(self, name: str, filter_expr: str, fields: list[str], batch_size: int) -> Iterator[list[Any]]:
         iterator = self._call(self.client.query_iterator, name, batch_size=batch_size, filter=filter_expr,
@@ -444,3 +453,18 @@ class Store:
         for start in range(0, len(present), GET_CHUNK):
             self._call(self.client.delete, name, filter=ids_in(present[start : start + GET_CHUNK]), collection=name)
         return len(present)
+
+
+def scan_page_rows(dimension: int, batch_size: int) -> int:
+    """Rows per page of a scan of a Milvus server: a reply must fit gRPC's message limit too (10,000 rows of
+    1280 floats came to 98 MB), and a server refuses a limit over 16,384."""
+    return max(1, min(batch_size, MAX_QUERY_WINDOW, max(64, REPLY_FLOATS // dimension)))
+
+
+def scan_filter(filter_expr: str, after: str | None) -> str:
+    """A scan page's expression, as pymilvus' QueryIterator builds it: the rows past the last id read (pages
+    come in primary-key order), within the user's filter; every row (`id != ""`) with neither."""
+    if after is None:
+        return filter_expr or 'id != ""'
+    cursor = f"id > {string_literal(after)}"
+    return f"{cursor} and ({filter_expr})" if filter_expr else cursor
