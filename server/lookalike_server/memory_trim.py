@@ -1,9 +1,10 @@
 """Gives freed heap memory back to the system now and then (glibc's malloc_trim), so the server's RSS follows
 what it holds rather than its high-water mark.
 
-A recall calibration reads every row of a collection through pymilvus (Python lists of floats, several times
-the vectors' size) and frees it again; glibc keeps such freed memory in its arenas, and the RSS stepped up
-with each calibration under ingest (bench/results/load.json has the figures).
+A recall calibration reads every row of a collection in pages and frees them again (through pymilvus' Python
+lists of floats on Milvus Lite in-process, several times the vectors' size); glibc keeps such freed memory in
+its arenas, and the RSS stepped up with each calibration under ingest (bench/results/load.json,
+scan_memory.json).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ async def exact_reference(
     async for ids, vectors, _ in store.scan(spec.name):
         top, _ = await on_bulk_thread(cpu, exact_top_k, queries, vectors, min(k, len(ids)), spec.metric)
         for q, row_list in enumerate(top):
-            kept[q].extend((ids[r], vectors[r]) for r in row_list if r >= 0)
+            kept[q].extend((ids[r], vectors[r].copy()) for r in row_list if r >= 0)  # not a view: frees the page
     ranked = []
     for q, candidates in enumerate(kept):
         ids = [i for i, _ in candidates]

@@ -42,7 +42,8 @@ class BestPerBatch:
     def add(self, ids: list[str], batch: np.ndarray, metadata: list[Any]) -> None:
         top, _ = exact_top_k(self.vectors, batch, min(self.want, len(ids)), self.metric, self.reverse)
         for q, row_list in enumerate(top):
-            self.kept[q].extend(Candidate(ids[r], batch[r], metadata[r]) for r in row_list if r >= 0)
+            # A copy: a view of the row would keep the whole batch (a scan's page) alive until the end.
+            self.kept[q].extend(Candidate(ids[r], batch[r].copy(), metadata[r]) for r in row_list if r >= 0)
 
 
 def best_per_batch(
