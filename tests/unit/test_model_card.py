@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-from lookalike_server.embedder import Embedder, float16_model
+from lookalike_server.embedder import Embedder, float16_model, serving_model
 from lookalike_server.imaging import image_to_tensor
 from lookalike_server.model_card import DEFAULT_CARD, load_model_card
+
+INT8_CARD = Path(__file__).resolve().parents[2] / "models" / "efficientnet-lite0-int8" / "card.toml"
 
 
 def test_default_card():
@@ -99,3 +102,33 @@ def test_cpu_runs_single_threaded_sessions_side_by_side():
     pinned = Embedder(card, device="cpu", threads=2)
     assert pinned.intra_op_threads == 2
     assert pinned.concurrent_runs == max(1, (os.cpu_count() or 1) // 2)
+
+
+@pytest.mark.parametrize("card_path", [DEFAULT_CARD, INT8_CARD])
+def test_served_network_leaves_out_the_classifier_and_embeds_the_same(card_path):
+    """The shipped files carry an ImageNet classifier (`logits`) beside the embedding; ONNX Runtime would run it
+    on every call, so the server loads the network without it, and the embeddings are the same bits."""
+    card = load_model_card(card_path)
+    assert [o.name for o in onnx.load(str(card.model_path)).graph.output] == [card.output_name, "logits"]
+    served = onnx.load_from_string(serving_model(card))
+    assert [o.name for o in served.graph.output] == [card.output_name]
+    assert not {n.op_type for n in served.graph.node} & {"Gemm", "QGemm"}
+    embedder = Embedder(card, device="cpu", threads=1)
+    assert [o.name for o in embedder.session.get_outputs()] == [card.output_name]
+    full = ort.InferenceSession(str(card.model_path), embedder.session.get_session_options(),
+                                providers=["CPUExecutionProvider"])
+    batch = np.random.default_rng(0).standard_normal((2, 3, card.height, card.width)).astype(np.float32)
+    (reference,) = full.run([card.output_name], {card.input_name: batch})
+    assert np.array_equal(embedder.embed(batch), reference.reshape(2, -1))
+
+
+def test_served_network_is_the_file_when_nothing_is_left_out(tmp_path):
+    card = load_model_card()
+    model = onnx.load(str(card.model_path))
+    keep = [o for o in model.graph.output if o.name == card.output_name]
+    del model.graph.output[:]
+    model.graph.output.extend(keep)
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    (tmp_path / "card.toml").write_text(DEFAULT_CARD.read_text())
+    only = load_model_card(tmp_path / "card.toml")
+    assert serving_model(only) == str(only.model_path)  # loaded from its path: no copy of it in memory
