@@ -456,7 +456,7 @@ def _exact_scores(queries: np.ndarray, candidates: np.ndarray, rows: np.ndarray,
 
 
 # (Q, N, D, k): counts around the tiles (16 or 32 queries per panel, 12 or 16 candidate rows per tile,
-# 128 dimensions per slice, about 1 MiB of rows per block): N below one tile, N and Q one past a whole
+# 256 dimensions per slice, about 1 MiB of rows per block): N below one tile, N and Q one past a whole
 # tile or panel, dims not a multiple of 16 or of the slice, k = 1, several blocks and chunks.
 TILE_SHAPES = [
     (1, 5, 7, 1), (16, 11, 17, 3), (17, 13, 129, 1), (33, 25, 255, 4), (32, 12, 16, 12), (31, 97, 1, 5),
@@ -696,3 +696,38 @@ def test_pixels_to_tensor_reads_strided_pixels_and_writes_a_batch_row() -> None:
 def test_pixels_to_tensor_rejects_bad_arrays_clearly(pixels, table, out, message) -> None:
     with pytest.raises((TypeError, ValueError), match=message):
         _native.pixels_to_tensor(pixels, table, out)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["best-first", "worst-first"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_top_k_shared_is_exact_among_near_ties(reverse: bool, threads: int) -> None:
+    # Every score is an exact integer in float32 (15 terms below 2^20: every partial sum stays below
+    # 2^24, in any order), and hundreds of candidates tie or sit a few units apart: any kernel that
+    # ranks on a cheaper approximation (bfloat16, |q|^2 + |c|^2 - 2 q.c) and bounds it must still
+    # return exactly these rows.
+    rng = np.random.default_rng(21)
+    queries = rng.integers(-1, 2, size=(12, 15)).astype(np.float32)
+    base = rng.integers(2**19, 2**20 - 4, size=15)
+    candidates = (base + rng.integers(-3, 4, size=(3000, 15))).astype(np.float32)
+    want_rows, want_scores = _oracle(queries, candidates, _every_row(queries, candidates), 20, "ip", reverse)
+    got_rows, got_scores = _native.top_k_shared(queries, candidates, 20, reverse=reverse, threads=threads)
+    np.testing.assert_array_equal(got_rows, want_rows)
+    np.testing.assert_array_equal(got_scores, want_scores.astype(np.float32))
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("scale", [2.0**-70, 1.0, 2.0**55], ids=["tiny", "unit", "huge"])
+def test_top_k_shared_agrees_with_rerank_at_any_scale(metric: str, scale: float) -> None:
+    # Tiny values give products below float's normal range (2^-126), huge ones squares near its top;
+    # some rows are near-copies of others, so their scores nearly tie.
+    rng = np.random.default_rng(22)
+    queries = (rng.standard_normal((20, 200)) * scale).astype(np.float32)
+    candidates = rng.standard_normal((1500, 200))
+    candidates[700:] = candidates[:800] + 1e-4 * rng.standard_normal((800, 200))
+    candidates = (candidates * scale).astype(np.float32)
+    got = _native.top_k_shared(queries, candidates, 50, metric=metric)
+    want = _native.rerank(queries, candidates, _every_row(queries, candidates), 50, metric=metric)
+    np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=0)
+    exact = [_exact_scores(queries, candidates, rows, metric) for rows in (got[0], want[0])]
+    np.testing.assert_allclose(exact[0], exact[1], rtol=2e-6)
+
