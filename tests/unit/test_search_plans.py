@@ -90,6 +90,61 @@ def test_a_due_calibration_waits_while_searches_are_near_their_latency_target():
         assert store.asked == [] and not calibration.done()
         await slo.close()  # bulk work may run again
         assert await calibration is None
-        assert store.asked == ["h"]
+        assert store.asked and set(store.asked) == {"h"}
+
+    asyncio.run(main())
+
+
+class _GrowingStore:
+    """Answers row counts from a list, one per call (the last repeats)."""
+
+    def __init__(self, counts: list[int]) -> None:
+        self.counts = counts
+
+    async def row_count(self, name: str) -> int:
+        return self.counts.pop(0) if len(self.counts) > 1 else self.counts[0]
+
+
+def _measured(monkeypatch) -> list[str]:
+    """Replaces the measurement itself; returns the list of collections it was asked to measure."""
+    from lookalike_server.pipeline import calibration
+
+    measured: list[str] = []
+
+    async def fake_calibrate(store, spec, target, search, cpu=None):
+        measured.append(spec.name)
+        return None
+
+    monkeypatch.setattr(calibration, "calibrate", fake_calibrate)
+    return measured
+
+
+def test_a_calibration_waits_while_the_rows_move_between_checks(monkeypatch):
+    """Under a steady ingest every measurement was discarded at its end: none starts until the rows hold still."""
+    measured = _measured(monkeypatch)
+
+    async def main() -> None:
+        calibrator = Calibrator(_GrowingStore([10_000, 10_500, 11_000, 11_000]))  # type: ignore[arg-type]
+        key = ("h", 0.99)
+        await calibrator._calibrate(HNSW, key)  # the first look: nothing to compare with, so it measures
+        assert measured == ["h"]
+        await calibrator._calibrate(HNSW, key)  # 10,000 -> 10,500: an ingest under way
+        await calibrator._calibrate(HNSW, key)  # 10,500 -> 11,000: still
+        assert measured == ["h"]
+        await calibrator._calibrate(HNSW, key)  # 11,000 -> 11,000: settled
+        assert measured == ["h", "h"]
+
+    asyncio.run(main())
+
+
+def test_an_ingest_that_just_ended_calibrates_at_once(monkeypatch):
+    measured = _measured(monkeypatch)
+
+    async def main() -> None:
+        calibrator = Calibrator(_GrowingStore([10_000, 12_000]))  # type: ignore[arg-type]
+        key = ("h", 0.99)
+        await calibrator._calibrate(HNSW, key)
+        await calibrator._calibrate(HNSW, key, settled=True)  # the rows moved, but their writer is done
+        assert measured == ["h", "h"]
 
     asyncio.run(main())
