@@ -1,7 +1,7 @@
 """Native kernels vs the fastest numpy we could write for the same arrays; prints one JSON object.
 
 Baseline and native run in the same process on the same arrays, interleaved (alternating which goes
-first), and medians are reported. Run: python bench/native.py [--repeats N] [--seed S]
+first), and medians are reported. Run: python bench/native.py [--repeats N] [--seed S] [--write]
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -311,8 +312,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=11, help="interleaved timing rounds per kernel")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write", action="store_true", help="also save the JSON to bench/results/native.json")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
+    load_start = os.getloadavg()[0]
 
     result = {
         "bench": "native",
@@ -330,7 +333,12 @@ def main() -> None:
         "rerank_same_candidates": bench_top_k_shared(64, 2000, 1280, 100, args.repeats, rng),
         "rerank_same_candidates_l2": bench_top_k_shared(64, 2000, 1280, 100, args.repeats, rng, metric="l2"),
     }
-    print(json.dumps(result, indent=2))
+    # The machine is shared: the 1-minute load average around the run says how quiet it was.
+    result["load_average"] = {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2)}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.write:
+        (Path(__file__).resolve().parent / "results" / "native.json").write_text(text + "\n")
 
 
 if __name__ == "__main__":
