@@ -113,7 +113,7 @@ def _measured(monkeypatch) -> list[str]:
 
     async def fake_calibrate(store, spec, target, search, cpu=None):
         measured.append(spec.name)
-        return None
+        return
 
     monkeypatch.setattr(calibration, "calibrate", fake_calibrate)
     return measured
@@ -146,5 +146,24 @@ def test_an_ingest_that_just_ended_calibrates_at_once(monkeypatch):
         await calibrator._calibrate(HNSW, key)
         await calibrator._calibrate(HNSW, key, settled=True)  # the rows moved, but their writer is done
         assert measured == ["h", "h"]
+
+    asyncio.run(main())
+
+
+def test_no_calibration_while_this_servers_ingest_writes(monkeypatch):
+    """A throttled ingest moves few rows between checks: the server's own streams say the rows still move."""
+    measured = _measured(monkeypatch)
+    streams = {"h"}
+
+    async def main() -> None:
+        calibrator = Calibrator(_GrowingStore([10_000]))  # type: ignore[arg-type]
+        calibrator.writing = lambda name: name in streams
+        key = ("h", 0.99)
+        await calibrator._calibrate(HNSW, key)
+        await calibrator._calibrate(HNSW, key, settled=True)  # one stream ended, another still writes
+        assert measured == []
+        streams.clear()
+        await calibrator._calibrate(HNSW, key, settled=True)
+        assert measured == ["h"]
 
     asyncio.run(main())

@@ -8,7 +8,6 @@ import contextlib
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import eta.core.utils as etau
@@ -19,7 +18,7 @@ import numpy as np
 
 from lookalike.client import Client, CollectionInfo, IngestResult, LookalikeClientError
 from lookalike.fiftyone_common import IDS_PER_CALL, METRICS, batches, connect, unreachable
-from lookalike.fiftyone_media import image_items
+from lookalike.fiftyone_media import image_items, server_embeddings
 from lookalike.fiftyone_search import SimilaritySearch
 
 if TYPE_CHECKING:
@@ -384,14 +383,8 @@ class LookalikeSimilarityIndex(SimilaritySearch, fbs.SimilarityIndex, fbs.Duplic
             )
         patches_field = self.config.patches_field
         _, items, local_failures = image_items(samples, patches_field, force_square, alpha)
-        vectors, sample_ids, label_ids = [], [], []
-        for batch in batches(list(items), batch_size or 32):
-            for (item_id, _, metadata), vector in zip(batch, self._embed(batch), strict=True):
-                if vector is None:
-                    continue
-                vectors.append(vector)
-                sample_ids.append(metadata["sample_id"] if metadata else item_id)
-                label_ids.append(item_id)
+        with self._errors():
+            vectors, sample_ids, label_ids = server_embeddings(self._client, items, batch_size or 32)
         if local_failures and not skip_failures:
             raise ValueError(f"{local_failures[0].id}: {local_failures[0].message}")
         info = self._ensure_collection()
@@ -400,24 +393,6 @@ class LookalikeSimilarityIndex(SimilaritySearch, fbs.SimilarityIndex, fbs.Duplic
         dimension = info.dimension
         embeddings = np.stack(vectors) if vectors else np.zeros((0, dimension), np.float32)
         return embeddings, np.array(sample_ids), np.array(label_ids) if patches_field else None
-
-    def _embed(self, batch: Sequence[tuple[str, Any, Any]]) -> list[np.ndarray | None]:
-        """Server embeddings of a batch of images; None for an image the server rejects (logged)."""
-        images = [Path(c).read_bytes() if isinstance(c, Path) else c for _, c, _ in batch]
-        try:
-            return list(self._client.embed(images))
-        except LookalikeClientError as e:
-            if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
-                with self._errors():
-                    raise
-        vectors: list[np.ndarray | None] = []
-        for (item_id, _, _), image in zip(batch, images, strict=True):
-            try:
-                vectors.append(self._client.embed([image])[0])
-            except LookalikeClientError as e:
-                logger.warning("lookalike could not embed %s: %s", item_id, e.details)
-                vectors.append(None)
-        return vectors
 
     def remove_from_index(
         self,

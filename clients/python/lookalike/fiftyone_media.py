@@ -1,9 +1,11 @@
-"""What the FiftyOne backend sends the server to embed: each sample's image file, or each object's crop."""
+"""What the FiftyOne backend sends the server to embed (each sample's image file, or each object's crop), and
+the server's embeddings of them."""
 
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,10 @@ import fiftyone.core.labels as fol
 import numpy as np
 from PIL import Image
 
-from lookalike.client import IngestResult
+from lookalike.client import Client, IngestResult, LookalikeClientError
+from lookalike.fiftyone_common import batches
+
+logger = logging.getLogger("lookalike.fiftyone_brain")  # the backend's one logger
 
 
 def _patches(label: Any) -> list[tuple[str, fol.Detection]]:
@@ -63,3 +68,37 @@ def image_items(
                 yield label_id, buffer.getvalue(), {"sample_id": sample_id}
 
     return sum(len(b) for b in boxes), crops(), failures
+
+
+def server_embeddings(
+    client: Client, items: Iterable[tuple[str, Any, dict[str, Any] | None]], batch_size: int
+) -> tuple[list[np.ndarray], list[str], list[str]]:
+    """(vectors, sample ids, item ids) of the items the server embedded; an image it rejects is logged and left
+    out. A server that does not answer raises LookalikeClientError."""
+    vectors, sample_ids, item_ids = [], [], []
+    for batch in batches(list(items), batch_size):
+        for (item_id, _, metadata), vector in zip(batch, _embed(client, batch), strict=True):
+            if vector is None:
+                continue
+            vectors.append(vector)
+            sample_ids.append(metadata["sample_id"] if metadata else item_id)
+            item_ids.append(item_id)
+    return vectors, sample_ids, item_ids
+
+
+def _embed(client: Client, batch: Sequence[tuple[str, Any, Any]]) -> list[np.ndarray | None]:
+    """Server embeddings of a batch of images; None for an image the server rejects (logged)."""
+    images = [Path(c).read_bytes() if isinstance(c, Path) else c for _, c, _ in batch]
+    try:
+        return list(client.embed(images))
+    except LookalikeClientError as e:
+        if e.code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            raise
+    vectors: list[np.ndarray | None] = []
+    for (item_id, _, _), image in zip(batch, images, strict=True):  # one by one: which of them was refused
+        try:
+            vectors.append(client.embed([image])[0])
+        except LookalikeClientError as e:
+            logger.warning("lookalike could not embed %s: %s", item_id, e.details)
+            vectors.append(None)
+    return vectors

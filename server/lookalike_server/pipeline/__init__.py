@@ -46,6 +46,7 @@ class Pipeline:
         self.memory = MemoryTrimmer()  # the RSS follows what the server holds, not its high-water mark
         self.embedding = Embedding(config, embedder, pacer=self.slo)
         self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.store, self.calibrator, self.slo)
+        self.calibrator.writing = self.ingest_streams.writing  # no calibration while rows arrive
         self.searcher = Searcher(self.catalog, self.embedding, self.store, self.calibrator, self.slo)
 
     @property

@@ -285,10 +285,12 @@ CALIBRATION_MAX_AGE_SECONDS = 600.0
 # While searches run near their latency target a due calibration waits for them to calm down, at most this
 # long: its scans and searches compete with theirs, but searches without one run at the generous default.
 CALIBRATION_MAX_DEFER_SECONDS = 60.0
-# A calibration is measured on rows that hold still: while they move by more than STABLE_CHANGE between two
-# checks (an ingest under way), a due one waits and searches keep the generous default. Under a steady ingest
-# each measurement (a full scan and hundreds of searches: 21-30 s at 17,000-19,000 rows, beside live
-# searches) was discarded at its end for the rows that came meanwhile (bench/results/load.json's logs).
+# A calibration is measured on rows that hold still: while this server's ingest writes to the collection, or
+# its rows moved by more than STABLE_CHANGE between two checks (another writer), a due one waits and searches
+# keep the generous default. Under a steady ingest each measurement (a full scan and hundreds of searches,
+# 21-30 s at 17,000-20,000 rows, beside live searches) was discarded at its end for the rows that came
+# meanwhile, and its searches at the highest efforts (recall measured against moving rows looks low) took
+# Search's p99 to 1.5 s; a throttled ingest moved too few rows between checks to tell by the count alone.
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,8 @@ class Calibrator:
         self._calibrations: dict[tuple[str, float], Calibration] = {}
         self._checked: dict[tuple[str, float], float] = {}
         self._rows_seen: dict[tuple[str, float], int] = {}  # the row count at the last check
+        # Whether this server's ingest writes to a collection now (the Pipeline wires in Ingest.writing).
+        self.writing: Callable[[str], bool] = lambda name: False
         self._running: dict[tuple[str, float], asyncio.Task[Calibration | None]] = {}
         # A calibration runs on the event loop through the store's async surface, as searches do; its
         # arithmetic (exact top-k over every row) runs here, so that it never takes the cores from searches.
@@ -355,7 +359,7 @@ class Calibrator:
 
     def _maybe_calibrate(self, spec: CollectionSpec, key: tuple[str, float], settled: bool = False) -> None:
         """Starts a check of the calibration in the background, at most every CALIBRATION_CHECK_SECONDS;
-        `settled`: the writes just ended (this server's ingest finished), so the rows need not be watched."""
+        `settled`: an ingest just ended (its rows need not be watched, unless other streams still write)."""
         now = time.monotonic()
         if key in self._running or now - self._checked.get(key, -1e9) < CALIBRATION_CHECK_SECONDS:
             return
@@ -389,8 +393,9 @@ class Calibrator:
                 if fresh and abs(rows - current.rows) <= 0.1 * current.rows:
                     return current
 
-        if not settled and seen is not None and abs(rows - seen) > STABLE_CHANGE * max(seen, 1):
-            log.debug("collection %s: %d -> %d rows since the last check; calibrating once they settle",
+        moved = not settled and seen is not None and abs(rows - seen) > STABLE_CHANGE * max(seen, 1)
+        if moved or self.writing(spec.name):
+            log.debug("collection %s: rows still arriving (%s -> %d); calibrating once they settle",
                       spec.name, seen, rows)
             return None
 

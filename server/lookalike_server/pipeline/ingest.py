@@ -89,6 +89,10 @@ class Ingest:
         self._writing: collections.Counter[str] = collections.Counter()  # Ingest streams writing, by collection
         self._background: set[asyncio.Future[None]] = set()
 
+    def writing(self, name: str) -> bool:
+        """Whether an Ingest stream of this server writes to the collection now."""
+        return self._writing[name] > 0
+
     def start(self) -> None:
         self._batcher.start()
 
