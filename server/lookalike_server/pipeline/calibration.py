@@ -29,7 +29,7 @@ from ..search_slo import SearchSlo
 from ..served_index import IndexState
 from ..store import CollectionSpec
 from ..thread_priority import BULK_NICE, thread_pool
-from .ranking import OVERFETCH, exact_top_k, fetch_size, ranked_ids
+from .ranking import OVERFETCH, BestPerBatch, fetch_size, ranked_ids, rerank
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -119,18 +119,12 @@ async def on_bulk_thread(pool: Executor | None, fn: Callable[..., T], *args: Any
 async def exact_reference(
     store: AsyncStore, spec: CollectionSpec, queries: np.ndarray, k: int, cpu: Executor | None = None
 ) -> list[list[str]]:
-    """The true top k of each query, ranked, from every stored row, in pages through the native core."""
-    kept: list[list[tuple[str, np.ndarray]]] = [[] for _ in queries]
-    async for ids, vectors, _ in store.scan(spec.name):
-        top, _ = await on_bulk_thread(cpu, exact_top_k, queries, vectors, min(k, len(ids)), spec.metric)
-        for q, row_list in enumerate(top):
-            kept[q].extend((ids[r], vectors[r].copy()) for r in row_list if r >= 0)  # not a view: frees the page
-    ranked = []
-    for q, candidates in enumerate(kept):
-        ids = [i for i, _ in candidates]
-        top = exact_top_k(queries[q : q + 1], np.stack([v for _, v in candidates]), min(k, len(ids)), spec.metric)[0][0]
-        ranked.append([ids[r] for r in top if r >= 0])
-    return ranked
+    """The true top k of each query, ranked (ties by id, as live searches rank them), from every stored row: an
+    exact scan as a live search's (ranking.BestPerBatch), its arithmetic on the calibration's thread."""
+    best = BestPerBatch(queries, k, spec.metric, reverse=False)
+    async for ids, vectors, metadata in store.scan(spec.name):
+        await on_bulk_thread(cpu, best.add, ids, vectors, metadata)
+    return [[hit.id for hit in hits] for hits in rerank(queries, best.kept, k, spec.metric)]
 
 
 async def new_points(
