@@ -185,11 +185,7 @@ class MilvusRpc:
         )
         reply = await self._stub.Query(request, timeout=timeout, metadata=self._metadata)
         _check(reply.status)
-        rows = _fields(reply.fields_data)
-        ids = rows.get("id", [])
-        return Rows(ids=ids, vectors=rows.get("vector"), metadata=rows.get("metadata"), distances=[],
-                    counts=[len(ids)])
-
+        return _query_rows(reply)
 
     async def scan_page(
         self,
@@ -238,12 +234,15 @@ def _scan_reply(raw: bytes) -> tuple[Rows, int]:
     if Status.EMPTY_COLLECTION in {reply.status.code, reply.status.error_code}:
         return Rows(ids=[], vectors=None, metadata=None, distances=[], counts=[0]), 0
     _check(reply.status)
+    return _query_rows(reply, vectors), reply.session_ts
+
+
+def _query_rows(reply: milvus_pb2.QueryResults, vectors: np.ndarray | None = None) -> Rows:
+    """A Query reply's rows; `vectors`, where they were already read out of its bytes."""
     rows = _fields(reply.fields_data)
     ids = rows.get("id", [])
-    if vectors is None:
-        vectors = rows.get("vector")
-    return Rows(ids=ids, vectors=vectors, metadata=rows.get("metadata"), distances=[],
-                counts=[len(ids)]), reply.session_ts
+    return Rows(ids=ids, vectors=rows.get("vector") if vectors is None else vectors, metadata=rows.get("metadata"),
+                distances=[], counts=[len(ids)])
 
 
 def _split_vectors(raw: bytes) -> tuple[bytes, np.ndarray | None]:

@@ -232,12 +232,17 @@ class Store:
         except (MilvusException, grpc.RpcError):  # not known: Milvus itself says what it cannot build
             return False
 
-    def describe(self, name: str) -> CollectionSpec:
+    def _described(self, name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Milvus' description of one of lookalike's collections, and its vector field (NotFound for another's)."""
         info = self._call(self.client.describe_collection, name, collection=name)
-        props = info.get("properties", {})
         vector_field = next((f for f in info["fields"] if f["name"] == "vector"), None)
-        if vector_field is None or _PROP_MODEL not in props:
+        if vector_field is None or _PROP_MODEL not in info.get("properties", {}):
             raise NotFound(f"collection {name!r} exists in Milvus but was not created by lookalike")
+        return info, vector_field
+
+    def describe(self, name: str) -> CollectionSpec:
+        info, vector_field = self._described(name)
+        props = info["properties"]
         return CollectionSpec(
             name=name,
             metric=props.get(_PROP_METRIC, "cosine"),
@@ -432,10 +437,7 @@ class Store:
 
     def scan_target(self, name: str) -> tuple[int, int]:
         """The collection's Milvus id and vector dimension, for a scan through milvus_rpc (a server only)."""
-        info = self._call(self.client.describe_collection, name, collection=name)
-        vector_field = next((f for f in info["fields"] if f["name"] == "vector"), None)
-        if vector_field is None:
-            raise NotFound(f"collection {name!r} exists in Milvus but was not created by lookalike")
+        info, vector_field = self._described(name)
         return int(info["collection_id"]), int(vector_field["params"]["dim"])
 
     def _iterate(self, name: str, filter_expr: str, fields: list[str], batch_size: int) -> Iterator[list[Any]]:
