@@ -75,7 +75,7 @@ class Embedder:
         self.precision = "float16" if fp16 else "int8" if quantized else "float32"
         if fp16 and self.provider == "CUDAExecutionProvider":
             # The CUDA provider runs a network in the precision it was saved in: convert it once, here.
-            self.session = self._session(device, providers, fp16, model=float16_model(card))
+            self.session = self._session(device, providers, fp16, model=float16_model(served))
         if device == "tensorrt" and self.provider != "TensorrtExecutionProvider" and self.on_gpu:
             log.warning("--device tensorrt: TensorRT could not start (see ONNX Runtime's log); embedding with %s",
                         self.provider)
@@ -188,13 +188,12 @@ def serving_model(card: ModelCard) -> bytes | str:
     return model.SerializeToString()
 
 
-def float16_model(card: ModelCard) -> bytes:
-    """The card's network as served (serving_model) with float16 weights and arithmetic, its input and output
+def float16_model(model: bytes | str) -> bytes:
+    """A network as served (serving_model's answer) with float16 weights and arithmetic, its input and output
     still float32 (so the rest of the server is unchanged); ONNX Runtime's own converter keeps ops without
     float16 kernels in float32."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = serving_model(card)
     loaded = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     return convert_float_to_float16(loaded, keep_io_types=True).SerializeToString()

@@ -66,7 +66,7 @@ def test_float16_network_keeps_float32_io_and_agrees_with_float32(photos_dir):
     """--fp16's conversion: same input and output types, same embeddings to float16's precision (run here on
     the CPU provider, which computes the float16 network through casts: what a GPU runs, at CPU speed)."""
     card = load_model_card()
-    converted = float16_model(card)
+    converted = float16_model(serving_model(card))
     weights = onnx.load_from_string(converted).graph.initializer
     assert {w.data_type for w in weights if len(w.dims) == 4} == {onnx.TensorProto.FLOAT16}  # conv kernels
     half = ort.InferenceSession(converted, providers=["CPUExecutionProvider"])
