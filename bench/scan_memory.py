@@ -4,7 +4,7 @@ A scan reads every row out of Milvus (the recall calibration's exact reference, 
 its own subprocess (a fresh heap each) against the same Milvus standalone collection, alternating for --rounds:
 
 - old: pymilvus' query_iterator (Store.scan), each page a list of dicts holding Python float lists;
-- new: AsyncStore.scan through milvus_rpc, the same pages parsed into float32 arrays on the store's threads.
+- new: AsyncStore.scan through milvus_rpc, the same pages' vectors cut out of the reply into float32 arrays.
 
 Each runs under glibc's default malloc settings (as the server does) and again with MALLOC_MMAP_THRESHOLD_ fixed at
 1 MiB (see MALLOC).
@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from common import mib  # noqa: E402
+
 PAGE = os.sysconf("SC_PAGE_SIZE")
 SETTLE_S = 1.0
 
@@ -57,10 +60,6 @@ class Peak:
 
     def read(self) -> int:
         return max(self.value, rss())
-
-
-def mib(n: float) -> float:
-    return round(n / 2**20, 1)
 
 
 def worker(uri: str, collection: str, path: str, scans: int) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Shared by the FiftyOne backend's modules: the server's limits, FiftyOne's names for lookalike's settings, and
-the connection with its FiftyOne-worded error."""
+the connection with its FiftyOne-worded error, and the backend's one logger."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from lookalike.client import Client
 
 if TYPE_CHECKING:
     from lookalike.fiftyone_brain import LookalikeSimilarityConfig
+
+logger = logging.getLogger("lookalike.fiftyone_brain")  # the backend's one logger, as before the split
 
 MAX_K = 16384  # the server's limit on k (and on offset + k)
 

@@ -5,7 +5,6 @@ sent to the server in lookalike.fiftyone_media."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import re
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -17,14 +16,13 @@ import fiftyone.core.utils as fou
 import numpy as np
 
 from lookalike.client import Client, CollectionInfo, IngestResult, LookalikeClientError
-from lookalike.fiftyone_common import IDS_PER_CALL, METRICS, batches, connect, unreachable
+from lookalike.fiftyone_common import IDS_PER_CALL, METRICS, batches, connect, logger, unreachable
 from lookalike.fiftyone_media import image_items, server_embeddings
 from lookalike.fiftyone_search import SimilaritySearch
 
 if TYPE_CHECKING:
     from lookalike.fiftyone_brain import LookalikeSimilarityConfig
 
-logger = logging.getLogger("lookalike.fiftyone_brain")  # the backend's one logger, as before the split
 
 _NAME_TRIES = 100  # names tried when Milvus holds collections lookalike cannot see
 # New runs' collections: FiftyOne's Milvus backend names its own `fiftyone_<dataset>` on a Milvus both may share.

@@ -4,7 +4,6 @@ the server's embeddings of them."""
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,7 @@ import numpy as np
 from PIL import Image
 
 from lookalike.client import Client, IngestResult, LookalikeClientError
-from lookalike.fiftyone_common import batches
-
-logger = logging.getLogger("lookalike.fiftyone_brain")  # the backend's one logger
+from lookalike.fiftyone_common import batches, logger
 
 
 def _patches(label: Any) -> list[tuple[str, fol.Detection]]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,8 +22,6 @@ from bson import ObjectId
 
 from lookalike.client import IMAGE_EXTENSIONS, ById, ByIds, Hit, MeanOf, Text, Texts
 from lookalike.fiftyone_common import MAX_K, batches
-
-logger = logging.getLogger("lookalike.fiftyone_brain")  # the backend's one logger, as before the split
 
 _QUERIES_PER_CALL = 256  # queries in one Search call (fewer when k is large)
 _HITS_PER_CALL = 8192  # queries x k in one Search call: the server reads every candidate's vector from Milvus
