@@ -3,7 +3,8 @@
 For each setting of `--search-p99-target-ms` (the --target-ms given, then 0: off), one server (a fresh data
 folder in a temp dir, loopback only; by default the Milvus standalone server as its child) runs four phases:
   solo:  16 concurrent Ingest streams alone (searchers off): ingest images/s alone;
-  idle:  the searchers alone, on the rows the solo phase stored: Search p50/p99 idle;
+  idle:  the searchers alone, on the rows the solo phase stored, once the recall calibration that the solo
+         phase's end starts has finished: Search p50/p99 idle;
   load:  both at once for --minutes (or --off-minutes with the target off): Search p50/p99 and ingest
          images/s under load, and the server's RSS growth from --warmup-s into the load to its end;
 and then the drain: every item sent must be acknowledged and stored (sent = acknowledged = row count).
@@ -283,6 +284,18 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
         }
 
 
+def wait_for_calibration(port: int, count_before: float, timeout_s: float) -> float | None:
+    """The last Ingest stream's end starts a recall calibration (a scan and hundreds of searches): the idle
+    phase waits for it to finish, so that idle means idle. Seconds waited, or None if none finished in time."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout_s:
+        done = server_metrics.histogram_count(port, "lookalike_recall_calibration_seconds") > count_before
+        if done and not server_metrics.gauge(port, "lookalike_recall_calibrations_running"):
+            return round(time.monotonic() - started, 1)
+        time.sleep(0.5)
+    return None
+
+
 def run_server(args: argparse.Namespace, photos: list[Path], target_ms: float, load_minutes: float) -> dict[str, Any]:
     """One server with this latency target, through the solo, idle and load phases and the drain."""
     label = f"target {target_ms:g} ms" if target_ms else "target off"
@@ -312,8 +325,11 @@ def run_server(args: argparse.Namespace, photos: list[Path], target_ms: float, l
                    "search_interval_s": args.searchers / args.search_rate if args.search_rate else 0.0}
             rss: dict[str, Any] = {"start_mib": vm_rss_mib(pid)}
             phases: dict[str, Any] = {}
+            calibrations = server_metrics.histogram_count(metrics_port, "lookalike_recall_calibration_seconds")
             phases["solo"] = run_phase(Phase("solo", args.solo_s, args.streams, 0), ctx)
-            time.sleep(args.settle_s)  # the solo phase's flush, index build and calibration run meanwhile
+            result["calibration_before_idle_s"] = wait_for_calibration(metrics_port, calibrations,
+                                                                       args.calibration_wait_s)
+            time.sleep(args.settle_s)  # the solo phase's flush and index build run meanwhile
             phases["idle"] = run_phase(Phase("idle", args.idle_s, 0, args.searchers), ctx)
             samples: list[tuple[float, float | None, float | None, float]] = []
 
@@ -405,6 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "settings": {
             "target_on_load_minutes": args.minutes, "target_off_load_minutes": args.off_minutes,
             "solo_s": args.solo_s, "idle_s": args.idle_s, "settle_s": args.settle_s, "warmup_s": args.warmup_s,
+            "calibration_wait_s": args.calibration_wait_s,
             "ingest_streams": args.streams, "searchers": args.searchers, "k": K,
             "search_rate_per_s": args.search_rate or "closed loop (each searcher as fast as answers come)",
             "search_latency_from": "when the search was due on its searcher's fixed schedule" if args.search_rate
@@ -412,7 +429,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "min_recall": args.min_recall or "the server's default", "distinct_photos": args.photos,
             "photo": "640x480 JPEG q90 from skimage.data, random rescale/crop/flip (bench/common.make_photos)",
             "search_mix": "half by vector (a photo embedding + N(0, 0.01) noise), half by an acknowledged id",
-            "idle": "the same searchers with no ingest, on the rows of the solo phase",
+            "idle": "the same searchers with no ingest, on the rows of the solo phase, once the recall calibration "
+                    "that the solo phase's end started has finished (calibration_before_idle_s)",
             "server": f"lookalike serve --data-dir <temp> --milvus-embedded {args.milvus_embedded} --metrics-port P "
                       f"--search-p99-target-ms T, defaults otherwise; one collection {COLLECTION!r} (cosine, HNSW)",
             "rss_measured": "VmRSS of the lookalike server process alone, from warmup_s into the load phase to its "
@@ -442,7 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--target-ms", type=float, default=100.0, help="--search-p99-target-ms of the first server")
     parser.add_argument("--solo-s", type=float, default=45.0, help="ingest alone, before the searchers")
     parser.add_argument("--idle-s", type=float, default=30.0, help="searchers alone, before the load")
-    parser.add_argument("--settle-s", type=float, default=10.0, help="pause between the solo and idle phases")
+    parser.add_argument("--settle-s", type=float, default=10.0,
+                        help="pause between the solo and idle phases, after the recall calibration the solo "
+                             "phase's end starts")
+    parser.add_argument("--calibration-wait-s", type=float, default=180.0,
+                        help="longest wait for that calibration before the idle phase")
     parser.add_argument("--milvus-embedded", default="standalone", choices=["lite", "lite-server", "standalone"],
                         help="the embedded Milvus (default standalone, the server's own default store)")
     parser.add_argument("--warmup-s", type=float, default=60.0,
@@ -466,7 +488,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--bucket-s", type=float, default=30.0, help="throughput timeline interval")
     parser.add_argument("--write", action="store_true", help="also save bench/results/load.json")
     args = parser.parse_args(argv)
-    total_s = (args.minutes + args.off_minutes) * 60 + 2 * (args.solo_s + args.idle_s + args.settle_s)
+    total_s = (args.minutes + args.off_minutes) * 60 + 2 * (args.solo_s + args.idle_s + args.settle_s
+                                                                    + args.calibration_wait_s)
     with time_limit(total_s + 3 * args.drain_s + 900):
         result = run(args)
     text = json.dumps(result, indent=2)

@@ -51,6 +51,15 @@ def gauge(port: int, name: str) -> float | None:
     return None
 
 
+def histogram_count(port: int, name: str) -> float:
+    """How many observations a histogram without labels holds (0 before its first)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == name:
+            return next((s.value for s in family.samples if s.name.endswith("_count")), 0.0)
+    return 0.0
+
+
 def _quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
     """The q-quantile from cumulative (upper bound, count) buckets, interpolated linearly inside a bucket."""
     total = buckets[-1][1] if buckets else 0

@@ -46,6 +46,13 @@ THROTTLE_ENGAGEMENTS = Counter(
     "lookalike_ingest_throttle_engagements_total", "Times bulk work started yielding to searches (its share left 1)"
 )
 SEARCH_P99_RECENT = Gauge("lookalike_search_p99_recent_seconds", "Search p99 over the throttle's recent window")
+CALIBRATIONS_RUNNING = Gauge(
+    "lookalike_recall_calibrations_running", "Recall calibrations being measured now (each scans its collection)"
+)
+CALIBRATION_SECONDS = Histogram(
+    "lookalike_recall_calibration_seconds", "How long each recall calibration took to measure",
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+)
 
 
 def serve_metrics(port: int, address: str = "0.0.0.0") -> None:

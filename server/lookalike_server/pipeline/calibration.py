@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .. import metrics
 from ..async_store import AsyncStore
 from ..config import QUANTIZED_INDEXES
 from ..search_slo import SearchSlo
@@ -396,7 +397,12 @@ class Calibrator:
         async def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH) -> list[list[str]]:
             return await search_for_calibration(self.store, spec, queries, k, effort, overfetch, self._pool)
 
-        return await calibrate(self.store, spec, key[1], search, self._pool)
+        metrics.CALIBRATIONS_RUNNING.inc()
+        try:
+            with metrics.CALIBRATION_SECONDS.time():
+                return await calibrate(self.store, spec, key[1], search, self._pool)
+        finally:
+            metrics.CALIBRATIONS_RUNNING.dec()
 
     def _done(self, key: tuple[str, float], future: asyncio.Future[Calibration | None]) -> None:
         self._running.pop(key, None)
