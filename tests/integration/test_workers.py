@@ -52,6 +52,9 @@ def two_workers(milvus_lite_server_uri, tmp_path):
                          "--metrics-port", str(metrics_port))
     try:
         proc.wait_ready(timeout=120)
+        # wait_ready's health check reached one worker; a call may land on the other while it still loads
+        # ("the server is starting"), which a busy machine made likely. Each worker logs when it serves.
+        wait_for(lambda: proc.log().count("SERVING on") >= 2, 120, "both workers serving")
         yield proc, metrics_port
     finally:
         proc.stop()
@@ -93,6 +96,7 @@ def test_a_killed_worker_is_started_again_and_sigterm_stops_all(two_workers):
              "the killed worker to be replaced")
     assert "starting it again" in proc.log()
     proc.wait_ready(timeout=120)
+    wait_for(lambda: proc.log().count("SERVING on") >= 3, 120, "the new worker serving")
     with Client(proc.address) as client:
         assert client.list_collections() is not None
     workers = workers_of(proc)
