@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, runs in turns.items():
         out[name] = {
             "install": str(installs[name]),
+            # this install may run a working tree's code through PYTHONPATH (the other never does)
+            "pythonpath": os.environ.get("PYTHONPATH", "") if name == "this" else "",
             "commit": _commit(installs[name], args.this_label if name == "this" else args.other_label),
             "images_per_s": round(statistics.mean(r["images_per_s"] for r in runs), 1),
             "server_cpu_ms_per_image": round(statistics.mean(r["server_cpu_ms_per_image"] for r in runs), 2),
