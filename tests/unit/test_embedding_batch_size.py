@@ -18,8 +18,9 @@ def embedding(on_gpu: bool, **settings: int) -> Embedding:
     return made
 
 
-@pytest.mark.parametrize(("on_gpu", "size", "preferred"), [(False, 1, {1}), (True, 64, {1, 2, 4, 8, 16, 32, 64})])
-def test_the_automatic_batch_size_is_one_image_on_a_cpu_and_64_on_a_gpu(on_gpu, size, preferred):
+@pytest.mark.parametrize(("on_gpu", "size", "preferred"),
+                         [(False, 4, {1, 2, 4}), (True, 64, {1, 2, 4, 8, 16, 32, 64})])
+def test_the_automatic_batch_size_is_4_images_on_a_cpu_and_64_on_a_gpu(on_gpu, size, preferred):
     made = embedding(on_gpu)
     assert made.max_batch == made._batcher.max_batch_size == size
     assert made._batcher.preferred_batch_sizes == preferred
