@@ -202,6 +202,9 @@ py::tuple TopKShared(const py::object& queries_obj, const py::object& candidates
 PYBIND11_MODULE(_native, m) {
   m.doc() = "lookalike's native core: image tensors, row normalisation, exact re-ranking and exact top-k over "
             "shared candidates (C++; the GIL is released for long work only).";
+  m.def("simd", &lookalike::SimdLevel,
+        "The vector code the kernels run: 'avx512', 'avx2' or 'base', the widest this CPU has unless the "
+        "LOOKALIKE_SIMD environment variable ('avx2' or 'base', read at the first kernel call) caps it.");
   m.def("pixels_to_tensor", &PixelsToTensor, py::arg("pixels"), py::arg("table"), py::arg("out"),
         "Write an image's uint8 (height, width, 3) RGB pixels into out, a float32 (3, height, width) "
         "C-contiguous array: channel c's byte v becomes table[c, v] (table: float32 (3, 256)).");

@@ -25,6 +25,12 @@ inline int ResolveThreads(int requested) {
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
+// Runs body(context, t) for t = 0 on the calling thread and for t = 1 .. threads - 1 on other threads,
+// and returns when all have returned. The others are the parked workers of a process-wide pool (started
+// on first use; between calls they sleep, they never spin), or new threads while another call holds the
+// pool. A thread that cannot be started is left out, so body must not count on every t running.
+void RunOnThreads(int threads, void (*body)(void* context, int thread_id), void* context);
+
 // Calls fn(i, thread_id) for every i in [start, end) on up to `threads` threads (0 = all hardware
 // threads), the calling thread included; thread_id is in [0, threads). Items are handed out one at a
 // time, so make each item a useful amount of work. The first exception thrown by fn stops the
@@ -55,20 +61,15 @@ void ParallelFor(int64_t start, int64_t end, int threads, Function fn) {
       }
     }
   };
-
-  std::vector<std::thread> pool;
-  pool.reserve(threads - 1);
-  try {
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker, t);
-  } catch (...) {  // could not start a thread: stop the ones running, then report
-    next.store(end, std::memory_order_relaxed);
-    for (auto& th : pool) th.join();
-    throw;
-  }
-  worker(0);
-  for (auto& th : pool) th.join();
+  RunOnThreads(
+      threads, [](void* context, int thread_id) { (*static_cast<decltype(worker)*>(context))(thread_id); },
+      &worker);
   if (error) std::rethrow_exception(error);
 }
+
+// The vector code the kernels run: "avx512", "avx2" (with FMA) or "base" (SSE4.2 on x86), the widest
+// this CPU has unless LOOKALIKE_SIMD=avx2 or =base caps it; fixed for the life of the process.
+const char* SimdLevel();
 
 // Dot product of two length-`dim` vectors.
 float InnerProduct(const float* a, const float* b, int64_t dim);
@@ -102,7 +103,8 @@ void Rerank(const float* queries, int64_t num_queries, const float* candidates, 
 // accumulate in registers and each query keeps a running top-k, so the num_queries x num_candidates
 // score matrix is never written. A score is one sequential sum over the dimensions, so its last bits
 // may differ from Rerank's (which sums in vector lanes) but never depend on the other queries, the
-// threads or the shapes. threads: 0 = all hardware threads.
+// threads or the shapes. threads: 0 = all hardware threads. num_candidates must be below 2^32
+// (std::length_error otherwise). The calling thread keeps its work buffers (up to 32 MiB) for its next call.
 void TopKShared(const float* queries, int64_t num_queries, const float* candidates, int64_t num_candidates,
                 int64_t dim, int64_t k, Metric metric, bool reverse, int threads, int64_t* out_rows,
                 float* out_scores);
