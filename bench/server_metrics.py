@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import math
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 # Histogram families summarised, and the label that tells their series apart.
@@ -23,11 +25,16 @@ SUMMARISED = {
 Snapshot = dict[tuple[str, str], dict[str, float]]  # (family, series label) -> {"le=...": n, "sum": s, "count": n}
 
 
+def _families(port: int) -> Iterator[Metric]:
+    """The server's metric families, read from its /metrics endpoint now."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return text_string_to_metric_families(text)
+
+
 def scrape(port: int) -> Snapshot:
     """The summarised histograms' buckets, sums and counts, now."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: Snapshot = {}
-    for family in text_string_to_metric_families(text):
+    for family in _families(port):
         label = SUMMARISED.get(family.name)
         if label is None:
             continue
@@ -44,8 +51,7 @@ def scrape(port: int) -> Snapshot:
 
 
 def gauge(port: int, name: str) -> float | None:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for family in text_string_to_metric_families(text):
+    for family in _families(port):
         if family.name == name and family.samples:
             return family.samples[0].value
     return None
@@ -53,8 +59,7 @@ def gauge(port: int, name: str) -> float | None:
 
 def histogram_count(port: int, name: str) -> float:
     """How many observations a histogram without labels holds (0 before its first)."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    for family in text_string_to_metric_families(text):
+    for family in _families(port):
         if family.name == name:
             return next((s.value for s in family.samples if s.name.endswith("_count")), 0.0)
     return 0.0

@@ -171,27 +171,29 @@ def test_no_calibration_while_this_servers_ingest_writes(monkeypatch):
 
 def test_a_measurement_is_seen_in_the_metrics_while_it_runs_and_after(monkeypatch):
     """Operators (and bench/load.py, before its idle phase) see a calibration running and how long it took."""
-    from lookalike_server import metrics
+    from prometheus_client import REGISTRY
+
     from lookalike_server.pipeline import calibration
+
+    def running() -> float:
+        return REGISTRY.get_sample_value("lookalike_recall_calibrations_running")
+
+    def measured() -> float:
+        return REGISTRY.get_sample_value("lookalike_recall_calibration_seconds_count")
 
     seen_running: list[float] = []
 
     async def slow_calibrate(store, spec, target, search, cpu=None):
-        seen_running.append(metrics.CALIBRATIONS_RUNNING._value.get())
+        seen_running.append(running())
         await asyncio.sleep(0.01)
 
     monkeypatch.setattr(calibration, "calibrate", slow_calibrate)
-    count_before = _histogram_count(metrics.CALIBRATION_SECONDS)
-    running_before = metrics.CALIBRATIONS_RUNNING._value.get()
+    count_before, running_before = measured(), running()
 
     async def main() -> None:
         await Calibrator(_GrowingStore([10_000]))._calibrate(HNSW, ("h", 0.99))  # type: ignore[arg-type]
 
     asyncio.run(main())
     assert seen_running == [running_before + 1]
-    assert metrics.CALIBRATIONS_RUNNING._value.get() == running_before
-    assert _histogram_count(metrics.CALIBRATION_SECONDS) == count_before + 1
-
-
-def _histogram_count(histogram) -> float:
-    return next(s.value for s in histogram.collect()[0].samples if s.name.endswith("_count"))
+    assert running() == running_before
+    assert measured() == count_before + 1

@@ -397,12 +397,8 @@ class Calibrator:
         async def search(queries: np.ndarray, k: int, effort: int, overfetch: int = OVERFETCH) -> list[list[str]]:
             return await search_for_calibration(self.store, spec, queries, k, effort, overfetch, self._pool)
 
-        metrics.CALIBRATIONS_RUNNING.inc()
-        try:
-            with metrics.CALIBRATION_SECONDS.time():
-                return await calibrate(self.store, spec, key[1], search, self._pool)
-        finally:
-            metrics.CALIBRATIONS_RUNNING.dec()
+        with metrics.CALIBRATIONS_RUNNING.track_inprogress(), metrics.CALIBRATION_SECONDS.time():
+            return await calibrate(self.store, spec, key[1], search, self._pool)
 
     def _done(self, key: tuple[str, float], future: asyncio.Future[Calibration | None]) -> None:
         self._running.pop(key, None)
