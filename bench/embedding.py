@@ -502,6 +502,20 @@ def _ingest_rounds(server: str, client: Any, server_pid: int, files: list[Path],
     return rounds
 
 
+def ingest_on_new_server(command: list[str], server: str, folder: Path, files: list[Path],
+                         args: argparse.Namespace, env: dict[str, str] | None = None) -> dict:
+    """_rounds_summary of --ingest-rounds ingests on the server that command starts at `server` (its log in
+    folder), after 10 single Embed calls of warm-up as before ingest_e2e; the server is stopped after."""
+    from lookalike import Client
+
+    with ManagedProcess(command, folder / "server.log", env) as proc, Client(server, timeout=60) as client:
+        _wait_ready(client, proc)
+        _idle_embeds(client, files[0].read_bytes(), 10)
+        rounds = _ingest_rounds(server, client, proc.pid, files, args)
+        proc.stop()
+    return _rounds_summary(rounds, len(files))
+
+
 def _median_round(rounds: list[dict]) -> dict:
     """The round of median speed (of an even number, the slower of the middle two)."""
     return sorted(rounds, key=lambda r: r["seconds"])[len(rounds) // 2]
@@ -757,7 +771,6 @@ def bench_int8(files: list[Path], blobs: list[bytes], args: argparse.Namespace, 
     """model_only and ingest_e2e for the float32 card and the int8 card, side by side: each measurement of one
     card is followed at once by the same measurement of the other, --int8-turns times, float32 and int8 first in
     turn, so a drift of the machine's speed falls on both; each figure is the mean of its turns."""
-    from lookalike import Client
     from lookalike_server.config import ServerConfig
     from lookalike_server.imaging import image_to_tensor
     from lookalike_server.model_card import DEFAULT_CARD, load_model_card
@@ -779,12 +792,7 @@ def bench_int8(files: list[Path], blobs: list[bytes], args: argparse.Namespace, 
             server = f"127.0.0.1:{free_port()}"
             folder = _mkdir(work / f"{name}-{turn}")
             command = _serve_command(server, folder, args.store, args, False, paths[name])
-            with ManagedProcess(command, folder / "server.log") as proc, Client(server, timeout=60) as client:
-                _wait_ready(client, proc)
-                _idle_embeds(client, blobs[0], 10)  # warm-up, as before ingest_e2e
-                rounds = _ingest_rounds(server, client, proc.pid, files, args)
-                proc.stop()
-            ingest_runs[name].append(_rounds_summary(rounds, len(files)))
+            ingest_runs[name].append(ingest_on_new_server(command, server, folder, files, args))
             log(f"int8 comparison: ingest_e2e {name}: {ingest_runs[name][-1]['images_per_s']} img/s")
 
     def mean(values: list[float]) -> float:

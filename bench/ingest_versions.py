@@ -32,27 +32,20 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import CpuMeter, ManagedProcess, free_port, log, machine_info, make_photos  # noqa: E402
-from embedding import _idle_embeds, _ingest_rounds, _rounds_summary, _wait_ready  # noqa: E402
+from common import CpuMeter, free_port, log, machine_info, make_photos  # noqa: E402
+from embedding import ingest_on_new_server  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 THIS_VENV = Path(sys.executable).parent.parent
 
 
 def _ingest_once(venv: Path, work: Path, files: list[Path], args: argparse.Namespace) -> dict:
-    from lookalike import Client
-
     server = f"127.0.0.1:{free_port()}"
     command = [str(venv / "bin" / "lookalike"), "serve", "--address", server, "--data-dir",
                str(work / "lookalike-data"), "--milvus-embedded", args.store]
     # The other install runs its own code: a PYTHONPATH that points this run at a working tree stays with this one.
     env = None if venv == THIS_VENV else {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    with ManagedProcess(command, work / "server.log", env) as proc, Client(server, timeout=60) as client:
-        _wait_ready(client, proc)
-        _idle_embeds(client, files[0].read_bytes(), 10)
-        rounds = _ingest_rounds(server, client, proc.pid, files, args)
-        proc.stop()
-    summary = _rounds_summary(rounds, len(files))
+    summary = ingest_on_new_server(command, server, work, files, args, env)
     summary["server_cpu_ms_per_image"] = round(1000 * summary["cpu"]["watched_process_s"] / len(files), 2)
     return summary
 
