@@ -18,7 +18,9 @@ and then the drain: every item sent must be acknowledged and stored (sent = ackn
      searches then take whatever CPU ingest leaves, so yielding buys them throughput, not latency.
 The server's own metrics (--metrics-port) are scraped around each phase: where a search's time went (stages:
 query vectors, the search batcher's queue, the Milvus call, ranking; the event loop's lag; Milvus call times),
-and the bulk share the latency target left to ingest, sampled every 5 s.
+and the bulk share the latency target left to ingest, sampled every 5 s; so are the embedded standalone's own
+(milvus_stages: a search or query at Milvus' proxy, and in its query node the wait for the time tick that makes
+earlier writes visible, the task queue, and the scans of growing and sealed segments).
 
 Run (after `make setup`; the committed figures: --minutes 5 --off-minutes 3, about 14 minutes in all):
     .venv/bin/python bench/load.py [--minutes 5] [--off-minutes 3] [--write]
@@ -229,7 +231,9 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
     end_at = start + phase.seconds
     tally = Tally(start, args.bucket_s, ctx["acked_ids"], ctx["abort"])
     ctx["tallies"].append(tally)
+    milvus_port = ctx.get("milvus_metrics_port")
     before = server_metrics.scrape(port)
+    milvus_before = server_metrics.scrape(milvus_port, server_metrics.MILVUS) if milvus_port else {}
     shares: list[tuple[float, float | None]] = []
     stop_sampling = threading.Event()
 
@@ -262,6 +266,7 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
     stop_sampling.set()
     sampler.join(10)
     after = server_metrics.scrape(port)
+    milvus_after = server_metrics.scrape(milvus_port, server_metrics.MILVUS) if milvus_port else {}
     with tally.lock:
         span = tally.last_ack - start
         return {
@@ -277,6 +282,7 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
             "last_ack_after_end_s": round(tally.last_ack - end_at, 1) if phase.streams else None,
             "threads_still_running_after_drain": sum(t.is_alive() for t in threads),
             "server_stages": server_metrics.between(before, after),
+            "milvus_stages": server_metrics.between(milvus_before, milvus_after, server_metrics.MILVUS_UNIT_S),
             "bulk_share_every_5s": shares,
             "cpu_s": cpu.result,
             f"per_{args.bucket_s:.0f}s": [{"t_s": b * args.bucket_s, **tally.timeline[b]}
@@ -294,6 +300,12 @@ def wait_for_calibration(port: int, count_before: float, timeout_s: float) -> fl
             return round(time.monotonic() - started, 1)
         time.sleep(0.5)
     return None
+
+
+def milvus_metrics_port(data_dir: Path) -> int | None:
+    """The metrics port of the embedded Milvus standalone in the server's data directory (None: another store)."""
+    ports = data_dir / "milvus-standalone" / "milvus-ports.json"
+    return json.loads(ports.read_text()).get("metrics_port") if ports.exists() else None
 
 
 def run_server(args: argparse.Namespace, photos: list[Path], target_ms: float, load_minutes: float) -> dict[str, Any]:
@@ -321,7 +333,7 @@ def run_server(args: argparse.Namespace, photos: list[Path], target_ms: float, l
                 queries = client.embed([p.read_bytes() for p in photos[:16]])
             ctx = {"args": args, "address": address, "pid": pid, "metrics_port": metrics_port, "photos": photos,
                    "queries": queries, "acked_ids": [], "counters": [0] * args.streams, "abort": threading.Event(),
-                   "tallies": [], "label": label,
+                   "tallies": [], "label": label, "milvus_metrics_port": milvus_metrics_port(workdir / "data"),
                    "search_interval_s": args.searchers / args.search_rate if args.search_rate else 0.0}
             rss: dict[str, Any] = {"start_mib": vm_rss_mib(pid)}
             phases: dict[str, Any] = {}
@@ -437,7 +449,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "end; the embedded Milvus child is reported beside it (milvus_child_*)",
             "latencies": "search_ms and ingest_acknowledgement_ms as the clients saw them (all clients are threads "
                          "of this one Python process, on the same 2 cores as the server); server_stages as the "
-                         "server measured them (bucket-interpolated p50/p99)",
+                         "server measured them (bucket-interpolated p50/p99); milvus_stages as the embedded "
+                         "standalone measured them (its buckets are powers of 2 in ms, so p50/p99 are coarse)",
             "configured_overload": "RESOURCE_EXHAUSTED from the server's own limits is allowed, any other error "
                                    "fails the run",
             "client_deadline_s": {"search": SEARCH_DEADLINE_S, "ingest_stream": "none"},
