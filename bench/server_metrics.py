@@ -107,7 +107,7 @@ def between(before: Snapshot, after: Snapshot, unit_s: float = 1.0) -> dict[str,
             (float(key[3:]), value - old.get(key, 0)) for key, value in series.items() if key.startswith("le=")
         )
         p50, p99 = _quantile(buckets, 0.5), _quantile(buckets, 0.99)
-        short = family.removeprefix("lookalike_").removeprefix("milvus_")
+        short = family.removeprefix("lookalike_") if family.startswith("lookalike_") else family.removeprefix("milvus_")
         name = short.removesuffix("_seconds").removesuffix("_latency") + (f"{{{label}}}" if label else "")
         ms = 1e3 * unit_s
         out[name] = {

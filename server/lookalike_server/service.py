@@ -128,7 +128,7 @@ def _query_from_wire(query: pb.Query) -> Query:
     return Query()
 
 
-def _search_options(request: pb.SearchRequest) -> SearchOptions:
+def _search_options(request: pb.SearchRequest, caller: str) -> SearchOptions:
     return SearchOptions(
         k=request.k,
         filter_expr=request.filter,
@@ -139,6 +139,7 @@ def _search_options(request: pb.SearchRequest) -> SearchOptions:
         restrict_ids=list(request.restrict_ids),
         consistency=_CONSISTENCY_FROM_WIRE.get(request.consistency, ""),
         min_recall=request.min_recall,
+        caller=caller,
     )
 
 
@@ -303,7 +304,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
                 yield unfinished
 
         try:
-            async for result in pipeline.ingest(items()):
+            async for result in pipeline.ingest(items(), context.peer()):
                 yield pb.IngestResponse(id=result.id, code=_status_code(result.code), message=result.message)
         except LookalikeError as e:
             # The stream itself broke (an unreadable message): what was acknowledged stays stored.
@@ -324,8 +325,10 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
         async for item in request_iterator:
             yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
 
-    async def _search(self, request: pb.SearchRequest, deadline: float | None = None) -> pb.SearchResponse:
-        options = _search_options(request)
+    async def _search(
+        self, request: pb.SearchRequest, caller: str, deadline: float | None = None
+    ) -> pb.SearchResponse:
+        options = _search_options(request, caller)
         results = await self.pipeline.search(
             request.collection, [_query_from_wire(q) for q in request.queries], options, deadline
         )
@@ -335,7 +338,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
 
     @_abort_on_error
     async def Search(self, request: pb.SearchRequest, context: Any) -> pb.SearchResponse:
-        return await self._search(request, _deadline(context))
+        return await self._search(request, context.peer(), _deadline(context))
 
     async def SearchStream(
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: Any
@@ -343,7 +346,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
         await self._ready_or_abort(context)
         async for request in request_iterator:
             try:
-                yield await self._search(request)
+                yield await self._search(request, context.peer())
             except LookalikeError as e:
                 yield pb.SearchResponse(request_id=request.request_id, code=_status_code(e.code), message=e.message)
             except Exception:
@@ -369,4 +372,5 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
 
     @_abort_on_error
     async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
-        return pb.DeleteResponse(deleted_count=await self.pipeline.delete(request.collection, list(request.ids)))
+        deleted = await self.pipeline.delete(request.collection, list(request.ids), context.peer())
+        return pb.DeleteResponse(deleted_count=deleted)

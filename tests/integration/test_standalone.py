@@ -49,6 +49,27 @@ def test_serve_over_a_real_milvus_server(standalone_server, photos_dir, milvus_s
         client.drop_collection("photos")
 
 
+@pytest.mark.standalone
+def test_each_client_sees_its_own_writes_and_finds_ids_another_just_wrote(standalone_server):
+    """The default level: a client's search sees the rows it was just told are stored; another client (which
+    wrote nothing, so its searches do not wait for the writer's) searching by one of those ids finds it at once
+    too: that lookup alone then waits for the server's writes."""
+    rng = np.random.default_rng(11)
+    with Client(standalone_server.address) as writer, Client(standalone_server.address) as reader:
+        writer.create_collection("own_writes", "ip", "FLAT", dimension=16, vectors_only=True)
+        try:
+            for step in range(20):
+                rows = rng.standard_normal((5, 16)).astype(np.float32)
+                rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+                ids = [f"r{step}-{j}" for j in range(5)]
+                results = list(writer.ingest(zip(ids, rows, strict=True), collection="own_writes"))
+                assert all(r.ok for r in results), results
+                assert writer.search(rows[2], k=1, collection="own_writes")[0].id == ids[2]
+                assert reader.search(ById(ids[4]), k=1, collection="own_writes")[0].id == ids[4]
+        finally:
+            writer.drop_collection("own_writes")
+
+
 @pytest.mark.parametrize("mode", ["lite-server", pytest.param("standalone", marks=pytest.mark.standalone),
                                   pytest.param("auto", marks=pytest.mark.standalone)])
 def test_serve_manages_an_embedded_milvus_child(mode, tmp_path):

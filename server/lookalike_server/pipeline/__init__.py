@@ -17,6 +17,7 @@ from ..batcher import INTERACTIVE
 from ..config import ServerConfig
 from ..embedder import Embedder
 from ..memory_trim import MemoryTrimmer
+from ..own_writes import OwnWrites
 from ..search_slo import SearchSlo
 from ..store import CollectionSpec, Store
 from .calibration import Calibrator
@@ -45,9 +46,12 @@ class Pipeline:
         self.catalog = Catalog(config, embedder, self.store, self.calibrator)
         self.memory = MemoryTrimmer()  # the RSS follows what the server holds, not its high-water mark
         self.embedding = Embedding(config, embedder, pacer=self.slo)
-        self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.store, self.calibrator, self.slo)
+        self.own_writes = OwnWrites()  # who wrote where: their reads wait for this server's writes
+        self.ingest_streams = Ingest(config, self.catalog, self.embedding, self.store, self.calibrator, self.slo,
+                                     self.own_writes)
         self.calibrator.writing = self.ingest_streams.writing  # no calibration while rows arrive
-        self.searcher = Searcher(self.catalog, self.embedding, self.store, self.calibrator, self.slo)
+        self.searcher = Searcher(self.catalog, self.embedding, self.store, self.calibrator, self.slo,
+                                 self.own_writes)
 
     @property
     def model_name(self) -> str:
@@ -119,8 +123,8 @@ class Pipeline:
         """Each (id, prompt) embedded by the text tower, or its own error: one bad prompt fails alone."""
         return await self.embedding.embed_texts(items, deadline)
 
-    def ingest(self, items: AsyncIterator[IngestItem]) -> AsyncIterator[ItemResult]:
-        return self.ingest_streams.ingest(items)
+    def ingest(self, items: AsyncIterator[IngestItem], caller: str = "") -> AsyncIterator[ItemResult]:
+        return self.ingest_streams.ingest(items, caller)
 
     async def search(
         self, collection: str, queries: Sequence[Query], options: SearchOptions, deadline: float | None = None
@@ -137,6 +141,8 @@ class Pipeline:
         found = [(i, *rows[i]) for i in ids if i in rows]
         return found, [i for i in ids if i not in rows]
 
-    async def delete(self, collection: str, ids: Sequence[str]) -> int:
+    async def delete(self, collection: str, ids: Sequence[str], caller: str = "") -> int:
         spec = await self.catalog.spec(collection)
+        if caller:
+            self.own_writes.wrote(caller, spec.name)
         return await self.store.delete(spec.name, list(dict.fromkeys(ids)))

@@ -19,6 +19,7 @@ from ..async_store import AsyncStore
 from ..batcher import BULK, MicroBatcher
 from ..config import ServerConfig
 from ..errors import InvalidArgument, LookalikeError
+from ..own_writes import OwnWrites
 from ..search_slo import SearchSlo
 from .calibration import Calibrator
 from .catalog import Catalog
@@ -63,8 +64,9 @@ class Row:
 
 class Ingest:
     def __init__(self, config: ServerConfig, catalog: Catalog, embedding: Embedding, store: AsyncStore,
-                 calibrator: Calibrator, slo: SearchSlo | None = None) -> None:
+                 calibrator: Calibrator, slo: SearchSlo | None = None, own_writes: OwnWrites | None = None) -> None:
         self.config = config
+        self.own_writes = own_writes if own_writes is not None else OwnWrites()
         self.slo = slo if slo is not None else SearchSlo(0.0)
         self.catalog = catalog
         self.embedding = embedding
@@ -102,13 +104,15 @@ class Ingest:
             timer.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def _prepare_row(self, item: IngestItem) -> Row | ItemResult:
+    async def _prepare_row(self, item: IngestItem, caller: str) -> Row | ItemResult:
         try:
             if item.error is not None:
                 raise item.error
             check_id(item.id)
             self._check_metadata(item.metadata)
             spec = await self.catalog.spec(item.collection)
+            if caller:
+                self.own_writes.wrote(caller, spec.name)
             if item.vector is not None:
                 vector = check_vector(item.vector, spec)
             elif item.image is not None:
@@ -182,8 +186,9 @@ class Ingest:
                     results[p] = ItemResult(rows[p].id, e.code, f"item {rows[p].id!r}: not stored: {e.message}")
         return [results[p] for p in range(len(rows))]
 
-    async def ingest(self, items: AsyncIterator[IngestItem]) -> AsyncIterator[ItemResult]:
-        """Yields one result per item, in order, each only after its row is stored (or failed)."""
+    async def ingest(self, items: AsyncIterator[IngestItem], caller: str = "") -> AsyncIterator[ItemResult]:
+        """Yields one result per item, in order, each only after its row is stored (or failed); `caller`, the
+        client connection, whose later searches see these rows."""
         window: asyncio.Queue[asyncio.Task[Row | ItemResult] | None] = asyncio.Queue(self.config.ingest_window)
         unanswered = 0  # items read and not yet answered
 
@@ -191,7 +196,7 @@ class Ingest:
             nonlocal unanswered
             async for item in items:
                 unanswered += 1
-                await window.put(asyncio.ensure_future(self._prepare_row(item)))
+                await window.put(asyncio.ensure_future(self._prepare_row(item, caller)))
                 # While searches need the cores, fewer items in flight: the stream's next messages stay unread
                 # and HTTP/2 flow control holds its client back (nothing is dropped).
                 while self.slo.share < 1.0 and unanswered >= self.slo.read_window(self.config.ingest_window):

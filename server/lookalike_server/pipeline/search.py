@@ -15,6 +15,7 @@ from ..async_store import VECTOR_REPLY_FLOATS, AsyncStore, with_id_set
 from ..batcher import INTERACTIVE, MicroBatcher
 from ..config import MAX_K, QUANTIZED_INDEXES
 from ..errors import InvalidArgument, NotFound
+from ..own_writes import OwnWrites
 from ..search_slo import SearchSlo
 from ..store import Candidate, CollectionSpec
 from .calibration import Calibrator
@@ -73,8 +74,9 @@ _STAGE = {stage: metrics.SEARCH_STAGE_SECONDS.labels(stage) for stage in ("vecto
 
 class Searcher:
     def __init__(self, catalog: Catalog, embedding: Embedding, store: AsyncStore, calibrator: Calibrator,
-                 slo: SearchSlo | None = None) -> None:
+                 slo: SearchSlo | None = None, own_writes: OwnWrites | None = None) -> None:
         self.slo = slo  # told every search's latency, so bulk work yields when searches slow down
+        self.own_writes = own_writes if own_writes is not None else OwnWrites()
         self.catalog = catalog
         self.embedding = embedding
         self.store = store
@@ -105,6 +107,11 @@ class Searcher:
         unique = list(dict.fromkeys(ids))
         stored = await self.store.get_vectors(spec.name, unique, consistency)
         missing = [i for i in ids if i not in stored]
+        if missing and consistency == "Eventually":
+            # An id acknowledged to another client a moment ago may not be applied yet: only then does a read
+            # wait for this server's writes.
+            stored |= await self.store.get_vectors(spec.name, list(dict.fromkeys(missing)), "Session")
+            missing = [i for i in ids if i not in stored]
         if missing:
             raise NotFound(f"id {missing[0]!r} is not in collection {spec.name!r}"
                            + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -173,8 +180,9 @@ class Searcher:
         if not 0.0 <= options.min_recall <= 1.0:
             raise InvalidArgument(f"min_recall must be between 0 and 1, got {options.min_recall}")
         spec = await self.catalog.spec(collection)
+        consistency = self.own_writes.level(options.caller, spec.name, options.consistency)
         stage_started = time.perf_counter()
-        vectors = await self._query_vectors(spec, queries, options.consistency, deadline)
+        vectors = await self._query_vectors(spec, queries, consistency, deadline)
         _STAGE["vectors"].observe(time.perf_counter() - stage_started)
         self.store.check()
         want = options.k + options.offset
@@ -198,7 +206,7 @@ class Searcher:
                 probe = -vectors if options.reverse else vectors
                 with_vectors = spec.index_type in QUANTIZED_INDEXES or options.include_vectors
                 key = _SearchKey(spec.name, spec.index_type, plan.fetch, filter_expr, options.include_metadata,
-                                 plan.effort, options.consistency, with_vectors)
+                                 plan.effort, consistency, with_vectors)
                 job = _SearchJob(key, spec, probe)
                 stage_started = time.perf_counter()
                 found = await self._batcher.submit(job, INTERACTIVE)

@@ -56,8 +56,9 @@ class SearchOptions:
     reverse: bool = False
     offset: int = 0
     restrict_ids: Sequence[str] = ()
-    consistency: str = ""
+    consistency: str = ""  # "": the caller's own writes are visible (own_writes)
     min_recall: float = 0.0  # 0: the collection's own target
+    caller: str = ""  # the client connection (gRPC peer) asking
 
 
 @dataclass
