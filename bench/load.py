@@ -11,7 +11,8 @@ and then the drain: every item sent must be acknowledged and stored (sent = ackn
   Ingest streams: each its own lookalike.Client, a generator of JPEG bytes under unique ids; the JPEGs are made
      once (bench/common.make_photos, cached on disk) from scikit-image's photos with random rescaling, crops and
      flips, so they differ, and none is sent twice while the folder lasts.
-  Searchers: each its own lookalike.Client, k=10, half by vector (a photo's embedding plus a little noise) and
+  Searchers: threads of a second process (not of the one feeding the collection), each its own
+     lookalike.Client, k=10, half by vector (a photo's embedding plus a little noise) and
      half by the id of an image already acknowledged; together --search-rate searches/s (default 100), each on
      a fixed schedule, as a service calling Search all day (latency counts from when a search was due).
      --search-rate 0 makes them a closed loop (each as fast as its answers come), which measures saturation:
@@ -33,6 +34,7 @@ import argparse
 import contextlib
 import datetime as dt
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -68,6 +70,8 @@ RESULTS = REPO / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 COLLECTION = "load"
 K = 10
+# The searchers' process is started this long before its phase begins (a new interpreter's imports and clients).
+SEARCH_PROCESS_START_S = 8.0
 SEARCH_DEADLINE_S = 60.0
 RSS_GROWTH_LIMIT_PCT = 10.0
 # The issue's targets: Search p99 under load at most this many times its idle p99, ingest under load at least
@@ -179,8 +183,10 @@ def searcher(i: int, address: str, queries: np.ndarray, end_at: float, tally: Ta
     when it was due, so a slow answer that holds the next one back is charged to the server, not hidden."""
     rng = random.Random(2000 + i)
     noise = np.random.default_rng(i)
-    due = time.monotonic() + rng.random() * interval_s  # the searchers' schedules interleave
+    due = max(time.monotonic(), tally.start) + rng.random() * interval_s  # the searchers' schedules interleave
     with Client(address, collection=COLLECTION, timeout=SEARCH_DEADLINE_S) as client:
+        if not interval_s:
+            time.sleep(max(0.0, tally.start - time.monotonic()))
         while not tally.abort.is_set():
             if interval_s:
                 if due >= end_at:
@@ -216,6 +222,83 @@ def searcher(i: int, address: str, queries: np.ndarray, end_at: float, tally: Ta
                     tally.by_id_self_not_first += 1
 
 
+def search_process(start: float, end_at: float, bucket_s: float, address: str, queries: np.ndarray, searchers: int,
+                   interval_s: float, ids: Any, results: Any) -> None:
+    """A phase's searchers, in a process of their own: the clients of a service are not threads of the process
+    that feeds its collections (here, one interpreter lock beside 16 Ingest streams delayed the searchers'
+    own threads). Ids acknowledged meanwhile arrive on `ids` (None: no more); the figures go back on `results`."""
+    acked: list[str] = []
+    tally = Tally(start, bucket_s, acked, threading.Event())
+
+    def feed() -> None:
+        while (chunk := ids.get()) is not None:
+            acked.extend(chunk)
+
+    threading.Thread(target=feed, daemon=True).start()
+    threads = [threading.Thread(target=searcher, args=(i, address, queries, end_at, tally, interval_s), daemon=True)
+               for i in range(searchers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with tally.lock:
+        results.put({"ok": tally.search_ok, "errors": tally.search_errors, "by": tally.search_by,
+                     "by_id_self_not_first": tally.by_id_self_not_first, "latency": tally.search_latency,
+                     "timeline": {b: c["searches"] for b, c in tally.timeline.items()},
+                     "error_samples": tally.error_samples})
+
+
+class SearchProcess:
+    """Runs search_process beside this one, passes it the ids acknowledged here, and adds its figures to the
+    phase's Tally once it ends."""
+
+    def __init__(self, phase: Phase, ctx: dict[str, Any], tally: Tally, end_at: float) -> None:
+        spawn = multiprocessing.get_context("spawn")  # no fork of a process holding gRPC channels
+        self.ids, self.results = spawn.Queue(), spawn.Queue()
+        self.tally = tally
+        self.sent = 0
+        self.stop = threading.Event()
+        self.process = spawn.Process(
+            target=search_process, name="searchers", daemon=True,
+            args=(tally.start, end_at, tally.bucket_s, ctx["address"], ctx["queries"], phase.searchers,
+                  ctx["search_interval_s"], self.ids, self.results))
+        self.sender = threading.Thread(target=self._send, daemon=True)
+
+    def start(self) -> None:
+        self._send_new()
+        self.process.start()
+        self.sender.start()
+
+    def _send_new(self) -> None:
+        with self.tally.lock:
+            new = self.tally.acked_ids[self.sent :]
+            self.sent += len(new)
+        if new:
+            self.ids.put(new)
+
+    def _send(self) -> None:
+        while not self.stop.wait(0.2):
+            self._send_new()
+
+    def join(self, timeout_s: float) -> None:
+        figures = self.results.get(timeout=max(1.0, timeout_s))
+        self.stop.set()
+        self.sender.join(5)
+        self.ids.put(None)
+        self.process.join(30)
+        tally = self.tally
+        with tally.lock:
+            tally.search_ok += figures["ok"]
+            tally.search_errors.update(figures["errors"])
+            tally.search_by.update(figures["by"])
+            tally.by_id_self_not_first += figures["by_id_self_not_first"]
+            tally.search_latency.extend(figures["latency"])
+            for bucket, count in figures["timeline"].items():
+                tally.timeline.setdefault(bucket, Counter())["searches"] += count
+            for code, message in figures["error_samples"].items():
+                tally.error_samples.setdefault(code, message)
+
+
 class Phase:
     """One phase's load threads (ingest streams and/or searchers) until its end time, with the server's metrics
     scraped around it."""
@@ -227,10 +310,14 @@ class Phase:
 def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[str, Any]:
     """Runs one phase; returns its figures (and leaves its Tally in ctx['tallies'])."""
     args, address, pid, port = ctx["args"], ctx["address"], ctx["pid"], ctx["metrics_port"]
-    start = time.monotonic()
+    start = time.monotonic() + (SEARCH_PROCESS_START_S if phase.searchers else 0.0)
     end_at = start + phase.seconds
     tally = Tally(start, args.bucket_s, ctx["acked_ids"], ctx["abort"])
     ctx["tallies"].append(tally)
+    searchers = SearchProcess(phase, ctx, tally, end_at) if phase.searchers else None
+    if searchers is not None:
+        searchers.start()  # it imports and connects before the phase begins
+    time.sleep(max(0.0, start - time.monotonic()))
     milvus_port = ctx.get("milvus_metrics_port")
     before = server_metrics.scrape(port)
     milvus_before = server_metrics.scrape(milvus_port, server_metrics.MILVUS) if milvus_port else {}
@@ -248,10 +335,6 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
         threading.Thread(target=ingest_stream,
                          args=(i, phase.streams, address, ctx["photos"], end_at, tally, ctx["counters"]), daemon=True)
         for i in range(phase.streams)
-    ] + [
-        threading.Thread(target=searcher, args=(i, address, ctx["queries"], end_at, tally, ctx["search_interval_s"]),
-                         daemon=True)
-        for i in range(phase.searchers)
     ]
     sampler = threading.Thread(target=sample, daemon=True)
     log(f"{ctx['label']}: phase {phase.name} for {phase.seconds:.0f} s ({phase.streams} streams, "
@@ -263,6 +346,8 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
         drain_deadline = end_at + args.drain_s
         for t in threads:
             t.join(max(0.0, drain_deadline - time.monotonic()))
+        if searchers is not None:
+            searchers.join(drain_deadline - time.monotonic())
     stop_sampling.set()
     sampler.join(10)
     after = server_metrics.scrape(port)
@@ -447,8 +532,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       f"--search-p99-target-ms T, defaults otherwise; one collection {COLLECTION!r} (cosine, HNSW)",
             "rss_measured": "VmRSS of the lookalike server process alone, from warmup_s into the load phase to its "
                             "end; the embedded Milvus child is reported beside it (milvus_child_*)",
-            "latencies": "search_ms and ingest_acknowledgement_ms as the clients saw them (all clients are threads "
-                         "of this one Python process, on the same 2 cores as the server); server_stages as the "
+            "latencies": "search_ms and ingest_acknowledgement_ms as the clients saw them (the Ingest streams are "
+                         "threads of this process, the searchers of a second one, on the same 2 cores as the "
+                         "server); server_stages as the "
                          "server measured them (bucket-interpolated p50/p99); milvus_stages as the embedded "
                          "standalone measured them (its buckets are powers of 2 in ms, so p50/p99 are coarse)",
             "configured_overload": "RESOURCE_EXHAUSTED from the server's own limits is allowed, any other error "
