@@ -70,6 +70,40 @@ def test_each_client_sees_its_own_writes_and_finds_ids_another_just_wrote(standa
             writer.drop_collection("own_writes")
 
 
+@pytest.mark.standalone
+def test_a_long_ingest_is_flushed_on_the_way(standalone_server, milvus_standalone_uri):
+    """Rows of a stream that goes on are flushed (sealed, so Milvus indexes them) every FLUSH_EVERY_ROWS rows,
+    not only at the stream's end: Milvus' flushed row count reaches them while the stream is still open."""
+    from pymilvus import MilvusClient
+
+    from lookalike_server.pipeline.ingest import FLUSH_EVERY_ROWS
+
+    rows = FLUSH_EVERY_ROWS + 100
+    data = np.random.default_rng(5).standard_normal((rows, 16)).astype(np.float32)
+    milvus = MilvusClient(milvus_standalone_uri)
+    flushed_while_open: list[int] = []
+
+    def items():
+        yield from ((f"f{i}", data[i]) for i in range(rows))
+        deadline = time.monotonic() + 60  # the stream stays open until Milvus reports the flush
+        while time.monotonic() < deadline:
+            flushed = int(milvus.get_collection_stats("long_stream")["row_count"])
+            if flushed >= FLUSH_EVERY_ROWS:
+                flushed_while_open.append(flushed)
+                return
+            time.sleep(0.5)
+
+    with Client(standalone_server.address) as client:
+        client.create_collection("long_stream", "ip", "FLAT", dimension=16, vectors_only=True)
+        try:
+            results = list(client.ingest(items(), collection="long_stream"))
+            assert len(results) == rows and all(r.ok for r in results)
+            assert flushed_while_open and flushed_while_open[0] >= FLUSH_EVERY_ROWS
+        finally:
+            client.drop_collection("long_stream")
+            milvus.close()
+
+
 @pytest.mark.parametrize("mode", ["lite-server", pytest.param("standalone", marks=pytest.mark.standalone),
                                   pytest.param("auto", marks=pytest.mark.standalone)])
 def test_serve_manages_an_embedded_milvus_child(mode, tmp_path):

@@ -50,6 +50,11 @@ SETTLE_MAX_WAIT_SECONDS = 10.0
 # A flush waits for searches to be quiet (it seals a segment that Milvus then indexes), but no longer than this:
 # the rows must be indexed some time.
 FLUSH_MAX_DEFER_SECONDS = 30.0
+# A collection that Ingest streams keep writing to is also flushed every this many rows, not only when they end:
+# Milvus scans every unflushed row exactly for each search, 5.2x the CPU per query at 10,000 rows
+# (bench/results/unindexed_rows.json), and over a long ingest beside searches that tail grew until no throttle
+# of ingest could hold the search latency target. Servers only: Milvus Lite's flush stops its searches.
+FLUSH_EVERY_ROWS = 5000
 # How often a throttled stream's reader looks again whether it may read on.
 THROTTLED_READ_POLL_SECONDS = 0.02
 
@@ -90,6 +95,8 @@ class Ingest:
         self._settle_asked: dict[str, float] = {}  # when a collection's pending flush was first asked for
         self._writing: collections.Counter[str] = collections.Counter()  # Ingest streams writing, by collection
         self._background: set[asyncio.Future[None]] = set()
+        self._unflushed: collections.Counter[str] = collections.Counter()  # rows stored since the last flush
+        self._sealing: set[str] = set()  # collections whose flush on the way runs now
 
     def writing(self, name: str) -> bool:
         """Whether an Ingest stream of this server writes to the collection now."""
@@ -154,6 +161,7 @@ class Ingest:
         self._settle_timers.pop(name, None)
         self._settle_asked.pop(name, None)
         await self.slo.wait_for_quiet(FLUSH_MAX_DEFER_SECONDS)
+        self._unflushed.pop(name, None)
         try:
             await self.store.flush(name)
         except Exception as e:  # Milvus down or the collection dropped: the next stream's end tries again
@@ -161,6 +169,27 @@ class Ingest:
         spec = self.catalog.cached(name)
         if spec is not None:
             self.calibrator.calibrate_soon(spec)
+
+    def _count_unflushed(self, name: str, rows: int) -> None:
+        """Starts a flush of a server's collection once FLUSH_EVERY_ROWS rows wait unflushed (one at a time)."""
+        if self.store.is_lite:
+            return
+        self._unflushed[name] += rows
+        if self._unflushed[name] < FLUSH_EVERY_ROWS or name in self._sealing:
+            return
+        self._unflushed[name] = 0
+        self._sealing.add(name)
+        task = asyncio.ensure_future(self._flush_on_the_way(name))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush_on_the_way(self, name: str) -> None:
+        try:
+            await self.store.flush(name)
+        except Exception as e:  # Milvus down or the collection dropped: the stream's end flushes again
+            log.warning("flushing collection %s during its ingest failed: %s", name, e)
+        finally:
+            self._sealing.discard(name)
 
     async def _store_rows(self, rows: Sequence[Row]) -> list[ItemResult]:
         """Upserts rows grouped by collection; a failed group fails only its own items."""
@@ -181,6 +210,7 @@ class Ingest:
                 )
                 for p in positions:
                     results[p] = ItemResult(rows[p].id)
+                self._count_unflushed(collection, len(chosen))
             except LookalikeError as e:
                 for p in positions:
                     results[p] = ItemResult(rows[p].id, e.code, f"item {rows[p].id!r}: not stored: {e.message}")
