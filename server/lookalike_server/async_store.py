@@ -66,8 +66,9 @@ class AsyncStore:
         self.aio: MilvusRpc | None = None
         # Why Milvus is unavailable, while the server's health watchdog finds it so ("" when it answers).
         self.down = ""
-        # Writes made through here, and how many of them each collection's last flush covered: a flush seals
-        # only what needs it (each ingest used to be flushed twice, at its end and by the calibration after).
+        # Rows written (upserted or deleted) through here, and how many of them each collection's last flush
+        # covered: a flush seals only what needs it (each ingest used to be flushed twice, at its end and by the
+        # calibration after), and Ingest flushes a long stream's rows on the way.
         self._writes: collections.Counter[str] = collections.Counter()
         self._flushed_through: dict[str, int] = {}
 
@@ -132,11 +133,11 @@ class AsyncStore:
     # Writes and flushes
 
     async def upsert(self, name: str, ids: list[str], vectors: np.ndarray, metadata: list[dict[str, Any]]) -> None:
-        self._writes[name] += 1
+        self._writes[name] += len(ids)
         await self._run(self.store.upsert, name, ids, vectors, metadata)
 
     async def delete(self, name: str, ids: list[str]) -> int:
-        self._writes[name] += 1
+        self._writes[name] += len(ids)
         return await self._run(self.store.delete, name, ids)
 
     async def flush(self, name: str) -> None:
@@ -150,6 +151,10 @@ class AsyncStore:
         rows another process left) may still wait unsealed. Other replicas flush what they write at the end of
         each Ingest stream, as this one does."""
         return name not in self._flushed_through or self._writes[name] > self._flushed_through[name]
+
+    def unflushed_rows(self, name: str) -> int:
+        """Rows written through here since the collection's last flush through here began."""
+        return self._writes[name] - self._flushed_through.get(name, 0)
 
     async def index_state(self, name: str) -> IndexState | None:
         return await self._run(self.store.index_state, name)

@@ -8,7 +8,7 @@ import asyncio
 import collections
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -69,9 +69,9 @@ class Row:
 
 class Ingest:
     def __init__(self, config: ServerConfig, catalog: Catalog, embedding: Embedding, store: AsyncStore,
-                 calibrator: Calibrator, slo: SearchSlo | None = None, own_writes: OwnWrites | None = None) -> None:
+                 calibrator: Calibrator, slo: SearchSlo | None, own_writes: OwnWrites) -> None:
         self.config = config
-        self.own_writes = own_writes if own_writes is not None else OwnWrites()
+        self.own_writes = own_writes  # shared with Search: who wrote where
         self.slo = slo if slo is not None else SearchSlo(0.0)
         self.catalog = catalog
         self.embedding = embedding
@@ -95,7 +95,6 @@ class Ingest:
         self._settle_asked: dict[str, float] = {}  # when a collection's pending flush was first asked for
         self._writing: collections.Counter[str] = collections.Counter()  # Ingest streams writing, by collection
         self._background: set[asyncio.Future[None]] = set()
-        self._unflushed: collections.Counter[str] = collections.Counter()  # rows stored since the last flush
         self._sealing: set[str] = set()  # collections whose flush on the way runs now
 
     def writing(self, name: str) -> bool:
@@ -150,44 +149,42 @@ class Ingest:
             if self._writing[name] and loop.time() - self._settle_asked[name] < SETTLE_MAX_WAIT_SECONDS:
                 self._settle_timers[name] = loop.call_later(SETTLE_DELAY_SECONDS, start)
                 return
-            task = asyncio.ensure_future(self._settle(name))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._in_background(self._settle(name))
 
         self._settle_timers[name] = loop.call_later(SETTLE_DELAY_SECONDS, start)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Runs `work` beside the streams; close() waits for it."""
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _flush(self, name: str) -> None:
+        try:
+            await self.store.flush(name)
+        except Exception as e:  # Milvus down or the collection dropped: the next stream's end tries again
+            log.warning("flushing collection %s failed: %s", name, e)
 
     async def _settle(self, name: str) -> None:
         # Rows stored from here on need a flush of their own: a stream ending now schedules the next one.
         self._settle_timers.pop(name, None)
         self._settle_asked.pop(name, None)
         await self.slo.wait_for_quiet(FLUSH_MAX_DEFER_SECONDS)
-        self._unflushed.pop(name, None)
-        try:
-            await self.store.flush(name)
-        except Exception as e:  # Milvus down or the collection dropped: the next stream's end tries again
-            log.warning("flushing collection %s failed: %s", name, e)
+        await self._flush(name)
         spec = self.catalog.cached(name)
         if spec is not None:
             self.calibrator.calibrate_soon(spec)
 
-    def _count_unflushed(self, name: str, rows: int) -> None:
+    def _flush_if_long(self, name: str) -> None:
         """Starts a flush of a server's collection once FLUSH_EVERY_ROWS rows wait unflushed (one at a time)."""
-        if self.store.is_lite:
+        if self.store.is_lite or name in self._sealing or self.store.unflushed_rows(name) < FLUSH_EVERY_ROWS:
             return
-        self._unflushed[name] += rows
-        if self._unflushed[name] < FLUSH_EVERY_ROWS or name in self._sealing:
-            return
-        self._unflushed[name] = 0
         self._sealing.add(name)
-        task = asyncio.ensure_future(self._flush_on_the_way(name))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._in_background(self._flush_on_the_way(name))
 
     async def _flush_on_the_way(self, name: str) -> None:
         try:
-            await self.store.flush(name)
-        except Exception as e:  # Milvus down or the collection dropped: the stream's end flushes again
-            log.warning("flushing collection %s during its ingest failed: %s", name, e)
+            await self._flush(name)
         finally:
             self._sealing.discard(name)
 
@@ -210,7 +207,7 @@ class Ingest:
                 )
                 for p in positions:
                     results[p] = ItemResult(rows[p].id)
-                self._count_unflushed(collection, len(chosen))
+                self._flush_if_long(collection)
             except LookalikeError as e:
                 for p in positions:
                     results[p] = ItemResult(rows[p].id, e.code, f"item {rows[p].id!r}: not stored: {e.message}")

@@ -74,9 +74,9 @@ _STAGE = {stage: metrics.SEARCH_STAGE_SECONDS.labels(stage) for stage in ("vecto
 
 class Searcher:
     def __init__(self, catalog: Catalog, embedding: Embedding, store: AsyncStore, calibrator: Calibrator,
-                 slo: SearchSlo | None = None, own_writes: OwnWrites | None = None) -> None:
+                 slo: SearchSlo | None, own_writes: OwnWrites) -> None:
         self.slo = slo  # told every search's latency, so bulk work yields when searches slow down
-        self.own_writes = own_writes if own_writes is not None else OwnWrites()
+        self.own_writes = own_writes  # shared with Ingest: whose reads wait for this server's writes
         self.catalog = catalog
         self.embedding = embedding
         self.store = store
