@@ -35,6 +35,7 @@ PHOTO_SOURCES = (
     "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "retina",
     "stereo_motorcycle", "colorwheel", "camera", "moon", "coins", "clock", "brick", "grass", "gravel", "cell",
 )
+RESULTS = Path(__file__).resolve().parent / "results"
 _MANIFEST = "manifest.json"
 _PHOTO_RECIPE = 1  # bump when the way photos are made changes, so old caches are rebuilt
 
@@ -414,6 +415,15 @@ class CpuMeter:
             **({"watched_process_s": round(watched, 2)} if self.watched_pid is not None else {}),
             "other_processes_s": round(max(0.0, busy - own - watched), 2),
         }
+
+
+def emit(result: dict[str, Any], name: str, write: bool) -> None:
+    """Prints a benchmark's JSON; with --write also saves it as bench/results/<name>.json."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(text + "\n")
 
 
 def log(message: str) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import subprocess
@@ -32,10 +31,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import CpuMeter, free_port, log, machine_info, make_photos  # noqa: E402
+from common import CpuMeter, emit, free_port, log, machine_info, make_photos  # noqa: E402
 from embedding import ingest_on_new_server  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 THIS_VENV = Path(sys.executable).parent.parent
 
 
@@ -118,10 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", action="store_true", help="also save bench/results/ingest-versions.json")
     args = parser.parse_args(argv)
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        (RESULTS / "ingest-versions.json").write_text(text + "\n")
+    emit(result, "ingest-versions", args.write)
 
 
 if __name__ == "__main__":

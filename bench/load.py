@@ -55,6 +55,7 @@ import server_metrics  # noqa: E402
 from common import (  # noqa: E402
     CpuMeter,
     ManagedProcess,
+    emit,
     free_port,
     installed_server,
     log,
@@ -66,7 +67,6 @@ from common import (  # noqa: E402
 
 from lookalike import ById, Client, LookalikeClientError  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 COLLECTION = "load"
 K = 10
@@ -591,11 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                                     + args.calibration_wait_s)
     with time_limit(total_s + 3 * args.drain_s + 900):
         result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "load.json").write_text(text + "\n")
+    emit(result, "load", args.write)
     return 0
 
 

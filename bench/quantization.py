@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import gzip
 import importlib.util
-import json
 import sys
 import tempfile
 import time
@@ -43,10 +42,9 @@ import numpy as np
 _BENCH = Path(__file__).resolve().parent
 # Python puts bench/ first on the path, where bench/fiftyone_backend.py would shadow the fiftyone package: move it last.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
-from common import cores, log, machine_info  # noqa: E402
+from common import cores, emit, log, machine_info  # noqa: E402
 
 REPO = _BENCH.parent
-RESULTS = _BENCH / "results"
 INT8_CARD = REPO / "models" / "efficientnet-lite0-int8" / "card.toml"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 K = 10
@@ -302,12 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", action="store_true", help="also save to bench/results/quantization.json")
     args = parser.parse_args(argv)
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "quantization.json").write_text(text + "\n")
-        log(f"wrote {RESULTS / 'quantization.json'}")
+    emit(result, "quantization", args.write)
 
 
 if __name__ == "__main__":

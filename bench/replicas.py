@@ -43,12 +43,11 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import ManagedProcess, cores, free_port, installed_server, log, machine_info, percentiles, time_limit  # noqa: E402
+from common import ManagedProcess, cores, emit, free_port, installed_server, log, machine_info, percentiles, time_limit  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server.embedded_milvus.standalone import INSTALL, MilvusStandalone, available  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 VENV_BIN = Path(sys.executable).parent
 DIM = 1280
 K = 10
@@ -486,11 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with time_limit(args.timeout):
         result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "replicas.json").write_text(text + "\n")
+    emit(result, "replicas", args.write)
     return 0
 
 

@@ -57,7 +57,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
-from common import installed_server, log, machine_info, percentiles, time_limit, wait_serving  # noqa: E402
+from common import emit, installed_server, log, machine_info, percentiles, time_limit, wait_serving  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server.embedded_milvus import standalone  # noqa: E402
@@ -66,7 +66,6 @@ from lookalike_server.pipeline.search import RESTRICT_FILTER_MAX_IDS  # noqa: E4
 from lookalike_server.store import GET_CHUNK  # noqa: E402
 from lookalike_server.testing import ServerProcess  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 DIM = 1280  # the shipped model's (EfficientNet-Lite0) dimension: vectors go in as they are
 COLLECTION = "restrict_bench"
 TAG = "q1"
@@ -796,11 +795,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         with time_limit(args.timeout):
             result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "restrict_ids.json").write_text(text + "\n")
+    emit(result, "restrict_ids", args.write)
     return 0
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import installed_server, log, machine_info, time_limit  # noqa: E402
+from common import emit, installed_server, log, machine_info, time_limit  # noqa: E402
 from search_common import QPS_K, RECALL_TARGET  # noqa: E402
 from search_data import MODEL_DIM, Clusters, dataset_description  # noqa: E402
 from search_lite import INDEX_TYPES, lite_block  # noqa: E402
@@ -61,8 +61,6 @@ from search_native import native_block  # noqa: E402
 from search_standalone import standalone_block  # noqa: E402
 from search_standalone_indexes import standalone_indexes_block  # noqa: E402
 from search_summary import notes, summarise  # noqa: E402
-
-RESULTS = REPO / "bench" / "results"
 
 QPS_ONLY_KEYS = {"lite": ["qps_lite"], "standalone": ["qps_standalone"]}  # what --qps-only measures again
 
@@ -223,11 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--qps-only measures the QPS alone: not with --scaling-only or --no-qps")
     with time_limit(args.timeout):
         result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "search.json").write_text(text + "\n")
+    emit(result, "search", args.write)
     return 0
 
 

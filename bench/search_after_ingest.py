@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -29,8 +28,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ManagedProcess, free_port, installed_server, log, machine_info, percentiles
-from search import Clusters, ingest, random_unit
+from common import ManagedProcess, emit, free_port, installed_server, log, machine_info, percentiles
+from search_common import ingest
+from search_data import Clusters, random_unit
 
 from lookalike import Client
 
@@ -120,10 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
     result = run(args)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        (Path(__file__).resolve().parent / "results" / "search_after_ingest.json").write_text(text + "\n")
+    emit(result, "search_after_ingest", args.write)
     return 0
 
 

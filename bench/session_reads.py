@@ -31,11 +31,10 @@ from pymilvus import MilvusClient
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from common import log, machine_info, percentiles  # noqa: E402
+from common import emit, log, machine_info, percentiles  # noqa: E402
 
 from lookalike_server.embedded_milvus.standalone import MilvusStandalone  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 DIM = 128
 ROWS = 5000
 
@@ -123,11 +122,7 @@ def main() -> int:
                      "baseline_tick_ms": ticks[0]},
         "runs": runs,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "session_reads.json").write_text(text + "\n")
+    emit(result, "session_reads", args.write)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import sys
 import tempfile
 import time
@@ -30,11 +29,10 @@ from pymilvus import DataType, MilvusClient
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from common import log, machine_info  # noqa: E402
+from common import emit, log, machine_info  # noqa: E402
 
 from lookalike_server.embedded_milvus.standalone import MilvusStandalone  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
 DIM = 1280
 COLLECTION = "unindexed"
 INSERT_ROWS = 500
@@ -138,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                      "cpu": "the Milvus process' user+system CPU over the calls, less its idle rate"},
         **figures,
     }
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "unindexed_rows.json").write_text(text + "\n")
+    emit(out, "unindexed_rows", args.write)
     return 0
 
 
