@@ -45,6 +45,11 @@ THROTTLE_SHARE = Gauge(
 THROTTLE_ENGAGEMENTS = Counter(
     "lookalike_ingest_throttle_engagements_total", "Times bulk work started yielding to searches (its share left 1)"
 )
+SEARCH_TARGET_UNREACHABLE = Gauge(
+    "lookalike_search_target_unreachable",
+    "1 while Search p99 stays over --search-p99-target-ms with ingest already at its slowest: slowing bulk work "
+    "cannot hold the target",
+)
 SEARCH_P99_RECENT = Gauge("lookalike_search_p99_recent_seconds", "Search p99 over the throttle's recent window")
 CALIBRATIONS_RUNNING = Gauge(
     "lookalike_recall_calibrations_running", "Recall calibrations being measured now (each scans its collection)"

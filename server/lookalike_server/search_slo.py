@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 import time
 from collections import deque
 
 from . import metrics
+
+log = logging.getLogger(__name__)
 
 # How often the controller decides, and the event loop's lag is sampled.
 TICK_SECONDS = 0.05
@@ -33,6 +36,9 @@ DECREASE = 0.7
 INCREASE = 0.05
 # Ingest never stops outright: its streams' clients would see no progress at all.
 MIN_SHARE = 0.05
+# Searches over the target this long with bulk work at its floor: slowing ingest cannot hold the target, and
+# the server says so (a warning, lookalike_search_target_unreachable).
+UNREACHABLE_AFTER_SECONDS = 10.0
 # The longest a bulk unit of work waits before the next one, whatever it cost.
 MAX_PAUSE_SECONDS = 1.0
 # Samples kept at most (memory stays bounded at any search rate).
@@ -46,6 +52,7 @@ class ShareController:
         self.target_s = target_s
         self.share = 1.0
         self.engagements = 0  # times the share left 1
+        self.over_at_floor_since: float | None = None  # searches over the target with the share at its floor
         self._samples: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)  # (when, seconds)
         self._changed_at = -math.inf
 
@@ -78,6 +85,10 @@ class ShareController:
         else:
             signal = 0.0  # no search in the last window: nothing to protect
         previous = self.share
+        if previous > MIN_SHARE or signal <= self.target_s:
+            self.over_at_floor_since = None
+        elif self.over_at_floor_since is None:
+            self.over_at_floor_since = now
         if signal > ENGAGE_AT * self.target_s:
             self.share = max(MIN_SHARE, self.share * DECREASE)
         elif signal < RELEASE_AT * self.target_s:
@@ -87,6 +98,11 @@ class ShareController:
                 self.engagements += 1
             self._changed_at = now
         return self.share
+
+    def unreachable(self, now: float) -> bool:
+        """Whether searches have missed the target for UNREACHABLE_AFTER_SECONDS with bulk work at its floor."""
+        since = self.over_at_floor_since
+        return since is not None and now - since >= UNREACHABLE_AFTER_SECONDS
 
     def _since_change(self, now: float) -> list[float]:
         while self._samples and self._samples[0][0] < now - WINDOW_SECONDS:
@@ -104,7 +120,9 @@ class SearchSlo:
         self._quiet = threading.Event()  # share at 1: for threads (calibration) and the event loop alike
         self._quiet.set()
         self._lags: deque[float] = deque(maxlen=max(1, round(SETTLE_SECONDS / TICK_SECONDS)))
+        self.unreachable = False
         metrics.THROTTLE_SHARE.set(1.0)
+        metrics.SEARCH_TARGET_UNREACHABLE.set(0)
 
     @property
     def enabled(self) -> bool:
@@ -148,11 +166,28 @@ class SearchSlo:
             metrics.THROTTLE_ENGAGEMENTS.inc()
         p99 = self.controller.recent_p99(now)
         metrics.SEARCH_P99_RECENT.set(p99 or 0.0)
+        self._report_reachability(self.controller.unreachable(now), p99)
         if share >= 1.0:
             self._quiet.set()
         else:
             self._quiet.clear()
         return share
+
+    def _report_reachability(self, unreachable: bool, p99: float | None) -> None:
+        """Tells operators once when the target cannot be held by slowing ingest, and once when it is again."""
+        if unreachable == self.unreachable:
+            return
+        self.unreachable = unreachable
+        metrics.SEARCH_TARGET_UNREACHABLE.set(1 if unreachable else 0)
+        target_ms = self.controller.target_s * 1000
+        if unreachable:
+            log.warning(
+                "Search p99 %.0f ms has been over the %.0f ms target for %.0f s with ingest slowed to %.0f%% of its "
+                "pace: slowing ingest further cannot hold it. Searches alone need more of this machine (more "
+                "replicas, cores or a faster Milvus), or a higher --search-p99-target-ms",
+                (p99 or 0.0) * 1000, target_ms, UNREACHABLE_AFTER_SECONDS, MIN_SHARE * 100)
+        else:
+            log.info("Search latency is back under the %.0f ms target", target_ms)
 
     # What bulk work calls
 

@@ -9,7 +9,13 @@ import pytest
 
 from lookalike_server import metrics
 from lookalike_server.batcher import BULK, INTERACTIVE, MicroBatcher
-from lookalike_server.search_slo import MIN_SAMPLES, MIN_SHARE, SearchSlo, ShareController
+from lookalike_server.search_slo import (
+    MIN_SAMPLES,
+    MIN_SHARE,
+    UNREACHABLE_AFTER_SECONDS,
+    SearchSlo,
+    ShareController,
+)
 
 
 def feed(controller: ShareController, latency_s: float, start: float, count: int = MIN_SAMPLES,
@@ -49,6 +55,58 @@ def test_the_share_never_falls_below_its_floor():
         t = feed(controller, 1.0, t)
         controller.update(t)
     assert controller.share == pytest.approx(MIN_SHARE)
+
+
+def test_a_target_missed_at_the_floor_is_unreachable_until_searches_recover():
+    controller = ShareController(target_s=0.05)
+    t = 0.0
+    while controller.share > MIN_SHARE:
+        t = feed(controller, 1.0, t)
+        controller.update(t)
+    assert not controller.unreachable(t)  # the floor was only just reached
+    floor_reached = t
+    while t - floor_reached < UNREACHABLE_AFTER_SECONDS - 1.0:
+        t = feed(controller, 1.0, t)
+        controller.update(t)
+    assert not controller.unreachable(t)  # not yet long enough
+    t = feed(controller, 1.0, t, count=200)
+    controller.update(t)
+    assert controller.unreachable(t)
+    # Searches under the target again (still above RELEASE_AT): reachable, though the share has not moved.
+    t = feed(controller, 0.045, t + 3.0)
+    controller.update(t)
+    assert controller.share == pytest.approx(MIN_SHARE)
+    assert not controller.unreachable(t + UNREACHABLE_AFTER_SECONDS)
+
+
+def test_a_target_missed_above_the_floor_is_not_unreachable():
+    controller = ShareController(target_s=0.1)
+    t = 0.0
+    for _ in range(3):  # over the target, but bulk work still has room to yield
+        t = feed(controller, 0.2, t, count=MIN_SAMPLES, spacing=0.2)
+        controller.update(t)
+    assert controller.share > MIN_SHARE
+    assert not controller.unreachable(t + 100.0)
+
+
+def test_the_slo_reports_an_unreachable_target_once_and_its_recovery(caplog):
+    slo = SearchSlo(target_ms=50)
+    now = time.monotonic()
+    with caplog.at_level("INFO", logger="lookalike_server.search_slo"):
+        for _ in range(400):
+            for _ in range(MIN_SAMPLES):
+                slo.controller.observe(1.0, now)
+            now += 0.1
+            slo.decide(now)
+        assert metrics.SEARCH_TARGET_UNREACHABLE._value.get() == 1
+        warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "over the 50 ms target" in warnings[0].getMessage()
+        now += 3.0  # the slow searches leave the window
+        for _ in range(MIN_SAMPLES):
+            slo.controller.observe(0.01, now)
+        slo.decide(now)
+        assert metrics.SEARCH_TARGET_UNREACHABLE._value.get() == 0
+        assert any("back under the 50 ms target" in r.getMessage() for r in caplog.records)
 
 
 def test_latency_between_release_and_engage_holds_the_share():
