@@ -19,7 +19,8 @@ and then the drain: every item sent must be acknowledged and stored (sent = ackn
      searches then take whatever CPU ingest leaves, so yielding buys them throughput, not latency.
 The server's own metrics (--metrics-port) are scraped around each phase: where a search's time went (stages:
 query vectors, the search batcher's queue, the Milvus call, ranking; the event loop's lag; Milvus call times),
-and the bulk share the latency target left to ingest, sampled every 5 s; so are the embedded standalone's own
+and the bulk share the latency target left to ingest, sampled every 5 s (with the times the server called the
+target unreachable: searches over it with ingest at its floor); so are the embedded standalone's own
 (milvus_stages: a search or query at Milvus' proxy, and in its query node the wait for the time tick that makes
 earlier writes visible, the task queue, and the scans of growing and sealed segments).
 
@@ -122,12 +123,16 @@ class Tally:
         self.ack_latency: list[float] = []
         self.acked_ids = acked_ids  # shared by the phases: searchers by id pick from every earlier phase
         self.timeline: dict[int, Counter[str]] = {}
+        self.bucket_latency: dict[int, list[float]] = {}  # searches by the bucket they were due in
         self.last_ack = start
         self.error_samples: dict[str, str] = {}
         self.abort = abort  # set when this process grows past --max-client-rss-gib
 
     def bucket(self, t: float, what: str) -> None:
-        self.timeline.setdefault(int((t - self.start) // self.bucket_s), Counter())[what] += 1
+        self.timeline.setdefault(self.bucket_of(t), Counter())[what] += 1
+
+    def bucket_of(self, t: float) -> int:
+        return int((t - self.start) // self.bucket_s)
 
     def error(self, where: Counter[str], code: str, message: str) -> None:
         with self.lock:
@@ -216,10 +221,19 @@ def searcher(i: int, address: str, queries: np.ndarray, end_at: float, tally: Ta
                 tally.search_ok += 1
                 tally.search_by["id" if by_id else "vector"] += 1
                 tally.search_latency.append(t - started)
+                tally.bucket_latency.setdefault(tally.bucket_of(started), []).append(t - started)
                 tally.bucket(t, "searches")
                 # The same photo is stored under many ids, so an exact tie may rank another id first.
                 if by_id and (not hits or hits[0].score < 0.999):
                     tally.by_id_self_not_first += 1
+
+
+def _bucket_percentiles(latencies_s: list[float] | None) -> dict[str, float]:
+    """A timeline bucket's search p50/p99 (ms), when searches were due in it."""
+    if not latencies_s:
+        return {}
+    figures = percentiles(latencies_s)
+    return {"search_p50_ms": figures["p50"], "search_p99_ms": figures["p99"]}
 
 
 def search_process(start: float, end_at: float, bucket_s: float, address: str, queries: np.ndarray, searchers: int,
@@ -245,6 +259,7 @@ def search_process(start: float, end_at: float, bucket_s: float, address: str, q
         results.put({"ok": tally.search_ok, "errors": tally.search_errors, "by": tally.search_by,
                      "by_id_self_not_first": tally.by_id_self_not_first, "latency": tally.search_latency,
                      "timeline": {b: c["searches"] for b, c in tally.timeline.items()},
+                     "bucket_latency": tally.bucket_latency,
                      "error_samples": tally.error_samples})
 
 
@@ -295,6 +310,8 @@ class SearchProcess:
             tally.search_latency.extend(figures["latency"])
             for bucket, count in figures["timeline"].items():
                 tally.timeline.setdefault(bucket, Counter())["searches"] += count
+            for bucket, latencies in figures["bucket_latency"].items():
+                tally.bucket_latency.setdefault(bucket, []).extend(latencies)
             for code, message in figures["error_samples"].items():
                 tally.error_samples.setdefault(code, message)
 
@@ -322,12 +339,15 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
     before = server_metrics.scrape(port)
     milvus_before = server_metrics.scrape(milvus_port, server_metrics.MILVUS) if milvus_port else {}
     shares: list[tuple[float, float | None]] = []
+    unreachable_at: list[float] = []  # samples that found lookalike_search_target_unreachable at 1
     stop_sampling = threading.Event()
 
     def sample() -> None:
         while not stop_sampling.wait(5.0):
             share = server_metrics.gauge(port, "lookalike_ingest_bulk_share")
             shares.append((round(time.monotonic() - start, 1), share))
+            if server_metrics.gauge(port, "lookalike_search_target_unreachable"):
+                unreachable_at.append(shares[-1][0])
             if on_sample is not None:
                 on_sample(time.monotonic() - start, tally)
 
@@ -369,9 +389,11 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
             "server_stages": server_metrics.between(before, after),
             "milvus_stages": server_metrics.between(milvus_before, milvus_after, server_metrics.MILVUS_UNIT_S),
             "bulk_share_every_5s": shares,
+            "target_unreachable_at_s": unreachable_at,
             "cpu_s": cpu.result,
-            f"per_{args.bucket_s:.0f}s": [{"t_s": b * args.bucket_s, **tally.timeline[b]}
-                                          for b in sorted(tally.timeline)],
+            f"per_{args.bucket_s:.0f}s": [{"t_s": b * args.bucket_s, **tally.timeline.get(b, {}),
+                                           **_bucket_percentiles(tally.bucket_latency.get(b))}
+                                          for b in sorted(tally.timeline.keys() | tally.bucket_latency.keys())],
         }
 
 
