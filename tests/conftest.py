@@ -52,8 +52,8 @@ def collection(client: Client, request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real Milvus standalone server (PyPI `milvus`), started and stopped here."""
+def milvus_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[standalone.MilvusStandalone]:
+    """The real Milvus standalone server (PyPI `milvus`), started and stopped here as `serve` embeds it."""
     if not standalone.available():
         pytest.skip(f"the Milvus standalone server is missing: {standalone.INSTALL} (make test does)")
     server = standalone.MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone"))
@@ -61,9 +61,16 @@ def milvus_standalone_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     uri = server.start()
     print(f"Milvus standalone up at {uri} in {time.monotonic() - started:.1f} s")
     try:
-        yield uri
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone_uri(milvus_standalone: standalone.MilvusStandalone) -> str:
+    """The URI of the real Milvus standalone server."""
+    assert milvus_standalone.uri is not None
+    return milvus_standalone.uri
 
 
 @pytest.fixture(params=["milvus-lite-server", pytest.param("standalone", marks=pytest.mark.standalone)])

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lookalike import ById, Client, LookalikeClientError
+from lookalike_server.embedded_milvus import launcher
 from tests.conftest import ServerProcess
 
 
@@ -23,6 +24,15 @@ def standalone_server(milvus_standalone_uri, tmp_path_factory):
         yield proc
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.standalone
+def test_the_embedded_standalone_runs_with_lookalikes_settings(milvus_standalone):
+    """Milvus reads these over its milvus.yaml: the 20 ms time tick that Session reads wait for, and reads by id
+    that do not queue behind searches of growing rows."""
+    environ = Path(f"/proc/{milvus_standalone.server_pid}/environ").read_bytes().split(b"\0")
+    assert f"PROXY_TIMETICKINTERVAL={launcher.TIME_TICK_MS}".encode() in environ
+    assert f"QUERYNODE_SCHEDULER_MAXREADCONCURRENTRATIO={launcher.READ_CONCURRENCY_RATIO}".encode() in environ
 
 
 @pytest.mark.standalone
