@@ -1,5 +1,5 @@
-// lookalike_server._native: checks and converts numpy arrays, then calls the plain C++ kernels in
-// kernels.cpp, releasing the GIL only for long work (see kReleaseGilFrom). No algorithm lives here.
+// lookalike_server._native: checks and converts numpy arrays, then calls the plain C++ kernels of
+// lookalike/kernels.h, releasing the GIL only for long work (see kReleaseGilFrom). No algorithm lives here.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
