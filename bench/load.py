@@ -344,9 +344,9 @@ def run_phase(phase: Phase, ctx: dict[str, Any], on_sample: Any = None) -> dict[
 
     def sample() -> None:
         while not stop_sampling.wait(5.0):
-            share = server_metrics.gauge(port, "lookalike_ingest_bulk_share")
-            shares.append((round(time.monotonic() - start, 1), share))
-            if server_metrics.gauge(port, "lookalike_search_target_unreachable"):
+            sampled = server_metrics.gauges(port, "lookalike_ingest_bulk_share", "lookalike_search_target_unreachable")
+            shares.append((round(time.monotonic() - start, 1), sampled["lookalike_ingest_bulk_share"]))
+            if sampled["lookalike_search_target_unreachable"]:
                 unreachable_at.append(shares[-1][0])
             if on_sample is not None:
                 on_sample(time.monotonic() - start, tally)

@@ -62,10 +62,16 @@ def scrape(port: int, families: dict[str, tuple[str, ...]] = SUMMARISED) -> Snap
 
 
 def gauge(port: int, name: str) -> float | None:
+    return gauges(port, name)[name]
+
+
+def gauges(port: int, *names: str) -> dict[str, float | None]:
+    """Several unlabelled gauges from one scrape (None: not exported yet)."""
+    found: dict[str, float | None] = dict.fromkeys(names)
     for family in _families(port):
-        if family.name == name and family.samples:
-            return family.samples[0].value
-    return None
+        if family.name in found and family.samples:
+            found[family.name] = family.samples[0].value
+    return found
 
 
 def histogram_count(port: int, name: str) -> float:

@@ -120,7 +120,7 @@ class SearchSlo:
         self._quiet = threading.Event()  # share at 1: for threads (calibration) and the event loop alike
         self._quiet.set()
         self._lags: deque[float] = deque(maxlen=max(1, round(SETTLE_SECONDS / TICK_SECONDS)))
-        self.unreachable = False
+        self._said_unreachable = False  # what operators were last told
         metrics.THROTTLE_SHARE.set(1.0)
         metrics.SEARCH_TARGET_UNREACHABLE.set(0)
 
@@ -175,9 +175,9 @@ class SearchSlo:
 
     def _report_reachability(self, unreachable: bool, p99: float | None) -> None:
         """Tells operators once when the target cannot be held by slowing ingest, and once when it is again."""
-        if unreachable == self.unreachable:
+        if unreachable == self._said_unreachable:
             return
-        self.unreachable = unreachable
+        self._said_unreachable = unreachable
         metrics.SEARCH_TARGET_UNREACHABLE.set(1 if unreachable else 0)
         target_ms = self.controller.target_s * 1000
         if unreachable:
