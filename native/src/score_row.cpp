@@ -76,40 +76,32 @@ LOOKALIKE_INLINE void ScoreRowT(const float* cand, const float* const* queries, 
   }
 }
 
-void ScoreRowIpBase(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
-  ScoreRowT<F4, false>(c, q, n, d, o);
-}
-void ScoreRowL2Base(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
-  ScoreRowT<F4, true>(c, q, n, d, o);
-}
+// One inner-product and one squared-L2 scorer per instruction set: the target attribute must sit on the
+// function that inlines ScoreRowT, so each pair is its own function.
+#define LOOKALIKE_ROW(name, isa_attr, V)                                                             \
+  isa_attr void name##Ip(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {    \
+    ScoreRowT<V, false>(c, q, n, d, o);                                                              \
+  }                                                                                                  \
+  isa_attr void name##L2(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {    \
+    ScoreRowT<V, true>(c, q, n, d, o);                                                               \
+  }
+
+LOOKALIKE_ROW(ScoreRowBase, , F4)
 #ifdef LOOKALIKE_X86
-LOOKALIKE_TARGET("avx2,fma")
-void ScoreRowIpAvx2(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
-  ScoreRowT<F8, false>(c, q, n, d, o);
-}
-LOOKALIKE_TARGET("avx2,fma")
-void ScoreRowL2Avx2(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
-  ScoreRowT<F8, true>(c, q, n, d, o);
-}
-LOOKALIKE_TARGET("avx512f")
-void ScoreRowIpAvx512(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
-  ScoreRowT<F16, false>(c, q, n, d, o);
-}
-LOOKALIKE_TARGET("avx512f")
-void ScoreRowL2Avx512(const float* c, const float* const* q, int64_t n, int64_t d, float* o) {
-  ScoreRowT<F16, true>(c, q, n, d, o);
-}
+LOOKALIKE_ROW(ScoreRowAvx2, LOOKALIKE_TARGET("avx2,fma"), F8)
+LOOKALIKE_ROW(ScoreRowAvx512, LOOKALIKE_TARGET("avx512f"), F16)
 #endif
+#undef LOOKALIKE_ROW
 
 }  // namespace
 
 ScoreRowFn PickScoreRow(Metric metric) {
   const bool l2 = metric == Metric::kSquaredL2;
 #ifdef LOOKALIKE_X86
-  if (BestIsa() == Isa::kAvx512) return l2 ? ScoreRowL2Avx512 : ScoreRowIpAvx512;
-  if (BestIsa() == Isa::kAvx2) return l2 ? ScoreRowL2Avx2 : ScoreRowIpAvx2;
+  if (BestIsa() == Isa::kAvx512) return l2 ? ScoreRowAvx512L2 : ScoreRowAvx512Ip;
+  if (BestIsa() == Isa::kAvx2) return l2 ? ScoreRowAvx2L2 : ScoreRowAvx2Ip;
 #endif
-  return l2 ? ScoreRowL2Base : ScoreRowIpBase;
+  return l2 ? ScoreRowBaseL2 : ScoreRowBaseIp;
 }
 
 float InnerProduct(const float* a, const float* b, int64_t dim) {
