@@ -1,4 +1,4 @@
-"""Cross-cutting gRPC concerns, applied to every call: authentication, limits and metrics."""
+"""Cross-cutting gRPC concerns, applied to every call: authentication, limits, metrics and unreadable requests."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf import message
 
 from . import metrics
 
@@ -29,19 +30,22 @@ def _is_open(method: str) -> bool:
     return method.startswith(_OPEN_PREFIXES)
 
 
-def _wrap(handler: grpc.RpcMethodHandler, wrap_behavior: Callable[[Any, bool], Any]) -> grpc.RpcMethodHandler:
-    """The same handler with its behaviour replaced, whatever its streaming shape."""
+def _wrap(handler: grpc.RpcMethodHandler, wrap_behavior: Callable[[Any, bool], Any],
+          request_deserializer: Callable[[bytes], Any] | None = None) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour (and, if given, its request deserializer) replaced, whatever its
+    streaming shape."""
+    read = request_deserializer or handler.request_deserializer
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(
-            wrap_behavior(handler.stream_stream, True), handler.request_deserializer, handler.response_serializer)
+            wrap_behavior(handler.stream_stream, True), read, handler.response_serializer)
     if handler.request_streaming:
         return grpc.stream_unary_rpc_method_handler(
-            wrap_behavior(handler.stream_unary, False), handler.request_deserializer, handler.response_serializer)
+            wrap_behavior(handler.stream_unary, False), read, handler.response_serializer)
     if handler.response_streaming:
         return grpc.unary_stream_rpc_method_handler(
-            wrap_behavior(handler.unary_stream, True), handler.request_deserializer, handler.response_serializer)
+            wrap_behavior(handler.unary_stream, True), read, handler.response_serializer)
     return grpc.unary_unary_rpc_method_handler(
-        wrap_behavior(handler.unary_unary, False), handler.request_deserializer, handler.response_serializer)
+        wrap_behavior(handler.unary_unary, False), read, handler.response_serializer)
 
 
 class _WrapCache:
@@ -275,3 +279,64 @@ def load_tokens(path: str) -> dict[str, str]:
     if not tokens:
         raise ValueError(f"{path}: no tokens")
     return tokens
+
+
+class _Unreadable:
+    """Stands in for a request protobuf could not parse, so that the call itself can say so."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+class UnreadableRequestInterceptor(grpc.aio.ServerInterceptor):
+    """A single request that protobuf cannot parse (a string that is not UTF-8, a corrupt message) is answered
+    INVALID_ARGUMENT, saying why; gRPC's own answer to a failed parse is UNKNOWN. A stream's requests are read
+    by the stream (service._readable), which names the request that failed and what was read before it.
+
+    Innermost of the interceptors, so that the others (and the metrics) see the call answered as refused."""
+
+    def __init__(self) -> None:
+        self._cache = _WrapCache()
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        return self._cache.get(details.method, handler, _refusing_unreadable)
+
+
+def _refusing_unreadable(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    parse = handler.request_deserializer
+
+    def read(data: bytes) -> Any:
+        try:
+            return parse(data)
+        except message.DecodeError as e:
+            return _Unreadable(str(e))
+
+    def refusal(request: _Unreadable) -> str:
+        return (f"the request cannot be read ({request.error}); protobuf strings (ids, texts, filters, "
+                "collection names) must be UTF-8")
+
+    def wrap_behavior(behavior: Any, streaming_response: bool) -> Any:
+        if streaming_response:
+            async def checked_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Unreadable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(request))
+                async for reply in behavior(request, context):
+                    yield reply
+            return checked_stream
+
+        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if isinstance(request, _Unreadable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal(request))
+            return await behavior(request, context)
+
+        return checked
+
+    return _wrap(handler, wrap_behavior, read)

@@ -21,7 +21,13 @@ from .config import ServerConfig
 from .embedded_milvus import EmbeddedMilvus, resolve_milvus, restart_embedded_milvus
 from .embedder import Embedder
 from .errors import LookalikeError, StartupError
-from .interceptors import AuthInterceptor, LimitsInterceptor, MetricsInterceptor, load_tokens
+from .interceptors import (
+    AuthInterceptor,
+    LimitsInterceptor,
+    MetricsInterceptor,
+    UnreadableRequestInterceptor,
+    load_tokens,
+)
 from .metrics import serve_metrics
 from .model_card import load_model_card
 from .pipeline import Pipeline
@@ -65,6 +71,7 @@ class LookalikeServer:
                      ", ".join(f"{sum(r == role for r in tokens.values())} {role}" for role in ("read", "write")))
         self.limits = LimitsInterceptor(config.max_inflight_requests, config.max_streams_per_client)
         interceptors.append(self.limits)
+        interceptors.append(UnreadableRequestInterceptor())  # innermost: see its docstring
         self.grpc_server = grpc.aio.server(options=options, interceptors=interceptors)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)

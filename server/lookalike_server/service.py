@@ -322,8 +322,11 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
         self, request_iterator: AsyncIterator[pb.ImageItem], context: Any
     ) -> AsyncIterator[pb.EmbedResult]:
         pipeline = await self._ready_or_abort(context)
-        async for item in request_iterator:
-            yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
+        try:
+            async for item in _readable(request_iterator):
+                yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
+        except LookalikeError as e:  # an unreadable request ends the stream; the results sent stand
+            await context.abort(getattr(grpc.StatusCode, e.code), e.message)
 
     async def _search(
         self, request: pb.SearchRequest, caller: str, deadline: float | None = None
@@ -344,16 +347,21 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: Any
     ) -> AsyncIterator[pb.SearchResponse]:
         await self._ready_or_abort(context)
-        async for request in request_iterator:
-            try:
-                yield await self._search(request, context.peer())
-            except LookalikeError as e:
-                yield pb.SearchResponse(request_id=request.request_id, code=_status_code(e.code), message=e.message)
-            except Exception:
-                log.exception("SearchStream request %r failed", request.request_id)
-                yield pb.SearchResponse(
-                    request_id=request.request_id, code=pb.INTERNAL, message="search failed; see the server log"
-                )
+        try:
+            async for request in _readable(request_iterator):
+                try:
+                    yield await self._search(request, context.peer())
+                except LookalikeError as e:
+                    yield pb.SearchResponse(
+                        request_id=request.request_id, code=_status_code(e.code), message=e.message
+                    )
+                except Exception:
+                    log.exception("SearchStream request %r failed", request.request_id)
+                    yield pb.SearchResponse(
+                        request_id=request.request_id, code=pb.INTERNAL, message="search failed; see the server log"
+                    )
+        except LookalikeError as e:  # an unreadable request (its request_id unknown) ends the stream
+            await context.abort(getattr(grpc.StatusCode, e.code), e.message)
 
     @_abort_on_error
     async def Get(self, request: pb.GetRequest, context: Any) -> pb.GetResponse:

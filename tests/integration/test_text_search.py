@@ -178,15 +178,15 @@ def test_invalid_utf8_never_reaches_the_text_tower(text_client):
     # The Python client cannot even build such a prompt: it says so before sending.
     with pytest.raises(ValueError, match=r"cannot be sent: it is not valid Unicode .*protobuf strings must be UTF-8"):
         text_client.search(Text("a \ud800 cat"), k=3)
-    # Raw bytes on the wire: proto3 strings are checked by protobuf's parser before any lookalike code runs, and
-    # gRPC answers the failed parse itself, with UNKNOWN and the parser's words.
+    # Raw bytes on the wire: proto3 strings are checked by protobuf's parser before any lookalike code runs;
+    # the server answers the failed parse with INVALID_ARGUMENT and the parser's words.
     good = pb.SearchRequest(k=3, queries=[pb.Query(text="XX")]).SerializeToString()
     with grpc.insecure_channel(text_client.server) as channel:
         raw = channel.unary_unary("/lookalike.v1.Images/Search", request_serializer=lambda b: b,
                                   response_deserializer=pb.SearchResponse.FromString)
         with pytest.raises(grpc.RpcError) as e:
             raw(good.replace(b"XX", b"\xff\xfe"), timeout=30)
-        assert e.value.code() == grpc.StatusCode.UNKNOWN
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "String field had bad UTF-8" in e.value.details()
         assert len(raw(good.replace(b"XX", "é".encode()), timeout=30).results[0].hits) == 3  # the server is fine
     # grpcurl reads JSON: it replaces invalid bytes with U+FFFD before sending, and that prompt is embedded.
