@@ -256,14 +256,18 @@ def wait_for_calibration(server: str, collection: str, timeout_s: float = 60.0) 
     """Waits until the lookalike server reports a recall calibration for the collection (measured in the
     background after an ingest, once its rows are flushed); False if none came within timeout_s."""
     from lookalike import Client
+    from lookalike_server.pipeline.calibration import MIN_ROWS
 
     deadline = time.monotonic() + timeout_s
     with Client(server) as client:
-        while not client.describe_collection(collection).calibrations:
+        while not (info := client.describe_collection(collection)).calibrations:
+            if info.row_count < MIN_ROWS or info.index_type == "FLAT":
+                return False  # the server calibrates neither (exact search, or too few rows to matter)
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.5)
     return True
+
 
 def stop_processes_under(marker: str) -> list[int]:
     """Stops this user's processes that name marker (a unique temp path) in their command line or environment:

@@ -62,9 +62,6 @@ from embedding_int8 import bench_int8, run_int8_only  # noqa: E402
 from embedding_model import bench_model_only, bench_preprocess_only  # noqa: E402
 from embedding_server import ROUND_FIGURES, bench_other_store, bench_server  # noqa: E402
 
-# bench/ingest_versions.py imports it from here.
-from embedding_server import ingest_on_new_server as ingest_on_new_server  # noqa: E402
-
 RESULTS = _BENCH / "results"
 CPU_TARGETS = {"ingest_over_limit": 0.90, "ingest_over_fiftyone": 1.2}
 GPU_TARGETS = {"ingest_over_limit": 0.80, "ingest_over_fiftyone": 3.0}
@@ -237,7 +234,6 @@ def run(args: argparse.Namespace) -> dict:
         },
         "wall_s": round(time.monotonic() - began, 1),
     }
-
 
 
 def _at_least_one(value: str) -> int:

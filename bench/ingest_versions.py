@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import CpuMeter, emit, free_port, log, machine_info, make_photos  # noqa: E402
-from embedding import ingest_on_new_server  # noqa: E402
+from embedding_server import ingest_on_new_server  # noqa: E402
 
 THIS_VENV = Path(sys.executable).parent.parent
 

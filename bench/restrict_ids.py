@@ -75,7 +75,6 @@ from lookalike_server.store import GET_CHUNK  # noqa: E402
 from lookalike_server.testing import ServerProcess  # noqa: E402
 
 SUBSPACE_DIM = 16
-ALTERNATIVES = ("a_lookalike", "b_giant_filter", "c_tag_field", "d_temp_partition")
 
 
 # Data
@@ -99,8 +98,6 @@ def clustered(rows: int, queries: int, clusters: int, seed: int) -> tuple[np.nda
         out[at] = centres[c] + z @ bases[c].T + noise
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     return out[:rows], out[rows:]
-
-
 
 
 def exact_top_within(vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray, k: int) -> list[list[str]]:
