@@ -9,9 +9,10 @@ run, on the same photos and the same ONNX network, one phase after another so th
   ingest_e2e         the real server (`lookalike serve`, Milvus Lite in its process: --store lite) fed by 8
                      concurrent Ingest streams, files read from disk by the clients, first send to last
                      acknowledgement; the median of 3 rounds (--ingest-rounds)
-  ingest_by_store    ingest_e2e once more on a fresh server whose Milvus Lite runs as a child process,
-                     `milvus-lite server` (--milvus-embedded lite-server), the way fiftyone_baseline runs it;
-                     --skip-store-comparison leaves it out
+  ingest_by_store    ingest_e2e once more on a fresh server per other store: Milvus Lite as a child process,
+                     `milvus-lite server` (--milvus-embedded lite-server), the way fiftyone_baseline runs it,
+                     and the real Milvus standalone server (standalone), the store `serve` starts by default;
+                     --skip-store-comparison leaves them out
   ingest_vectors     the same streams sending each photo's embedding instead of the photo: the path without
                      decoding and inference (client, gRPC, event loop, Milvus Lite), and so limit.with_storage,
                      the limit with that path added, which ingest_e2e could reach by overlapping perfectly
@@ -68,8 +69,9 @@ GPU_TARGETS = {"ingest_over_limit": 0.80, "ingest_over_fiftyone": 3.0}
 INT8_CARD = _BENCH.parent / "models" / "efficientnet-lite0-int8" / "card.toml"
 LATENCY_TARGET = 3.0  # p99 under ingest load / idle p99, at most
 RSS_TARGET_MB = 1536  # below, during the 8 streams
-# ingest_e2e's store (--store), and the one ingest_by_store compares it with.
-OTHER_STORE = {"lite-server": "lite", "lite": "lite-server"}
+# ingest_e2e's store (--store), and the ones ingest_by_store compares it with.
+OTHER_STORES = {"lite": ("lite-server", "standalone"), "lite-server": ("lite", "standalone"),
+                "standalone": ("lite", "lite-server")}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -97,10 +99,9 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         work = Path(tmp)
         served = bench_server(files, args, _mkdir(work / "server"), gpu)
-        other_store = OTHER_STORE[args.store]
         by_store = {args.store: {key: served["ingest"][key] for key in ROUND_FIGURES}}
-        if not args.skip_store_comparison:
-            by_store[other_store] = bench_other_store(files, args, _mkdir(work / other_store), other_store, gpu)
+        for other in () if args.skip_store_comparison else OTHER_STORES[args.store]:
+            by_store[other] = bench_other_store(files, args, _mkdir(work / other), other, gpu)
         # This machine's speed drifts by up to a quarter within minutes (other tenants of its host): the
         # limit is measured again right after the ingest, and the ingest compared with the mean of the two.
         model_after = bench_model_only(card, sample, [model_only["best_batch_size"]], args.model_min_s,
@@ -212,8 +213,9 @@ def run(args: argparse.Namespace) -> dict:
         "ingest_by_store": {
             **by_store,
             "is": "ingest_e2e (the same streams and photos, the median of --ingest-rounds rounds) with each "
-                  "embedded Milvus Lite: lite-server runs Milvus Lite's engine (pure Python) as a child process, "
-                  "`milvus-lite server`, as fiftyone_baseline does; lite runs it inside the server's own process",
+                  "embedded store: lite runs Milvus Lite inside the server's own process; lite-server runs Milvus "
+                  "Lite's engine as a child process, `milvus-lite server`, as fiftyone_baseline does; standalone "
+                  "is the real Milvus standalone server (PyPI milvus) as a child process, serve's default",
         },
         "ingest_vectors": served["ingest_vectors"],
         "fiftyone": baseline or {"skipped": "--skip-fiftyone"},
@@ -259,11 +261,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-fiftyone", action="store_true", help="leave out the FiftyOne baseline")
     parser.add_argument("--ingest-rounds", type=_at_least_one, default=3,
                         help="ingest_e2e is the median of this many rounds, each into a new collection (default 3)")
-    parser.add_argument("--store", choices=sorted(OTHER_STORE), default="lite",
-                        help="the server's embedded Milvus Lite for ingest_e2e: lite (default: in the server's "
-                             "process) or lite-server (`milvus-lite server`, as the FiftyOne baseline runs it)")
+    parser.add_argument("--store", choices=sorted(OTHER_STORES), default="lite",
+                        help="the server's embedded Milvus for ingest_e2e: lite (default: Milvus Lite in the "
+                             "server's process), lite-server (`milvus-lite server`, as the FiftyOne baseline runs "
+                             "it) or standalone (the Milvus standalone server, serve's default)")
     parser.add_argument("--skip-store-comparison", action="store_true",
-                        help="leave out ingest_by_store's second server (with the other --store)")
+                        help="leave out ingest_by_store's other servers (one per other --store)")
     parser.add_argument("--fp16", action="store_true", help="on a GPU: the network in float16 (serve --fp16)")
     parser.add_argument("--int8", action="store_true",
                         help="on a CPU: also model_only and ingest_e2e of the int8 card beside the float32 one")

@@ -132,7 +132,7 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path, gpu: b
 
 def _serve_command(server: str, work: Path, store: str, args: argparse.Namespace, gpu: bool,
                    card: Path | None = None) -> list[str]:
-    """`lookalike serve` on `server` with its data in work and Milvus Lite run as `store` (--milvus-embedded);
+    """`lookalike serve` on `server` with its data in work and its embedded Milvus as `store` (--milvus-embedded);
     card: the model card to serve instead of the default."""
     return [str(VENV_BIN / "lookalike"), "serve", "--address", server, "--data-dir", str(work / "lookalike-data"),
             "--milvus-embedded", store, *(["--fp16"] if args.fp16 else []), *(["--require-gpu"] if gpu else []),
