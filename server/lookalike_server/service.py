@@ -234,12 +234,17 @@ class _PipelineUser:
             raise Unavailable("the server is starting: the model and Milvus are still loading; retry shortly")
         return self._pipeline
 
-    async def _ready_or_abort(self, context: Any) -> Pipeline:
+    async def _open_stream(self, context: Any) -> Pipeline:
+        """The pipeline for a stream, whose headers go out at once: a client that waits for them before writing
+        learns of a refusal (here, or by the interceptors) before any write can cross it, which grpc.aio would
+        report as INTERNAL instead of the refusal (grpc/grpc#36066)."""
         try:
-            return self.pipeline
+            pipeline = self.pipeline
         except Unavailable as e:
             await context.abort(grpc.StatusCode.UNAVAILABLE, e.message)
             raise
+        await context.send_initial_metadata(())
+        return pipeline
 
 
 class CollectionsService(pb_grpc.CollectionsServicer, _PipelineUser):
@@ -280,7 +285,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
     async def Ingest(
         self, request_iterator: AsyncIterator[pb.IngestRequest], context: Any
     ) -> AsyncIterator[pb.IngestResponse]:
-        pipeline = await self._ready_or_abort(context)
+        pipeline = await self._open_stream(context)
 
         async def items() -> AsyncIterator[IngestItem]:
             assembler = _ChunkAssembler(pipeline.config.max_image_bytes)
@@ -321,7 +326,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.ImageItem], context: Any
     ) -> AsyncIterator[pb.EmbedResult]:
-        pipeline = await self._ready_or_abort(context)
+        pipeline = await self._open_stream(context)
         try:
             async for item in _readable(request_iterator):
                 yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
@@ -346,7 +351,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
     async def SearchStream(
         self, request_iterator: AsyncIterator[pb.SearchRequest], context: Any
     ) -> AsyncIterator[pb.SearchResponse]:
-        await self._ready_or_abort(context)
+        await self._open_stream(context)
         try:
             async for request in _readable(request_iterator):
                 try:

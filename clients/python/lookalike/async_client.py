@@ -36,9 +36,21 @@ from .messages import (
     search_request,
 )
 
+REFUSAL_WAIT_S = 1.0  # the longest an Ingest stream waits for the server's headers before its first write
+
 
 def _reads_files(values: Iterable[Any]) -> bool:
     return any(isinstance(v, (str, os.PathLike)) for v in values)
+
+
+async def _accepted(call: Any) -> bool:
+    """Waits (briefly) for the server's headers, which it sends as it opens a stream, or for its refusal in their
+    place (a token, a limit). grpc.aio reports a refusal that crosses a write as INTERNAL "Internal error from
+    Core" (grpc/grpc#36066); after the wait no write crosses it. A server that sends no early headers (an older
+    one) only delays the first write by REFUSAL_WAIT_S."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(call.initial_metadata(), REFUSAL_WAIT_S)
+    return not call.done()
 
 
 async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
@@ -175,6 +187,8 @@ class AsyncClient:
         async def write() -> None:
             # Written by this task rather than handed to grpc.aio as a request iterator, so that a failing
             # item source is told apart from a failing call.
+            if not await _accepted(call):
+                return  # refused before the first write: reading the call says why
             try:
                 async for item in _aiter(items):
                     await slots.acquire()
