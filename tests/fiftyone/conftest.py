@@ -104,6 +104,8 @@ def app_server(lookalike_address: str, log_dir: Path) -> Iterator[str]:
     finally:
         _stop(proc)
         log.close()
+
+
 os.environ.update(FIFTYONE_ENV)
 
 # FiftyOne's imports and first connection trip deprecations in its dependencies (strawberry, mongoengine):

@@ -9,22 +9,16 @@ App then shows). No browser is needed; docs/fiftyone_app_screenshot.py takes the
 
 from __future__ import annotations
 
-import json
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.brain as fob
 import pytest
-from bson import ObjectId
-from fiftyone.operators.store import ExecutionStore
 
 from tests.conftest import ServerProcess
+from tests.fiftyone.app_panel import panel_search
 from tests.fiftyone.conftest import app_server
-
-SEARCH_OPERATOR = "@voxel51/panels/similarity_search"
-PANEL_STORE = "similarity_search_panel"  # plugins/panels/similarity_search/constants.py: STORE_NAME
 
 
 @pytest.fixture(scope="module")
@@ -42,33 +36,13 @@ def app_index(photos_dataset: fo.Dataset, server: ServerProcess) -> Iterator[str
     photos_dataset.delete_brain_run("app_sim")
 
 
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as reply:
-        return json.loads(reply.read())
-
-
-def _panel_search(app_url: str, dataset: fo.Dataset, params: dict) -> dict:
-    """What the App sends when the user runs a search in the similarity panel; returns the run it stored."""
-    reply = _post(f"{app_url}/operators/execute", {
-        "operator_uri": SEARCH_OPERATOR, "dataset_name": dataset.name, "view": [], "filters": {},
-        "selected": [], "selected_labels": [], "params": params,
-    })
-    store = ExecutionStore.create(PANEL_STORE, ObjectId(str(dataset._doc.id)))
-    if reply.get("error") is None:
-        return store.get(f"run:{reply['result']['run_id']}")
-    # A failed search: the panel lists it as its newest run, with the reason.
-    runs = [store.get(key) for key in store.list_keys() if key.startswith("run:")]
-    return max(runs, key=lambda run: run["creation_time"])
-
-
 def test_app_similarity_search_orders_as_sort_by_similarity(
     app_url: str, app_index: str, photos_dataset: fo.Dataset, photos_dir: Path
 ) -> None:
     """By a selected sample, and the least similar first: the App's order is sort_by_similarity's."""
     chelsea = photos_dataset.match(fo.ViewField("filepath").ends_with("chelsea.jpg")).first().id
     for reverse in (False, True):
-        run = _panel_search(app_url, photos_dataset, {
+        run = panel_search(app_url, photos_dataset, {
             "brain_key": app_index, "query_type": "image", "query": [chelsea], "k": 6, "reverse": reverse})
         assert run["status"] == "completed", run.get("status_details")
         expected = photos_dataset.sort_by_similarity(chelsea, brain_key=app_index, k=6, reverse=reverse).values("id")
@@ -78,7 +52,7 @@ def test_app_similarity_search_orders_as_sort_by_similarity(
 
 def test_app_reports_the_backends_refusal(app_url: str, app_index: str, photos_dataset: fo.Dataset) -> None:
     """A text prompt to a model with no text tower: the run fails with the server's reason, not silently."""
-    run = _panel_search(app_url, photos_dataset, {"brain_key": app_index, "query_type": "text", "query": "a cat",
+    run = panel_search(app_url, photos_dataset, {"brain_key": app_index, "query_type": "text", "query": "a cat",
                                                   "k": 3})
     if run["status"] == "completed":  # a server whose model has a text tower answers it
         assert len(run["result_ids"]) == 3

@@ -20,8 +20,8 @@ from lookalike import Client, Text, Texts
 from lookalike.fiftyone_registration import environment
 from lookalike_server.testing.tiny_clip import write_tiny_clip
 from tests.conftest import ServerProcess
+from tests.fiftyone.app_panel import panel_search, post
 from tests.fiftyone.conftest import app_server, run_python
-from tests.fiftyone.test_app import _panel_search, _post
 
 PROMPT = "a red car"
 PROMPTS = ["a red car", "a kite high in the sky", "coffee"]
@@ -110,14 +110,14 @@ def test_the_app_offers_text_search_and_answers_it_through_the_server(
     text_app_url: str, text_server: ServerProcess, prompts_dataset: fo.Dataset
 ) -> None:
     # The App's dataset query: `supportsPrompts` is what shows the text search box for a brain key.
-    reply = _post(f"{text_app_url}/graphql", {"query": "query Q($name: String!) { dataset(name: $name) { "
+    reply = post(f"{text_app_url}/graphql", {"query": "query Q($name: String!) { dataset(name: $name) { "
                                               "brainMethods { key config { supportsPrompts } } } }",
                                               "variables": {"name": prompts_dataset.name}})
     runs = {run["key"]: run["config"]["supportsPrompts"] for run in reply["data"]["dataset"]["brainMethods"]}
     assert runs == {"text": True, "vectors": False}
     # The similarity panel's search with the text box's query.
     expected = server_order(text_server, prompts_dataset, Text(PROMPT), 5)
-    run = _panel_search(text_app_url, prompts_dataset, {"brain_key": "text", "query_type": "text", "query": PROMPT,
+    run = panel_search(text_app_url, prompts_dataset, {"brain_key": "text", "query_type": "text", "query": PROMPT,
                                                         "k": 5})
     assert run["status"] == "completed", run.get("status_details")
     assert run["result_ids"] == expected
