@@ -320,8 +320,8 @@ def _refusing_unreadable(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandle
             return _Unreadable(str(e))
 
     def refusal(request: _Unreadable) -> str:
-        return (f"the request cannot be read ({request.error}); protobuf strings (ids, texts, filters, "
-                "collection names) must be UTF-8")
+        hint = "; protobuf strings (ids, texts, filters, collection names) must be UTF-8"
+        return f"the request cannot be read ({request.error})" + (hint if "UTF-8" in request.error else "")
 
     def wrap_behavior(behavior: Any, streaming_response: bool) -> Any:
         if streaming_response:

@@ -330,7 +330,7 @@ class ImagesService(pb_grpc.ImagesServicer, _PipelineUser):
         try:
             async for item in _readable(request_iterator):
                 yield _item_result_to_wire(await pipeline.embed_one(item.id, item.image))
-        except LookalikeError as e:  # an unreadable request ends the stream; the results sent stand
+        except LookalikeError as e:  # an unreadable request ends the stream with its status; the results sent stand
             await context.abort(getattr(grpc.StatusCode, e.code), e.message)
 
     async def _search(
