@@ -65,6 +65,29 @@ class _WrapCache:
         return wrapped
 
 
+class _WrappingInterceptor(grpc.aio.ServerInterceptor):
+    """An interceptor that wraps the handlers it applies to, each method's once (_WrapCache)."""
+
+    def __init__(self) -> None:
+        self._cache = _WrapCache()
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method = details.method
+        if handler is None or not self._applies(handler, method):
+            return handler
+        return self._cache.get(method, handler, lambda h: self._wrapped(h, method))
+
+    def _applies(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return True
+
+    def _wrapped(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        raise NotImplementedError
+
+
 def _refusing(code: grpc.StatusCode, message: str) -> Callable[[Any, bool], Any]:
     def wrap_behavior(_behavior: Any, streaming_response: bool) -> Any:
         if streaming_response:
@@ -111,26 +134,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-class LimitsInterceptor(grpc.aio.ServerInterceptor):
+class LimitsInterceptor(_WrappingInterceptor):
     """Bounds the calls in flight, and the open streams per client, with RESOURCE_EXHAUSTED past them."""
 
     def __init__(self, max_inflight: int, max_streams_per_client: int) -> None:
+        super().__init__()
         self.max_inflight = max_inflight
         self.max_streams_per_client = max_streams_per_client
         self.inflight = 0
         self._streams: Tally[str] = Tally()
-        self._cache = _WrapCache()
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or _is_open(details.method):
-            return handler
-        return self._cache.get(details.method, handler, self._limited)
+    def _applies(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return not _is_open(method)
 
-    def _limited(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrapped(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         limits = self
 
         def wrap_behavior(behavior: Any, streaming_response: bool) -> Any:
@@ -197,21 +214,11 @@ def _client_of(peer: str) -> str:
     return peer.rsplit(":", 1)[0] if peer.count(":") >= 2 else peer
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(_WrappingInterceptor):
     """Counts every call by method and final status code, and times it."""
 
-    def __init__(self) -> None:
-        self._cache = _WrapCache()
-
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None:
-            return handler
-        method = details.method
-        return self._cache.get(method, handler, lambda h: _timed(h, method))
+    def _wrapped(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _timed(handler, method)
 
 
 def _timed(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
@@ -290,24 +297,18 @@ class _Unreadable:
         self.error = error
 
 
-class UnreadableRequestInterceptor(grpc.aio.ServerInterceptor):
+class UnreadableRequestInterceptor(_WrappingInterceptor):
     """A single request that protobuf cannot parse (a string that is not UTF-8, a corrupt message) is answered
     INVALID_ARGUMENT, saying why; gRPC's own answer to a failed parse is UNKNOWN. A stream's requests are read
     by the stream (service._readable), which names the request that failed and what was read before it.
 
     Innermost of the interceptors, so that the others (and the metrics) see the call answered as refused."""
 
-    def __init__(self) -> None:
-        self._cache = _WrapCache()
+    def _applies(self, handler: grpc.RpcMethodHandler, method: str) -> bool:
+        return not handler.request_streaming and handler.request_deserializer is not None
 
-    async def intercept_service(
-        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        if handler is None or handler.request_streaming or handler.request_deserializer is None:
-            return handler
-        return self._cache.get(details.method, handler, _refusing_unreadable)
+    def _wrapped(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        return _refusing_unreadable(handler)
 
 
 def _refusing_unreadable(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
