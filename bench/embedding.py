@@ -54,7 +54,8 @@ from pathlib import Path
 import numpy as np
 
 _BENCH = Path(__file__).resolve().parent
-# Python puts bench/ first on the path, where bench/fiftyone_backend.py would shadow the fiftyone package: move it last.
+# Python puts bench/ first on the path; last, a bench module named like a package (bench/fiftyone_backend.py was
+# bench/fiftyone.py) cannot shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
 from common import JPEG_QUALITY, PHOTO_SIZE, log, machine_info, make_photos, time_limit  # noqa: E402
 from embedding_common import QUIET_SHARE, _check, _mkdir, _ratio  # noqa: E402

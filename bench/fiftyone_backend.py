@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-# This file is named like the package it measures: its folder must not shadow `fiftyone` on sys.path.
+# This file was bench/fiftyone.py, named like the package it measures: its folder stays off sys.path, so that no
+# bench module can shadow a package.
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 _spec = importlib.util.spec_from_file_location("common", _HERE / "common.py")

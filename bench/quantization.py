@@ -40,7 +40,8 @@ from types import ModuleType
 import numpy as np
 
 _BENCH = Path(__file__).resolve().parent
-# Python puts bench/ first on the path, where bench/fiftyone_backend.py would shadow the fiftyone package: move it last.
+# Python puts bench/ first on the path; last, a bench module named like a package (bench/fiftyone_backend.py was
+# bench/fiftyone.py) cannot shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
 from common import cores, emit, log, machine_info  # noqa: E402
 

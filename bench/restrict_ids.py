@@ -65,7 +65,7 @@ from restrict_ids_alternatives import (  # noqa: E402
     lookalike_path,
     same_id_partition_check,
 )
-from restrict_ids_common import COLLECTION, DIM, Deadline, cell, row_id  # noqa: E402
+from restrict_ids_common import COLLECTION, DIM, HIGH_EF, Deadline, cell, row_id  # noqa: E402
 from restrict_ids_summary import summarize  # noqa: E402
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
@@ -219,7 +219,7 @@ def server_ef(ready: dict[str, Any], k: int) -> int:
     for ck in sorted(calibrated, key=int):
         if k <= int(ck):
             return int(calibrated[ck]["effort"])
-    return max(512, 4 * k)
+    return max(HIGH_EF, 4 * k)
 
 
 def store_block(store: str, args: argparse.Namespace, workdir: Path, vectors: np.ndarray, queries: np.ndarray,
@@ -330,7 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stores[store] = {}
                 store_block(store, args, workdir, vectors, queries, sets, truths, deadline, stores[store])
             except TimeoutError as e:
-                stores[store]["stopped"] = str(e)
+                stores.setdefault(store, {})["stopped"] = str(e)  # also when the sets were still being made
                 break
     finally:
         if args.keep:
