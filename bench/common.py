@@ -93,6 +93,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ratio(a: float | None, b: float | None, digits: int = 2) -> float | None:
+    """a / b rounded, or None when either was not measured (or b is 0)."""
+    return round(a / b, digits) if a and b else None
+
+
 def percentiles(values_s: Sequence[float]) -> dict:
     """p50/p99/mean/max in milliseconds of latencies given in seconds."""
     if not values_s:

@@ -58,7 +58,7 @@ _BENCH = Path(__file__).resolve().parent
 # bench/fiftyone.py) cannot shadow it.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH] + [str(_BENCH)]
 from common import JPEG_QUALITY, PHOTO_SIZE, log, machine_info, make_photos, time_limit  # noqa: E402
-from embedding_common import QUIET_SHARE, _check, _mkdir, _ratio  # noqa: E402
+from embedding_common import QUIET_SHARE, check, mkdir, ratio  # noqa: E402
 from embedding_fiftyone import bench_fiftyone, fiftyone_worker  # noqa: E402
 from embedding_int8 import bench_int8, run_int8_only  # noqa: E402
 from embedding_model import bench_model_only, bench_preprocess_only  # noqa: E402
@@ -99,10 +99,10 @@ def run(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="lookalike-bench-") as tmp:
         work = Path(tmp)
-        served = bench_server(files, args, _mkdir(work / "server"), gpu)
+        served = bench_server(files, args, mkdir(work / "server"), gpu)
         by_store = {args.store: {key: served["ingest"][key] for key in ROUND_FIGURES}}
         for other in () if args.skip_store_comparison else OTHER_STORES[args.store]:
-            by_store[other] = bench_other_store(files, args, _mkdir(work / other), other, gpu)
+            by_store[other] = bench_other_store(files, args, mkdir(work / other), other, gpu)
         # This machine's speed drifts by up to a quarter within minutes (other tenants of its host): the
         # limit is measured again right after the ingest, and the ingest compared with the mean of the two.
         model_after = bench_model_only(card, sample, [model_only["best_batch_size"]], args.model_min_s,
@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> dict:
         limit_after = limit_of(model_after["images_per_s"], preprocess_after["images_per_s"])
         limit = round((limit_before + limit_after) / 2, 1)
         baseline = None if args.skip_fiftyone else bench_fiftyone(
-            files, model_only["best_batch_size"], args, _mkdir(work / "fiftyone"))
-        int8 = bench_int8(files, blobs, args, _mkdir(work / "int8")) if args.int8 and not gpu else None
+            files, model_only["best_batch_size"], args, mkdir(work / "fiftyone"))
+        int8 = bench_int8(files, blobs, args, mkdir(work / "int8")) if args.int8 and not gpu else None
 
     ingest = served["ingest"]["images_per_s"]
     fiftyone_rate = baseline["images_per_s"] if baseline else None
@@ -126,21 +126,21 @@ def run(args: argparse.Namespace) -> dict:
     with_storage = round(min(limit, 1 / (1 / preprocess_rate + 1 / store_rate)), 1) if gpu \
         else round(1 / (1 / limit + 1 / store_rate), 1)
     ratios = {
-        "ingest_over_limit": _ratio(ingest, limit),
-        "ingest_over_limit_with_storage": _ratio(ingest, with_storage),
-        "ingest_over_limit_by_store": {store: _ratio(r["images_per_s"], limit) for store, r in by_store.items()},
-        "ingest_over_fiftyone": _ratio(ingest, fiftyone_rate),
-        "embed_p99_under_ingest_over_idle": _ratio(load_p99, idle_p99),
+        "ingest_over_limit": ratio(ingest, limit),
+        "ingest_over_limit_with_storage": ratio(ingest, with_storage),
+        "ingest_over_limit_by_store": {store: ratio(r["images_per_s"], limit) for store, r in by_store.items()},
+        "ingest_over_fiftyone": ratio(ingest, fiftyone_rate),
+        "embed_p99_under_ingest_over_idle": ratio(load_p99, idle_p99),
     }
     # The server with the Milvus it started: in-process Milvus Lite counts in the server's own RSS.
     peak_rss = served["rss"]["peak_with_children_mb"]
     fo_ratio, lat_ratio = ratios["ingest_over_fiftyone"], ratios["embed_p99_under_ingest_over_idle"]
     soak = served.get("soak")
     checks = {
-        "ingest_over_limit": _check(ratios["ingest_over_limit"], ">=", targets["ingest_over_limit"]),
-        "ingest_over_fiftyone": _check(fo_ratio, ">=", targets["ingest_over_fiftyone"]),
-        "embed_p99_under_ingest_over_idle": _check(lat_ratio, "<=", LATENCY_TARGET),
-        "server_peak_rss_mb": _check(peak_rss, "<", RSS_TARGET_MB),
+        "ingest_over_limit": check(ratios["ingest_over_limit"], ">=", targets["ingest_over_limit"]),
+        "ingest_over_fiftyone": check(fo_ratio, ">=", targets["ingest_over_fiftyone"]),
+        "embed_p99_under_ingest_over_idle": check(lat_ratio, "<=", LATENCY_TARGET),
+        "server_peak_rss_mb": check(peak_rss, "<", RSS_TARGET_MB),
         "server_rss_flat_over_soak": {
             "value": soak["second_half_growth_mb"] if soak else None,
             "target": "second half's median RSS within 5% of the first half's (run with --soak-s 600)",
@@ -177,8 +177,8 @@ def run(args: argparse.Namespace) -> dict:
         "vectors_wall_core": round(served["ingest_vectors"]["cpu"]["cpu_capacity_s"] / n * 1e3, 2),
         "vectors_server": round(served["ingest_vectors"]["cpu"]["watched_process_s"] / n * 1e3, 2),
         "fiftyone_process_and_milvus": round(fiftyone_cpu, 2) if fiftyone_cpu else None,
-        "limit_over_ingest_server": _ratio(limit_cpu, server_cpu),
-        "fiftyone_over_ingest_server": _ratio(fiftyone_cpu, server_cpu),
+        "limit_over_ingest_server": ratio(limit_cpu, server_cpu),
+        "fiftyone_over_ingest_server": ratio(fiftyone_cpu, server_cpu),
         "note": "CPU milliseconds spent per image (ORT's spinning threads included): a figure other work on the "
                 "machine disturbs far less than images per second; on a CPU, ingest_e2e / limit can reach at most "
                 "about limit / ingest_server",
@@ -203,11 +203,11 @@ def run(args: argparse.Namespace) -> dict:
                   "measured_again_after": {"model_only": model_after["images_per_s"],
                                            "preprocess_only": preprocess_after["images_per_s"]},
                   "which": "the mean of the limit measured before the server phase and again right after it",
-                  "ingest_over_each": [_ratio(ingest, limit_before), _ratio(ingest, limit_after)],
+                  "ingest_over_each": [ratio(ingest, limit_before), ratio(ingest, limit_after)],
                   "with_storage": with_storage,
                   "with_storage_formula": "min(limit, 1 / (1/preprocess_only + 1/ingest_vectors))" if gpu
                   else "1 / (1/limit + 1/ingest_vectors): the path beyond the embedding shares the cores too",
-                  "ingest_over_limit_at_most": _ratio(with_storage, limit)},
+                  "ingest_over_limit_at_most": ratio(with_storage, limit)},
         "ingest_e2e": ingest,
         "fiftyone_baseline": fiftyone_rate,
         "ingest": served["ingest"],

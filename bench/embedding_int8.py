@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 from common import PHOTO_SIZE, CpuMeter, free_port, log, machine_info, make_photos
-from embedding_common import _BENCH, QUIET_SHARE, _check, _mkdir, _ratio
+from embedding_common import _BENCH, QUIET_SHARE, check, mkdir, ratio
 from embedding_model import bench_model_only
 from embedding_server import _serve_command, ingest_on_new_server
 
@@ -41,7 +41,7 @@ def bench_int8(files: list[Path], blobs: list[bytes], args: argparse.Namespace, 
     for turn, order in enumerate(turns):
         for name in order:
             server = f"127.0.0.1:{free_port()}"
-            folder = _mkdir(work / f"{name}-{turn}")
+            folder = mkdir(work / f"{name}-{turn}")
             command = _serve_command(server, folder, args.store, args, False, paths[name])
             ingest_runs[name].append(ingest_on_new_server(command, server, folder, files, args))
             log(f"int8 comparison: ingest_e2e {name}: {ingest_runs[name][-1]['images_per_s']} img/s")
@@ -64,19 +64,19 @@ def bench_int8(files: list[Path], blobs: list[bytes], args: argparse.Namespace, 
             "ingest_e2e": {"images_per_s": mean([r["images_per_s"] for r in ingest_runs[name]]),
                            "turns": ingest_runs[name]},
         }
-    ratios = {phase: _ratio(out["int8"][phase]["images_per_s"], out["float32"][phase]["images_per_s"])
+    ratios = {phase: ratio(out["int8"][phase]["images_per_s"], out["float32"][phase]["images_per_s"])
               for phase in ("model_only", "ingest_e2e")}
     # CPU time per image is far less disturbed by other work on the machine than images per second.
     cpu_ms = {name: sum(r["cpu_ms_per_image_by_batch_size"][str(r["best_batch_size"])] for r in runs) / len(runs)
               for name, runs in model_runs.items()}
-    ratios["model_only_cpu_ms_float32_over_int8"] = _ratio(cpu_ms["float32"], cpu_ms["int8"])
-    ratios["ingest_e2e_server_cpu_s_float32_over_int8"] = _ratio(
+    ratios["model_only_cpu_ms_float32_over_int8"] = ratio(cpu_ms["float32"], cpu_ms["int8"])
+    ratios["ingest_e2e_server_cpu_s_float32_over_int8"] = ratio(
         sum(r["cpu"]["watched_process_s"] for r in ingest_runs["float32"]),
         sum(r["cpu"]["watched_process_s"] for r in ingest_runs["int8"]))
     return {
         **out,
         "int8_over_float32": ratios,
-        "targets": {phase: _check(ratios[phase], ">=", target) for phase, target in INT8_TARGETS.items()},
+        "targets": {phase: check(ratios[phase], ">=", target) for phase, target in INT8_TARGETS.items()},
         "ratios_are": "int8_over_float32: images per second, int8 / float32; *_float32_over_int8: CPU time per image "
                       "(model_only, at each card's best batch size) or the server's CPU seconds over the ingest, "
                       "float32 / int8",

@@ -43,7 +43,18 @@ import psutil
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from common import ManagedProcess, cores, emit, free_port, installed_server, log, machine_info, percentiles, time_limit  # noqa: E402
+from common import (  # noqa: E402
+    ManagedProcess,
+    cores,
+    emit,
+    free_port,
+    installed_server,
+    log,
+    machine_info,
+    percentiles,
+    ratio,
+    time_limit,
+)
 
 from lookalike import Client, LookalikeClientError  # noqa: E402
 from lookalike_server.embedded_milvus.standalone import INSTALL, MilvusStandalone, available  # noqa: E402
@@ -346,10 +357,6 @@ def calibrations(address: str, collection: str) -> list[dict[str, Any]] | str:
         for c in getattr(info, "calibrations", ())
     ]
     return measured or f"not calibrated yet: searches used the default effort, ef {LOOKALIKE_DEFAULT_EF}"
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

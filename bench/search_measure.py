@@ -182,7 +182,3 @@ def interleaved_qps(phases: dict[str, Callable[[], dict[str, Any]]], rounds: int
             time.sleep(1.0)
     return {name: {"qps": round(float(np.mean([x["qps"] for x in got])), 1), "rounds": got}
             for name, got in runs.items()}
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 2) if a and b else None

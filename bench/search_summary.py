@@ -7,9 +7,9 @@ import argparse
 from typing import Any
 
 import numpy as np
+from common import ratio
 from search_common import RECALL_TARGET, default_ef
 from search_data import MODEL_DIM
-from search_measure import ratio
 
 
 def summarise(result: dict[str, Any]) -> dict[str, Any]:
