@@ -130,6 +130,12 @@ def bench_server(files: list[Path], args: argparse.Namespace, work: Path, gpu: b
             Path(args.server_log).write_bytes((work / "server.log").read_bytes())
 
 
+def _wait_for_calibration(server: str, collection: str) -> None:
+    """Waits for the collection's recall calibration, as every phase does after an ingest; says when none comes."""
+    if not wait_for_calibration(server, collection):
+        log(f"{collection}: no recall calibration (none within 60 s, or none for a collection this small); going on")
+
+
 def _serve_command(server: str, work: Path, store: str, args: argparse.Namespace, gpu: bool,
                    card: Path | None = None) -> list[str]:
     """`lookalike serve` on `server` with its data in work and its embedded Milvus as `store` (--milvus-embedded);
@@ -179,8 +185,7 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                       "(as the ingest above stored it) instead of the photo: the path without decoding and inference",
                 "cpu": vectors_meter.result,
             }
-            if not wait_for_calibration(server, vectors_collection):
-                log(f"{vectors_collection}: no recall calibration within 60 s; going on")
+            _wait_for_calibration(server, vectors_collection)
             spawn = multiprocessing.get_context("spawn")
             stop, times = spawn.Event(), spawn.Queue()
             prober = spawn.Process(target=_embed_loop, daemon=True,
@@ -201,8 +206,7 @@ def _serve_and_measure(command: list[str], files: list[Path], jpeg: bytes, args:
                 prober.join(60)
             # Idle again, once the last probed ingest's background work is done: the machine's speed drifts (the
             # limit is measured twice for the same reason), and the under-load calls fall between the two.
-            if not wait_for_calibration(server, loaded_collection):
-                log(f"{loaded_collection}: no recall calibration within 60 s; going on")
+            _wait_for_calibration(server, loaded_collection)
             idle_after = _idle_embeds(client, jpeg, args.idle_calls)
             during = [s for r in rounds for s in rss.window(r["start"], r["end"])] or [rss.sample() or (0.0, 0, 0)]
             # (round, seconds into that round's ingest, latency) of each call made wholly inside an ingest
@@ -318,8 +322,7 @@ def _ingest_rounds(server: str, client: Any, server_pid: int, files: list[Path],
         rows, waited = _wait_rows(client, collection, len(files), 60)
         rounds.append({**result, "collection": collection, "rows": rows, "rows_waited_s": waited, "cpu": meter.result})
         log(f"ingest round {round_no}: {len(files) / result['seconds']:.1f} img/s")
-        if not wait_for_calibration(server, collection):
-            log(f"{collection}: no recall calibration within 60 s; going on")
+        _wait_for_calibration(server, collection)
     return rounds
 
 
